@@ -4,4 +4,7 @@ Layers, each importing only from those above it in this list:
 ``autograd`` (the Functions) -> ``functional`` -> ``nn`` -> ``models`` -> ``training``.
 """
 
+from bp_torch import autograd, functional
+
+__all__ = ["autograd", "functional"]
 __version__ = "0.1.0"

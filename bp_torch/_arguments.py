@@ -1,0 +1,194 @@
+"""Argument checks and normalisation for ``bp_torch.functional``: validated once, up front, as torch does.
+
+Errors use the exception type torch raises for the same mistake (``RuntimeError`` for bad values, ``TypeError``
+for wrong types) and name the argument and the value received.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+Pair = tuple[int, int]
+
+
+def _pair(value, name: str, op: str) -> Pair:
+    """An int or a sequence of two ints, as a pair (torch's ``_pair``), or a TypeError naming ``name``."""
+    if isinstance(value, bool):
+        raise TypeError(f"{op}(): argument '{name}' must be an int or a tuple of two ints, but got {value!r}")
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        items = tuple(value)
+        if len(items) == 1 and isinstance(items[0], int):
+            return (items[0], items[0])
+        if len(items) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+            return items
+        raise RuntimeError(f"{op}: expected {name} to be a single int or a pair of ints, but got {name}={value!r}")
+    raise TypeError(f"{op}(): argument '{name}' must be an int or a tuple of two ints, but got {type(value).__name__}")
+
+
+def _positive_pair(value, name: str, op: str) -> Pair:
+    pair = _pair(value, name, op)
+    if min(pair) <= 0:
+        raise RuntimeError(f"{op}: non-positive {name} is not supported, but got {name}={value!r}")
+    return pair
+
+
+def _check_tensor(value, name: str, op: str) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{op}(): argument '{name}' must be Tensor, not {type(value).__name__}")
+
+
+def check_same_dtype_and_device(op: str, **tensors: torch.Tensor | None) -> None:
+    (ref_name, ref), *others = [(n, t) for n, t in tensors.items() if t is not None]
+    for name, t in others:
+        if t.dtype != ref.dtype:
+            raise RuntimeError(
+                f"{op}: expected {name} to have the same dtype as {ref_name}, "
+                f"but got {ref_name}.dtype={ref.dtype} and {name}.dtype={t.dtype}"
+            )
+        if t.device != ref.device:
+            raise RuntimeError(
+                f"{op}: expected {name} to be on the same device as {ref_name}, "
+                f"but got {ref_name} on {ref.device} and {name} on {t.device}"
+            )
+
+
+def check_conv2d(input, weight, bias, stride, dilation, groups) -> tuple[Pair, Pair, int]:
+    """Validate conv2d's tensors and options; return stride, dilation as pairs and groups."""
+    op = "conv2d"
+    _check_tensor(input, "input", op)
+    _check_tensor(weight, "weight", op)
+    if bias is not None:
+        _check_tensor(bias, "bias", op)
+    if input.dim() not in (3, 4):
+        raise RuntimeError(
+            f"Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: {list(input.shape)}"
+        )
+    if weight.dim() != 4:
+        raise RuntimeError(
+            f"conv2d: expected weight to be 4D (out_channels, in_channels / groups, kH, kW), "
+            f"but got weight of size {list(weight.shape)}"
+        )
+    stride = _positive_pair(stride, "stride", op)
+    dilation = _positive_pair(dilation, "dilation", op)
+    if isinstance(groups, bool) or not isinstance(groups, int):
+        raise TypeError(f"conv2d(): argument 'groups' must be int, not {type(groups).__name__}")
+    if groups <= 0:
+        raise RuntimeError(f"conv2d: non-positive groups is not supported, but got groups={groups}")
+    C_in, C_out = input.shape[-3], weight.shape[0]
+    if C_out % groups != 0:
+        raise RuntimeError(
+            f"conv2d: out_channels must be divisible by groups, but got out_channels={C_out} "
+            f"(weight of size {list(weight.shape)}), groups={groups}"
+        )
+    if C_in != weight.shape[1] * groups:
+        raise RuntimeError(
+            f"conv2d: expected input with {weight.shape[1] * groups} channels (weight.shape[1]={weight.shape[1]} "
+            f"x groups={groups}), but got input of size {list(input.shape)} with {C_in} channels"
+        )
+    if bias is not None and tuple(bias.shape) != (C_out,):
+        raise RuntimeError(
+            f"conv2d: expected bias to be 1-dimensional with {C_out} elements (out_channels), "
+            f"but got bias of size {list(bias.shape)}"
+        )
+    return stride, dilation, groups
+
+
+def conv2d_padding(padding, kernel_size, stride: Pair, dilation: Pair) -> tuple[Pair, Pair]:
+    """Resolve conv2d's padding to (symmetric padding, extra bottom/right padding)."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0), (0, 0)
+        if padding != "same":
+            raise RuntimeError(f"conv2d: invalid padding string {padding!r}, expected 'same', 'valid' or an int")
+        if stride != (1, 1):
+            raise RuntimeError(f"conv2d: padding='same' is not supported for strided convolutions (stride={stride})")
+        # the output keeps the input size: the dilated reach d·(k−1) is padded, the odd one to the bottom/right
+        reach = [d * (k - 1) for d, k in zip(dilation, kernel_size)]
+        return (reach[0] // 2, reach[1] // 2), (reach[0] % 2, reach[1] % 2)
+    pair = _pair(padding, "padding", "conv2d")
+    if min(pair) < 0:
+        raise RuntimeError(f"conv2d: negative padding is not supported, but got padding={padding!r}")
+    return pair, (0, 0)
+
+
+def check_conv2d_output(input: torch.Tensor, weight: torch.Tensor, padding: Pair, dilation: Pair) -> None:
+    """The dilated kernel must fit in the padded input (4-D ``input``)."""
+    for side, size, k, p, d in zip(("height", "width"), input.shape[2:], weight.shape[2:], padding, dilation):
+        if size + 2 * p < d * (k - 1) + 1:
+            raise RuntimeError(
+                f"conv2d: the dilated kernel {side} {d * (k - 1) + 1} (kernel {k}, dilation {d}) is larger than "
+                f"the padded input {side} {size + 2 * p} (input {size}, padding {p}); kernel size can't be "
+                f"greater than the padded input size"
+            )
+
+
+def check_pool_input(input) -> None:
+    _check_tensor(input, "input", "avg_pool2d")
+    if input.dim() not in (3, 4):
+        raise RuntimeError(
+            f"Expected 3D (unbatched) or 4D (batched) input to avg_pool2d, but got input of size: {list(input.shape)}"
+        )
+
+
+def pool2d_arguments(input, kernel_size, stride, padding, ceil_mode, divisor_override) -> tuple[Pair, Pair, Pair]:
+    """Validate avg_pool2d's options; return kernel_size, stride, padding as pairs."""
+    op = "avg_pool2d"
+    kernel = _positive_pair(kernel_size, "kernel_size", op)
+    # stride=None, or an empty sequence as torch also accepts, means stride = kernel_size
+    stride = kernel if stride is None or (isinstance(stride, Sequence) and len(stride) == 0) else stride
+    stride = _positive_pair(stride, "stride", op)
+    pad = _pair(padding, "padding", op)
+    if min(pad) < 0:
+        raise RuntimeError(f"avg_pool2d: negative padding is not supported, but got padding={padding!r}")
+    for p, k in zip(pad, kernel):
+        if p > k // 2:
+            raise RuntimeError(
+                f"avg_pool2d: pad should be at most half of the kernel size, but got padding={padding!r}, "
+                f"kernel_size={kernel_size!r}"
+            )
+    if divisor_override is not None and (isinstance(divisor_override, bool) or divisor_override == 0):
+        raise RuntimeError(f"avg_pool2d: divisor must be not zero, but got divisor_override={divisor_override!r}")
+    for side, size, k, s, p in zip(("height", "width"), input.shape[-2:], kernel, stride, pad):
+        if pool_output_size(size, k, s, p, ceil_mode) < 1:
+            raise RuntimeError(
+                f"avg_pool2d: given input {side} {size}, kernel_size {k}, stride {s}, padding {p}, "
+                f"the output {side} would be {pool_output_size(size, k, s, p, ceil_mode)}: output size is too small"
+            )
+    return kernel, stride, pad
+
+
+def pool_output_size(size: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
+    """PyTorch's pooling output size; with ceil_mode, the last window must start inside the input or left pad."""
+    span = size + 2 * p - k
+    out = (span + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def check_linear(input, weight, bias) -> None:
+    op = "linear"
+    _check_tensor(input, "input", op)
+    _check_tensor(weight, "weight", op)
+    if bias is not None:
+        _check_tensor(bias, "bias", op)
+    if input.dim() == 0:
+        raise RuntimeError("linear: expected input to have at least 1 dimension (in_features), but got a scalar")
+    if weight.dim() not in (1, 2):
+        raise RuntimeError(
+            f"linear: expected weight to be 2D (out_features, in_features), but got weight of size {list(weight.shape)}"
+        )
+    if input.shape[-1] != weight.shape[-1]:
+        raise RuntimeError(
+            f"linear: input's last dimension ({input.shape[-1]}) must equal in_features ({weight.shape[-1]}), "
+            f"but got input of size {list(input.shape)} and weight of size {list(weight.shape)}"
+        )
+    out_shape = tuple(weight.shape[:1]) if weight.dim() == 2 else ()
+    if bias is not None and tuple(bias.shape) != out_shape:
+        raise RuntimeError(
+            f"linear: expected bias of size {list(out_shape)} (out_features), but got bias of size {list(bias.shape)}"
+        )
