@@ -81,7 +81,7 @@ def _taps(weight_shape, size: Pair, stride: Pair, pads: Pads, dilation: Pair, gr
     a = [torch.arange(n, device=device) for n in (C_out, C_in_g, H_out, W_out, kh, kw)]
     o, i, p, q, u, v = (t.reshape([-1 if j == k else 1 for k in range(6)]) for j, t in enumerate(a))
     # every tensor below broadcasts over (C_out, C_in_g, H_out, W_out, kh, kw): one entry per (output, tap)
-    row = p * stride[0] + u * dilation[0] - pads[0][0]
+    row = p * stride[0] + u * dilation[0] - pads[0][0]  # Note A eq. 10: s_pq reads x_{p+u, q+v} through w_uv
     col = q * stride[1] + v * dilation[1] - pads[1][0]
     channel = o // (C_out // groups) * C_in_g + i  # the input channel tap i of output channel o reads
     inside = ((row >= 0) & (row < H) & (col >= 0) & (col < W)).expand(C_out, C_in_g, H_out, W_out, kh, kw)
