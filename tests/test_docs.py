@@ -1,7 +1,7 @@
 """docs/derivation.md cannot drift from the code: its examples run, and each code link names its equation."""
 
 import doctest
-import re
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -12,32 +12,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "derivation.md"
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
-LINK = re.compile(r"\]\(\.\./(bp_torch/[\w/]+\.py)#L(\d+)(?:-L(\d+))?\)")
-ROW = re.compile(r"^\|\s*([AB]) (\d+(?:\s*[,–]\s*\d+)*)\s*\|")  # a table row "| B 32, 52 | ..." or "| B 65–70 |"
-CITATION = re.compile(r"Note ([AB])|eq\.\s*(\d+(?:\s*(?:/|,|=)\s*(?:eq\.\s*)?\d+)*)")
-
-
-def _claimed(numbers: str) -> set[int]:
-    """ "32, 52" -> {32, 52}; "17–24" -> {17, ..., 24}."""
-    claimed = set()
-    for part in numbers.split(","):
-        first, _, last = part.strip().partition("–")
-        claimed.update(range(int(first), int(last or first) + 1))
-    return claimed
-
-
-def _cited(line: str) -> set[tuple[str | None, int]]:
-    """The (note, equation) pairs a line of code cites: "Note A eq. 8 / Note B eq. 30" -> {(A, 8), (B, 30)}.
-
-    An equation number belongs to the last note named before it on the line (None if none is).
-    """
-    cited, note = set(), None
-    for match in CITATION.finditer(line):
-        if match[1]:
-            note = match[1]
-        else:
-            cited.update((note, int(n)) for n in re.findall(r"\d+", match[2]))
-    return cited
+# the link parsing lives in docs/relink.py, the script that repairs the links this file checks
+_spec = importlib.util.spec_from_file_location("relink", ROOT / "docs" / "relink.py")
+relink = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(relink)
+LINK, ROW, _claimed, _cited = relink.LINK, relink.ROW, relink._claimed, relink._cited
 
 
 def test_doc_examples_run():
@@ -54,8 +33,9 @@ def test_dense_docstring_examples_run():
 
 def _links():
     for number, line in enumerate(DOC.read_text().splitlines(), 1):
-        for path, first, last in LINK.findall(line):
-            yield pytest.param(line, path, int(first), int(last or first), id=f"doc-L{number}-{path}#L{first}")
+        for link in LINK.finditer(line):
+            path, first, last = link["path"], int(link["first"]), int(link["last"] or link["first"])
+            yield pytest.param(line, path, first, last, id=f"doc-L{number}-{path}#L{first}")
 
 
 @pytest.mark.parametrize("row, path, first, last", list(_links()))
@@ -63,14 +43,13 @@ def test_code_link_cites_its_equation(row, path, first, last):
     """A link `path#Lnn` (or `#Lnn-Lmm`) sits in an equation's row, and the linked lines cite that equation."""
     match = ROW.match(row)
     assert match, f"a link to a line of code must sit in an equation table row, not in: {row!r}"
-    note, claimed = match[1], _claimed(match[2])
     lines = (ROOT / path).read_text().splitlines()
     assert last <= len(lines), f"{path} has {len(lines)} lines; the doc links L{first}-L{last}"
     linked = lines[first - 1 : last]
     cited = set().union(*map(_cited, linked))
-    assert any(n in claimed and c in (note, None) for c, n in cited), (
-        f"the doc's row {note} {sorted(claimed)} links {path}#L{first}-L{last}, which cites {sorted(cited, key=str)}: "
-        f"{linked}"
+    assert relink.cites(match, linked), (
+        f"the doc's row {match[1]} {match[2]} links {path}#L{first}-L{last}, which cites {sorted(cited, key=str)}: "
+        f"{linked}; run `python docs/relink.py` to repair the links"
     )
 
 
@@ -92,6 +71,14 @@ def test_citation_parser():
     assert _cited("# Note A eq. 8 = eq. 28: ∂e/∂x") == {("A", 8), ("A", 28)}
     assert _cited("(eq. 45/64)") == {(None, 45), (None, 64)}
     assert _claimed("65–70") == set(range(65, 71)) and _claimed("32, 52") == {32, 52}
+
+
+def test_relink_moves_a_stale_link_to_the_commented_code():
+    """The nearer docstring loses to the code line whose comment cites the equation; the span keeps its length."""
+    code = ['"""σ backward (Note B eq. 37)."""', "", "", "y = x * (1 - x)  # Note B eq. 37", "return y"]
+    text, messages = relink.repair("| B 37 | σ' | [f.py#L2-L3](../bp_torch/f.py#L2-L3) |\n", lambda path: code)
+    assert text == "| B 37 | σ' | [f.py#L4-L5](../bp_torch/f.py#L4-L5) |\n" and len(messages) == 1
+    assert relink.repair(text, lambda path: code) == (text, [])
 
 
 def test_figure_is_in_the_docs():
