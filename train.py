@@ -235,7 +235,9 @@ def main(argv: list[str] | None = None, should_stop=None) -> int:
     if main_process:
         from bp_torch.tensorboard import TensorBoardLogger
 
-        logger = TensorBoardLogger(run_dir, probe_digits(test_loader), purge_step=state.step or None)
+        # resuming at step s: hide what the interrupted session logged after its checkpoint (steps > s)
+        purge_step = state.step + 1 if checkpoint is not None else None
+        logger = TensorBoardLogger(run_dir, probe_digits(test_loader), purge_step=purge_step)
         if checkpoint is None:
             logger.log_start(dataclasses.asdict(cfg), environment(device, run_dir))
         what = f"resuming {run_dir} at epoch {state.epoch + 1}, step {state.step}" if checkpoint else f"run {run_dir}"

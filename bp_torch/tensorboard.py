@@ -140,7 +140,7 @@ class TensorBoardLogger:
     Args:
         run_dir: the run's folder.
         probe: (D, 1, 28, 28) fixed test digits whose feature maps are drawn each epoch.
-        purge_step: when resuming at step T, hide events the interrupted session wrote at steps >= T.
+        purge_step: hide the events at steps >= purge_step that an interrupted session wrote before.
     """
 
     def __init__(self, run_dir, probe: torch.Tensor | None = None, purge_step: int | None = None) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bp_torch.models import LeNet
 from bp_torch.tensorboard import confusion_image, digits_image, filters_image
@@ -157,6 +158,10 @@ def test_resume_ends_with_the_same_weights(fake_data, tmp_path, capsys, stop_at)
         assert torch.equal(tensor, resumed["model"][name]), name
     for i, group in whole["optimizer"]["state"].items():
         assert all(torch.equal(v, resumed["optimizer"]["state"][i][k]) for k, v in group.items())
+    # and TensorBoard shows one test point per epoch, the interrupted session's included
+    events = EventAccumulator(str(tmp_path / "cut"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("test/accuracy")] == [5, 10, 15]
 
 
 def test_resume_refuses_to_change_the_recipe(fake_data, tmp_path, capsys):
