@@ -65,7 +65,7 @@ class Config:
     preset: str = "default"
     dataset: str = "mnist"
     impl: str = "manual"  # "manual": bp_torch's hand-derived backward; "native": torch.nn's
-    epochs: int = 15
+    epochs: int = 20
     batch_size: int = 128
     lr: float = 0.03  # the peak learning rate with schedule="onecycle"
     optimizer: str = "adam"  # "sgd" | "adam" | "adamw"
@@ -77,7 +77,7 @@ class Config:
     loss: str = "ce"  # "ce": cross-entropy on the logits; "mse": Note B's ½Σ(σ(z) − y)², batch mean
     label_smoothing: float = 0.0  # ce only
     normalize: bool = True  # standardise pixels with the dataset's mean/std, else pixels in [0, 1]
-    shift: int = 2  # augmentation: random translation by up to this many pixels (0: off)
+    shift: int = 1  # augmentation: random translation by up to this many pixels (0: off)
     seed: int = 0
     limit_train_batches: int = 0  # train on at most this many batches per epoch (0: all)
     test_batch_size: int = 1000
