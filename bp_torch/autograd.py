@@ -20,6 +20,15 @@ from torch.autograd import Function
 Pair = tuple[int, int]
 
 
+def _conv2d(input, weight, stride: Pair, padding: Pair, dilation: Pair, groups: int) -> torch.Tensor:
+    """A convolution inside a backward: through ``Conv2dFunction`` when a graph of the backward is being built
+    (``create_graph=True``), so second derivatives run through the hand-derived backward again; otherwise the
+    same ``torch.conv2d`` that ``Conv2dFunction.forward`` calls, without a Function's bookkeeping."""
+    if torch.is_grad_enabled():
+        return Conv2dFunction.apply(input, weight, None, stride, padding, dilation, groups)
+    return torch.conv2d(input, weight, None, stride, padding, dilation, groups)
+
+
 def _zero_insert_and_pad(delta: torch.Tensor, stride: Pair, pads: tuple[Pair, Pair]) -> torch.Tensor:
     """Insert ``stride - 1`` zeros between the rows and columns of δ, then pad (negative = crop) each side.
 
@@ -65,9 +74,9 @@ def conv2d_input_grad(
     (top, bottom), (left, right) = pads
     if stride == (1, 1) and top == bottom >= 0 and left == right >= 0:
         # the common case needs no copy of δ: let the convolution pad it
-        return Conv2dFunction.apply(grad_output, w_rot, None, (1, 1), (top, left), dilation, G)
+        return _conv2d(grad_output, w_rot, (1, 1), (top, left), dilation, G)
     delta = _zero_insert_and_pad(grad_output, stride, tuple(pads))
-    return Conv2dFunction.apply(delta, w_rot, None, (1, 1), (0, 0), dilation, G)
+    return _conv2d(delta, w_rot, (1, 1), (0, 0), dilation, G)
 
 
 def conv2d_weight_grad(
@@ -91,10 +100,12 @@ def conv2d_weight_grad(
     # (N, G*C_in_g, H, W) -> (C_in_g, G*N, H, W): per group, the batch becomes the channels
     x = input.reshape(N, G, C_in // G, H, W).permute(2, 1, 0, 3, 4).reshape(C_in // G, G * N, H, W)
     delta = grad_output.transpose(0, 1)  # (C_out, N, H_out, W_out): δ is the kernel
-    grad = Conv2dFunction.apply(x, delta, None, dilation, padding, stride, G)  # (C_in_g, C_out, >=kh, >=kw)
+    grad = _conv2d(x, delta, dilation, padding, stride, G)  # (C_in_g, C_out, >=kh, >=kw)
     kh, kw = kernel_size
     # rows past the last full stride step reach no kernel tap: crop them, then back to (C_out, C_in_g, kh, kw)
-    return grad[:, :, :kh, :kw].transpose(0, 1)
+    if grad.shape[2:] != (kh, kw):
+        grad = grad[:, :, :kh, :kw]
+    return grad.transpose(0, 1)
 
 
 class Conv2dFunction(Function):

@@ -80,9 +80,7 @@ def read_idx(path: str | os.PathLike, ndim: int | None = None) -> torch.Tensor:
             raise ValueError(f"{path}: corrupt or truncated gzip file ({e})") from None
     # magic number: two zero bytes, dtype code, number of dimensions; then one big-endian uint32 per dimension
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise ValueError(
-            f"{path}: not an IDX file: its magic number must start with 0x0000, got 0x{data[:4].hex()}"
-        )
+        raise ValueError(f"{path}: not an IDX file: its magic number must start with 0x0000, got 0x{data[:4].hex()}")
     code, nd = data[2], data[3]
     if code != 0x08:
         raise ValueError(f"{path}: IDX dtype code must be 0x08 (unsigned byte), but got 0x{code:02x}")
@@ -90,17 +88,13 @@ def read_idx(path: str | os.PathLike, ndim: int | None = None) -> torch.Tensor:
         raise ValueError(f"{path}: expected an IDX file of {ndim} dimension(s), but its header declares {nd}")
     header = 4 + 4 * nd
     if len(data) < header:
-        raise ValueError(
-            f"{path}: expected a {header}-byte header for {nd} dimensions, found {len(data)} bytes"
-        )
+        raise ValueError(f"{path}: expected a {header}-byte header for {nd} dimensions, found {len(data)} bytes")
     shape = struct.unpack(f">{nd}I", data[4:header])
     size = header + math.prod(shape)
     if len(data) != size:
         what = {1: "labels", 3: "images"}.get(nd, "values")
         found = f"{len(data)} after gunzip" if unzipped else str(len(data))
-        raise ValueError(
-            f"{path}: expected {size} bytes for {'x'.join(map(str, shape))} {what}, found {found}"
-        )
+        raise ValueError(f"{path}: expected {size} bytes for {'x'.join(map(str, shape))} {what}, found {found}")
     if size == header:
         return torch.empty(shape, dtype=torch.uint8)
     return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=header).reshape(shape)
@@ -286,9 +280,7 @@ class DeviceLoader:
         exactly where a checkpoint left it, and lasts until the next ``set_epoch``.
         """
         if not 0 <= start_batch <= self.num_batches:
-            raise ValueError(
-                f"start_batch must be in [0, {self.num_batches}], but got start_batch={start_batch}"
-            )
+            raise ValueError(f"start_batch must be in [0, {self.num_batches}], but got start_batch={start_batch}")
         self.epoch, self.start_batch = epoch, start_batch
 
     def __len__(self) -> int:

@@ -125,9 +125,7 @@ def test_load_dataset_count_mismatch(tmp_path):
 
 
 def test_load_dataset_unknown_name(tmp_path):
-    with pytest.raises(
-        ValueError, match=r"name must be one of \['fashion-mnist', 'mnist'\], but got name='cifar'"
-    ):
+    with pytest.raises(ValueError, match=r"name must be one of \['fashion-mnist', 'mnist'\], but got name='cifar'"):
         load_dataset("cifar", root=tmp_path)
 
 
@@ -154,9 +152,7 @@ def test_download_is_the_fallback(tmp_path, monkeypatch):
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: no network")
 
     torchvision.datasets.MNIST = offline
-    with pytest.raises(
-        DatasetNotFoundError, match="tried and failed: RuntimeError: Error downloading .* no network"
-    ):
+    with pytest.raises(DatasetNotFoundError, match="tried and failed: RuntimeError: Error downloading .* no network"):
         load_dataset("mnist", root=tmp_path, download=True)
     assert calls == [(str(tmp_path), True, True)]
 
@@ -172,9 +168,7 @@ def test_download_is_the_fallback(tmp_path, monkeypatch):
 
 def test_extra_folders_are_searched(tmp_path, monkeypatch):
     write_split(tmp_path / "debian", 4, 4, gz=True, train=False)
-    monkeypatch.setitem(
-        DATASETS, "fashion-mnist", DATASETS["fashion-mnist"]._replace(also=(str(tmp_path / "debian"),))
-    )
+    monkeypatch.setitem(DATASETS, "fashion-mnist", DATASETS["fashion-mnist"]._replace(also=(str(tmp_path / "debian"),)))
     assert load_dataset("fashion-mnist", train=False, root=tmp_path / "empty")[0].shape == (4, 28, 28)
 
 
@@ -356,9 +350,7 @@ def test_loader_augmentation_is_an_integer_shift(device):
     ],
 )
 def test_loader_rejects_bad_arguments(kwargs, message):
-    args = (
-        dict(images=torch.zeros(4, 28, 28, dtype=torch.uint8), labels=torch.zeros(4), batch_size=2) | kwargs
-    )
+    args = dict(images=torch.zeros(4, 28, 28, dtype=torch.uint8), labels=torch.zeros(4), batch_size=2) | kwargs
     with pytest.raises(ValueError, match=message):
         DeviceLoader(args.pop("images"), args.pop("labels"), args.pop("batch_size"), **args)
 
@@ -367,9 +359,7 @@ def test_loader_rejects_bad_arguments(kwargs, message):
 
 
 def assert_mean_std(images: torch.Tensor, info) -> None:
-    counts = torch.bincount(
-        images.flatten(), minlength=256
-    ).double()  # exact moments from the pixel histogram
+    counts = torch.bincount(images.flatten(), minlength=256).double()  # exact moments from the pixel histogram
     values = torch.arange(256, dtype=torch.float64) / 255
     mean = (counts * values).sum() / counts.sum()
     std = ((counts * (values - mean) ** 2).sum() / (counts.sum() - 1)).sqrt()
@@ -386,17 +376,13 @@ def shared_data() -> Path | None:
     return None
 
 
-@pytest.mark.skipif(
-    shared_data() is None, reason="real MNIST not found: set BP_TORCH_DATA or provide ../shared/data"
-)
+@pytest.mark.skipif(shared_data() is None, reason="real MNIST not found: set BP_TORCH_DATA or provide ../shared/data")
 def test_real_mnist():
     train_x, train_y = load_dataset("mnist", train=True, root=shared_data())
     test_x, test_y = load_dataset("mnist", train=False, root=shared_data())
     assert train_x.shape == (60000, 28, 28) and test_x.shape == (10000, 28, 28)
     assert train_y.shape == (60000,) and test_y.shape == (10000,)
-    assert torch.equal(torch.unique(train_y), torch.arange(10)) and torch.equal(
-        torch.unique(test_y), torch.arange(10)
-    )
+    assert torch.equal(torch.unique(train_y), torch.arange(10)) and torch.equal(torch.unique(test_y), torch.arange(10))
     assert_mean_std(train_x, DATASETS["mnist"])
 
 
