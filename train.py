@@ -61,7 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
         # config flags default to SUPPRESS, so that only flags the user gave override the preset
         name = flag[2:].replace("-", "_")
         default, seeded = getattr(Config(), name), getattr(seed, name)
-        note = f" (default: {default}" + (f"; seed: {seeded})" if seeded != default else ")")
+        note = (
+            f" (default: {default}" + (f"; seed: {seeded})" if seeded != default else ")")
+            if default is not None
+            else ""
+        )
         parser.add_argument(flag, help=help + note, default=argparse.SUPPRESS, **kwargs)
 
     parser.add_argument(
@@ -72,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Note B / DeepLearnToolbox (sigmoid outputs, squared error, SGD lr 1, batch 50, 1 epoch) (default: default)",
     )
     add("--dataset", "dataset", choices=sorted(DATASETS))
-    add("--data-dir", "folder holding MNIST/raw/ (None: $BP_TORCH_DATA, else ./data)", metavar="DIR")
+    add("--data-dir", "folder holding MNIST/raw/ (default: $BP_TORCH_DATA, else ./data)", metavar="DIR")
     add("--impl", "'manual': hand-derived backward; 'native': torch's autograd", choices=("manual", "native"))
     add("--epochs", "number of epochs to train", type=int, metavar="N")
     add("--batch-size", "training batch size", type=int, metavar="N")
@@ -100,7 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--run-name", help="this run's folder under --logdir; never overwritten: a suffix is added if it exists "
         "(default: date-time-preset-impl)",
     )  # fmt: skip
-    parser.add_argument("--resume", metavar="PATH", help="continue a run from its checkpoint file or folder")
+    parser.add_argument(
+        "--resume",
+        metavar="PATH",
+        help="continue a run from its checkpoint (file or run folder); flags that would change the weights are refused",
+    )
     parser.add_argument(
         "--dry-run", action="store_true",
         help="1 epoch of 2 training batches and 1 test batch, logging every step: a quick end-to-end check",
@@ -187,6 +195,17 @@ def main(argv: list[str] | None = None, should_stop=None) -> int:
     """Run the CLI; returns the exit code. ``should_stop(state)`` lets tests interrupt as Ctrl-C would."""
     args = build_parser().parse_args(argv)
     try:
+        return run(args, should_stop)
+    except KeyboardInterrupt:  # before training, or a second Ctrl-C: the last checkpoint is intact (atomic writes)
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def run(args: argparse.Namespace, should_stop=None) -> int:
+    """Resolve the config, load data, build or restore, train, report; returns the exit code."""
+    if args.dry_run and args.resume:
+        return fail("--dry-run cannot be combined with --resume: it would change the run's schedule")
+    try:
         checkpoint = None
         if args.resume:
             path = Path(args.resume)
@@ -260,9 +279,6 @@ def main(argv: list[str] | None = None, should_stop=None) -> int:
             f"  python train.py --resume {run_dir}",
             flush=True,
         )
-        return EXIT_INTERRUPTED
-    except KeyboardInterrupt:  # a second Ctrl-C: the last epoch's checkpoint is intact (written atomically)
-        print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         if logger is not None:
