@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train Note B's 3,898-parameter LeNet on MNIST with hand-derived backpropagation.",
         epilog="Defaults are the default preset's; '--preset seed' changes those marked 'seed:'. "
-        "Flags given explicitly override the preset.",
+        "Flags given explicitly override the preset. Scale out with 'torchrun --nproc_per_node=N train.py ...': "
+        "DistributedDataParallel over N processes (one GPU each, or gloo on CPU), the same recipe and schedule.",
     )
     seed = PRESETS["seed"]
 
@@ -102,7 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--normalize", "standardise pixels (else in [0, 1])", action=argparse.BooleanOptionalAction)
     add("--shift", "augmentation: random translation by up to N pixels, 0 for none", type=int, metavar="N")
     add("--seed", "random seed (init, data order, augmentation)", type=int)
-    add("--device", "'auto' picks cuda when available", choices=("auto", "cpu", "cuda"))
+    add(
+        "--device", "'auto' picks cuda when available; under torchrun each process takes GPU LOCAL_RANK",
+        choices=("auto", "cpu", "cuda"),
+    )  # fmt: skip
     add("--log-interval", "steps between training-scalar logs", type=int, metavar="N")
     add("--grad-check-interval", "steps between manual-vs-native gradient checks, 0 for none", type=int, metavar="N")
     add("--limit-train-batches", "train on at most N batches per epoch, 0 for all", type=int, metavar="N")
