@@ -298,6 +298,8 @@ def run(args: argparse.Namespace, ctx: distributed.Context, should_stop=None) ->
         job, problem = None, str(e)
     problem = distributed.first_error(problem)  # any rank's error stops them all, before any of them waits on it
     if problem is not None:
+        if job is not None and not job.resumed and job.run_dir is not None:
+            job.run_dir.rmdir()  # rank 0's new, still empty folder: a run that never started leaves none
         return fail(problem) if ctx.is_main else EXIT_ERROR
     cfg, device, train_loader, test_loader, model, optimizer, scheduler, state, resumed, run_dir = job
     model = distributed.wrap(model)  # DistributedDataParallel under torchrun

@@ -363,8 +363,9 @@ def restore(
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     torch.set_rng_state(ckpt["rng"]["torch"])
-    if ckpt["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    if torch.cuda.is_available():  # a checkpoint from a machine with more GPUs (a DDP run's) sets what there is
+        for index, rng_state in enumerate(ckpt["rng"]["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(rng_state, index)
     return TrainState(**ckpt["state"])
 
 

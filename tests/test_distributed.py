@@ -29,7 +29,7 @@ from bp_torch.training import Config, Loss, evaluate, load_training_checkpoint, 
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
-PORTS = 6  # one per process group the workers make
+PORTS = 8  # one per process group the workers make
 
 
 def _load_train_module():
@@ -109,6 +109,12 @@ def _worker(rank: int, ports: list[int], data: Path, logdir: Path, out: Path) ->
                 codes["resume"] = train.main(["--resume", str(logdir / "ddp-cut"), "--data-dir", str(data)])
             with _group(rank, next(ports)):  # a single process's checkpoint, continued by two
                 codes["single-cut"] = train.main(["--resume", str(logdir / "single-cut"), "--data-dir", str(data)])
+            with _group(rank, next(ports)):  # 33 does not split over 2
+                codes["odd-batch"] = train.main([*_args(data, logdir, "--batch-size", "33", "--run-name", "odd")])
+            print("-- rank 1 misses the data --", file=sys.stderr)
+            with _group(rank, next(ports)):  # one rank's error: all exit, none waits for it in a collective
+                no_data = logdir / "nowhere" if rank == 1 else data
+                codes["no-data"] = train.main([*_args(no_data, logdir, "--dry-run", "--run-name", "no-data")])
     torch.save(codes, out / f"codes{rank}.pt")
 
 
@@ -155,8 +161,11 @@ def runs(fake_data, tmp_path_factory) -> Path:
             _worker, (_free_ports(PORTS), fake_data, logdir, out), nprocs=WORLD, join=False, start_method="spawn"
         )
     finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     deadline = time.monotonic() + 300
     try:
         while not ctx.join(timeout=5):
@@ -175,7 +184,16 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 def test_every_rank_exits_with_the_same_code(runs):
     codes = [torch.load(runs / "out" / f"codes{r}.pt") for r in range(WORLD)]
-    assert codes[0] == codes[1] == {"steps": 0, "whole": 0, "cut": 130, "resume": 0, "single-cut": 0}
+    expected = {"steps": 0, "whole": 0, "cut": 130, "resume": 0, "single-cut": 0, "odd-batch": 2, "no-data": 2}
+    assert codes[0] == codes[1] == expected
+
+
+def test_an_error_on_any_rank_is_reported_once_by_rank_0(runs):
+    odd_batch, no_data = (runs / "out" / "rank0.err").read_text().split("-- rank 1 misses the data --")
+    assert "batch_size=33, world_size=2" in odd_batch
+    errors = [line for line in no_data.splitlines() if line.startswith("train.py: error:")]
+    assert len(errors) == 1 and errors[0].startswith("train.py: error: rank 1: MNIST train split not found")
+    assert "train.py: error" not in (runs / "out" / "rank1.err").read_text()
 
 
 def test_two_processes_take_the_same_steps_as_one(runs, fake_data, tmp_path, capsys):
