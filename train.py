@@ -6,9 +6,12 @@
     python train.py --resume runs/NAME     # continue an interrupted run (Ctrl-C saves a checkpoint)
     python train.py --dry-run              # a few batches end to end: checks the installation
     tensorboard --logdir runs              # watch: losses, accuracy, filters, feature maps, gradient check
+    torchrun --nproc_per_node=4 train.py   # DistributedDataParallel: 4 processes, one GPU each (gloo on CPU)
 
-Flags given on the command line override the preset's values. Exit codes: 0 done, 2 bad arguments, missing or
-corrupt data or checkpoint, 130 interrupted (after saving a checkpoint).
+Flags given on the command line override the preset's values. Under torchrun --batch-size is the global batch,
+split evenly over the processes, so a recipe means the same at any world size; only rank 0 prints, logs and
+writes checkpoints. Exit codes: 0 done, 2 bad arguments, missing or corrupt data or checkpoint, 130 interrupted
+(after saving a checkpoint).
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ import sys
 import textwrap
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 import bp_torch
+from bp_torch import distributed
 from bp_torch.checkpoint import CheckpointError
-from bp_torch.data import DATASETS, DatasetNotFoundError
+from bp_torch.data import DATASETS, DatasetNotFoundError, DeviceLoader
 from bp_torch.training import (
     PRESETS,
     RUNTIME_FIELDS,
@@ -40,6 +45,7 @@ from bp_torch.training import (
     fit,
     format_seconds,
     load_training_checkpoint,
+    local_batch_size,
     make_loaders,
     restore,
     validate,
@@ -53,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train Note B's 3,898-parameter LeNet on MNIST with hand-derived backpropagation.",
         epilog="Defaults are the default preset's; '--preset seed' changes those marked 'seed:'. "
-        "Flags given explicitly override the preset.",
+        "Flags given explicitly override the preset. Scale out with 'torchrun --nproc_per_node=N train.py ...': "
+        "DistributedDataParallel over N processes (one GPU each, or gloo on CPU), the same recipe and schedule.",
     )
     seed = PRESETS["seed"]
 
@@ -79,8 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--data-dir", "folder holding MNIST/raw/ (default: $BP_TORCH_DATA, else ./data)", metavar="DIR")
     add("--impl", "'manual': hand-derived backward; 'native': torch's autograd", choices=("manual", "native"))
     add("--epochs", "number of epochs to train", type=int, metavar="N")
-    add("--batch-size", "training batch size", type=int, metavar="N")
-    add("--test-batch-size", "evaluation batch size", type=int, metavar="N")
+    add(
+        "--batch-size", "training batch size; under torchrun the global batch, split evenly over the processes "
+        "(it must divide by their number)", type=int, metavar="N",
+    )  # fmt: skip
+    add("--test-batch-size", "evaluation batch size, per process", type=int, metavar="N")
     add("--lr", "learning rate (the peak with --schedule onecycle)", type=float)
     add("--optimizer", "optimizer", choices=("sgd", "adam", "adamw"))
     add("--momentum", "SGD momentum", type=float)
@@ -93,11 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     add("--normalize", "standardise pixels (else in [0, 1])", action=argparse.BooleanOptionalAction)
     add("--shift", "augmentation: random translation by up to N pixels, 0 for none", type=int, metavar="N")
     add("--seed", "random seed (init, data order, augmentation)", type=int)
-    add("--device", "'auto' picks cuda when available", choices=("auto", "cpu", "cuda"))
+    add(
+        "--device", "'auto' picks cuda when available; under torchrun each process takes GPU LOCAL_RANK",
+        choices=("auto", "cpu", "cuda"),
+    )  # fmt: skip
     add("--log-interval", "steps between training-scalar logs", type=int, metavar="N")
     add("--grad-check-interval", "steps between manual-vs-native gradient checks, 0 for none", type=int, metavar="N")
     add("--limit-train-batches", "train on at most N batches per epoch, 0 for all", type=int, metavar="N")
-    add("--limit-test-batches", "evaluate on at most N batches, 0 for all", type=int, metavar="N")
+    add(
+        "--limit-test-batches",
+        "evaluate on the first N*test-batch-size test images, 0 for all",
+        type=int,
+        metavar="N",
+    )
     add("--num-threads", "CPU threads for torch, 0 for torch's default", type=int, metavar="N")
     parser.add_argument("--logdir", default="runs", help="folder of TensorBoard runs (default: runs)")
     parser.add_argument(
@@ -107,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--resume",
         metavar="PATH",
-        help="continue a run from its checkpoint (file or run folder); flags that would change the weights are refused",
+        help="continue a run from its checkpoint (file or run folder); flags that would change the weights are "
+        "refused. Under torchrun rank 0 reads it and sends it to the others; any world size may resume any run",
     )
     parser.add_argument(
         "--dry-run", action="store_true",
@@ -151,13 +170,14 @@ def probe_digits(test_loader) -> torch.Tensor:
     return x[first]
 
 
-def environment(device: torch.device, run_dir: Path) -> dict:
+def environment(device: torch.device, run_dir: Path, world_size: int) -> dict:
     return {
         "torch": torch.__version__,
         "bp_torch": bp_torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "world_size": world_size,
         "threads": torch.get_num_threads(),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "run_dir": str(run_dir),
@@ -195,103 +215,153 @@ def main(argv: list[str] | None = None, should_stop=None) -> int:
     """Run the CLI; returns the exit code. ``should_stop(state)`` lets tests interrupt as Ctrl-C would."""
     args = build_parser().parse_args(argv)
     try:
-        return run(args, should_stop)
+        with distributed.process_group() as ctx:  # torchrun's job, if any: joined here, left on every way out
+            return run(args, ctx, should_stop)
     except KeyboardInterrupt:  # before training, or a second Ctrl-C: the last checkpoint is intact (atomic writes)
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
-def run(args: argparse.Namespace, should_stop=None) -> int:
-    """Resolve the config, load data, build or restore, train, report; returns the exit code."""
+class Refused(Exception):
+    """Why a run cannot start, for the user: bad arguments, missing or corrupt data or checkpoint."""
+
+
+class Job(NamedTuple):
+    cfg: Config
+    device: torch.device
+    train_loader: DeviceLoader
+    test_loader: DeviceLoader
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    state: TrainState
+    resumed: bool
+    run_dir: Path | None  # rank 0's only
+
+
+def prepare(args: argparse.Namespace, ctx: distributed.Context) -> Job:
+    """Resolve the config, load data, build or restore: the same on every rank. Raises ``Refused``."""
     if args.dry_run and args.resume:
-        return fail("--dry-run cannot be combined with --resume: it would change the run's schedule")
-    try:
-        checkpoint = None
-        if args.resume:
-            path = Path(args.resume)
+        raise Refused("--dry-run cannot be combined with --resume: it would change the run's schedule")
+    # rank 0 alone reads the checkpoint (on several machines only its own disk has it) and sends it to the others;
+    # every rank takes part in the broadcast, error or not, so that none is left waiting in it
+    checkpoint = problem = None
+    if args.resume and ctx.is_main:
+        path = Path(args.resume)
+        try:
             checkpoint = load_training_checkpoint(path / CHECKPOINT if path.is_dir() else path)
+        except CheckpointError as e:
+            problem = str(e)
+    checkpoint, problem = distributed.broadcast((checkpoint, problem))
+    if problem is not None:
+        raise Refused(problem)
+    try:
         cfg = resolve_config(args, checkpoint)
-    except (CheckpointError, ValueError, TypeError) as e:  # TypeError: a checkpoint config of another version
-        return fail(str(e))
-    if args.dry_run:
-        cfg = dataclasses.replace(
-            cfg, epochs=1, limit_train_batches=2, limit_test_batches=1, log_interval=1, grad_check_interval=1
-        )
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        return fail("--device cuda, but no CUDA device is available")
-    if cfg.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
+        if args.dry_run:
+            cfg = dataclasses.replace(
+                cfg, epochs=1, limit_train_batches=2, limit_test_batches=1, log_interval=1, grad_check_interval=1
+            )
+        local_batch_size(cfg.batch_size, ctx.world_size)
+        device = distributed.local_device(cfg.device, ctx)
+    except (ValueError, TypeError) as e:  # TypeError: a checkpoint config of another version
+        raise Refused(str(e)) from None
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    main_process = True  # rank 0: the only one to print, log and checkpoint once training is distributed
-
     try:
-        train_loader, test_loader = make_loaders(cfg, device)
+        train_loader, test_loader = make_loaders(cfg, device, ctx.rank, ctx.world_size)
     except DatasetNotFoundError as e:
-        return fail(str(e))
+        raise Refused(str(e)) from None
     except ValueError as e:  # a corrupt or truncated data file
-        return fail(f"cannot read the dataset: {e}")
+        raise Refused(f"cannot read the dataset: {e}") from None
     model, optimizer, scheduler = build(cfg, device, train_loader)
-    state = TrainState()
+    state, run_dir = TrainState(), None
     if checkpoint is not None:
         try:
             state = restore(checkpoint, model, optimizer, scheduler)
         except (RuntimeError, ValueError, KeyError) as e:
-            return fail(f"checkpoint {args.resume} does not match this model and optimizer: {e}")
+            raise Refused(f"checkpoint {args.resume} does not match this model and optimizer: {e}") from None
         run_dir = Path(args.resume) if Path(args.resume).is_dir() else Path(args.resume).parent
-    else:
-        run_dir = new_run_dir(args.logdir, args.run_name, cfg)
+    elif ctx.is_main:
+        try:
+            run_dir = new_run_dir(args.logdir, args.run_name, cfg)
+        except OSError as e:
+            raise Refused(f"cannot make a run folder: {e}") from None
+    resumed = checkpoint is not None
+    return Job(cfg, device, train_loader, test_loader, model, optimizer, scheduler, state, resumed, run_dir)
 
-    progress = sys.stderr.isatty()
-    echo = print
+
+def run(args: argparse.Namespace, ctx: distributed.Context, should_stop=None) -> int:
+    """Prepare, train, report; returns the exit code. Under torchrun every rank runs it; rank 0 alone speaks."""
+    try:
+        job, problem = prepare(args, ctx), None
+    except Refused as e:
+        job, problem = None, str(e)
+    problem = distributed.first_error(problem)  # any rank's error stops them all, before any of them waits on it
+    if problem is not None:
+        if job is not None and not job.resumed and job.run_dir is not None:
+            job.run_dir.rmdir()  # rank 0's new, still empty folder: a run that never started leaves none
+        return fail(problem) if ctx.is_main else EXIT_ERROR
+    cfg, device, train_loader, test_loader, model, optimizer, scheduler, state, resumed, run_dir = job
+    model = distributed.wrap(model)  # DistributedDataParallel under torchrun
+
+    progress = ctx.is_main and sys.stderr.isatty()
+    echo = print if ctx.is_main else lambda line: None
     if progress:
         from tqdm import tqdm
 
         echo = tqdm.write
     logger = None
-    if main_process:
+    if ctx.is_main:
         from bp_torch.tensorboard import TensorBoardLogger
 
         # resuming at step s: hide what the interrupted session logged after its checkpoint (steps > s)
-        purge_step = state.step + 1 if checkpoint is not None else None
+        purge_step = state.step + 1 if resumed else None
         logger = TensorBoardLogger(run_dir, probe_digits(test_loader), purge_step=purge_step)
-        if checkpoint is None:
-            logger.log_start(dataclasses.asdict(cfg), environment(device, run_dir))
-        what = f"resuming {run_dir} at epoch {state.epoch + 1}, step {state.step}" if checkpoint else f"run {run_dir}"
+        if not resumed:
+            logger.log_start(dataclasses.asdict(cfg), environment(device, run_dir, ctx.world_size))
+        what = f"resuming {run_dir} at epoch {state.epoch + 1}, step {state.step}" if resumed else f"run {run_dir}"
+        where = str(device)
+        if ctx.world_size > 1:
+            share = cfg.batch_size // ctx.world_size
+            where = f"{ctx.world_size} processes on {device.type}, {share} images of each batch each"
         print(
-            f"LeNet ({cfg.impl}, {count_parameters(model):,} parameters) on {cfg.dataset}, {device}: {what}\n"
+            f"LeNet ({cfg.impl}, {count_parameters(model):,} parameters) on {cfg.dataset}, {where}: {what}\n"
             + textwrap.fill(" ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items()), 120),
             flush=True,
         )
-    checkpoint_path = run_dir / CHECKPOINT if main_process else None
+    checkpoint_path = run_dir / CHECKPOINT if ctx.is_main else None
     try:
-        with StopOnSigint() as stop:
+        with StopOnSigint() as sigint:
+            asked = should_stop or sigint
             result = fit(
                 model, optimizer, scheduler, train_loader, test_loader, cfg, state,
-                logger=logger, checkpoint_path=checkpoint_path, should_stop=should_stop or stop,
+                logger=logger, checkpoint_path=checkpoint_path,
+                should_stop=lambda state: distributed.any_rank(asked(state)),  # all ranks stop at the same step
                 progress=progress, echo=echo,
             )  # fmt: skip
     except Interrupted:
-        print(
-            f"\ninterrupted at epoch {state.epoch + 1}, step {state.step}; checkpoint saved. Continue with:\n"
-            f"  python train.py --resume {run_dir}",
-            flush=True,
-        )
+        # torchrun stops every rank as soon as one exits non-zero: wait here until rank 0 has saved the checkpoint
+        distributed.any_rank(False)
+        if ctx.is_main:
+            print(
+                f"\ninterrupted at epoch {state.epoch + 1}, step {state.step}; checkpoint saved. Continue with:\n"
+                f"  {'python' if ctx.world_size == 1 else 'torchrun [its options]'} train.py --resume {run_dir}",
+                flush=True,
+            )
         return EXIT_INTERRUPTED
     finally:
         if logger is not None:
             logger.close()
     if result is None:  # resumed a finished run: nothing left to train
-        result = evaluate(model, test_loader, Loss(cfg.loss, cfg.impl), cfg.limit_test_batches)
-    print(
-        f"test accuracy {result.accuracy:.2%} (error {1 - result.accuracy:.2%}) on {result.count:,} images, "
-        f"{state.epoch} epochs in {format_seconds(state.elapsed)}\n"
-        f"run: {run_dir}\n"
-        f"see it: tensorboard --logdir {run_dir.parent}",
-        flush=True,
-    )
+        result = evaluate(distributed.unwrap(model), test_loader, Loss(cfg.loss, cfg.impl))
+    if ctx.is_main:
+        print(
+            f"test accuracy {result.accuracy:.2%} (error {1 - result.accuracy:.2%}) on {result.count:,} images, "
+            f"{state.epoch} epochs in {format_seconds(state.elapsed)}\n"
+            f"run: {run_dir}\n"
+            f"see it: tensorboard --logdir {run_dir.parent}",
+            flush=True,
+        )
     return 0
 
 

@@ -1,8 +1,12 @@
 """Train and evaluate LeNet: the config and its presets, the loss, the loop, evaluation, checkpoints, the grad check.
 
 No CLI here (``train.py`` is the CLI) and no TensorBoard code (``bp_torch.tensorboard``): ``fit`` takes a logger
-and a checkpoint path, and a process that is not the main one (rank > 0, once training is distributed) passes
-neither. Evaluation returns sums (loss, confusion matrix) so that ranks could all-reduce them.
+and a checkpoint path, and a process that is not the main one (rank > 0 under ``torchrun``) passes neither.
+
+Distributed (``bp_torch.distributed``): ``make_loaders(cfg, device, rank, world_size)`` gives each rank its shard of
+every epoch's order and ``cfg.batch_size // world_size`` samples of each global batch; ``fit`` takes the model
+wrapped in ``DistributedDataParallel`` and checkpoints, logs and evaluates the module inside it; ``evaluate`` sums
+the loss and the confusion matrix over the ranks' disjoint test shards.
 
 Example::
 
@@ -30,6 +34,7 @@ from torch import nn
 from bp_torch import functional as BF
 from bp_torch.checkpoint import load_checkpoint, save_checkpoint
 from bp_torch.data import DATASETS, DeviceLoader, load_dataset
+from bp_torch.distributed import all_reduce_sum, unwrap
 from bp_torch.models import LeNet
 
 __all__ = [
@@ -40,6 +45,7 @@ __all__ = [
     "TrainState",
     "EvalResult",
     "Interrupted",
+    "local_batch_size",
     "make_loaders",
     "build",
     "fit",
@@ -66,7 +72,7 @@ class Config:
     dataset: str = "mnist"
     impl: str = "manual"  # "manual": bp_torch's hand-derived backward; "native": torch.nn's
     epochs: int = 20
-    batch_size: int = 128
+    batch_size: int = 128  # global: split evenly over the processes of a distributed run
     lr: float = 0.03  # the peak learning rate with schedule="onecycle"
     optimizer: str = "adam"  # "sgd" | "adam" | "adamw"
     momentum: float = 0.0  # sgd only
@@ -80,8 +86,8 @@ class Config:
     shift: int = 1  # augmentation: random translation by up to this many pixels (0: off)
     seed: int = 0
     limit_train_batches: int = 0  # train on at most this many batches per epoch (0: all)
-    test_batch_size: int = 1000
-    limit_test_batches: int = 0  # evaluate on at most this many batches (0: all)
+    test_batch_size: int = 1000  # per process
+    limit_test_batches: int = 0  # evaluate on the first limit_test_batches * test_batch_size test images (0: all)
     device: str = "auto"
     data_dir: str | None = None
     log_interval: int = 50
@@ -200,22 +206,42 @@ class Interrupted(Exception):
     """Training stopped at a step boundary on request (Ctrl-C); the state is consistent and checkpointed."""
 
 
+def local_batch_size(batch_size: int, world_size: int) -> int:
+    """Each rank's share of a global batch; ``ValueError`` unless the world size divides it."""
+    if batch_size % world_size:
+        raise ValueError(
+            f"batch_size is the global batch, split evenly over the processes: it must be divisible by the "
+            f"world size, but got batch_size={batch_size}, world_size={world_size}"
+        )
+    return batch_size // world_size
+
+
 def make_loaders(
     cfg: Config, device: torch.device, rank: int = 0, world_size: int = 1
 ) -> tuple[DeviceLoader, DeviceLoader]:
-    """The shuffled, augmented training loader and the test loader, data on ``device``.
+    """The shuffled, augmented training loader and the test loader of rank ``rank`` of ``world_size``, on ``device``.
 
-    Raises ``bp_torch.data.DatasetNotFoundError`` (a FileNotFoundError) or ``ValueError`` for corrupt files.
+    Training: ``DistributedSampler``'s shards of each epoch's order, ``cfg.batch_size // world_size`` per rank, so
+    that batch ``i`` of all ranks together is batch ``i`` of a single process with ``cfg.batch_size`` (the order is
+    interleaved over ranks). Test: the first ``limit_test_batches * test_batch_size`` images (all if 0), cut into
+    contiguous shards that together hold each image once.
+
+    Raises ``bp_torch.data.DatasetNotFoundError`` (a FileNotFoundError) or ``ValueError`` for corrupt files or a
+    batch size the world size does not divide.
     """
+    batch_size = local_batch_size(cfg.batch_size, world_size)
     info = DATASETS[cfg.dataset]
     mean, std = (info.mean, info.std) if cfg.normalize else (0.0, 1.0)
     common = dict(mean=mean, std=std, device=device, rank=rank, world_size=world_size)
     train = DeviceLoader(
-        *load_dataset(cfg.dataset, True, cfg.data_dir), cfg.batch_size, shuffle=True, seed=cfg.seed, shift=cfg.shift,
+        *load_dataset(cfg.dataset, True, cfg.data_dir), batch_size, shuffle=True, seed=cfg.seed, shift=cfg.shift,
         **common,
     )  # fmt: skip
-    test_data = load_dataset(cfg.dataset, False, cfg.data_dir)
-    test = DeviceLoader(*test_data, cfg.test_batch_size, even_shards=False, **common)
+    images, labels = load_dataset(cfg.dataset, False, cfg.data_dir)
+    if cfg.limit_test_batches:  # a prefix of the test set, whatever the world size: the same images are evaluated
+        n = cfg.limit_test_batches * cfg.test_batch_size
+        images, labels = images[:n], labels[:n]
+    test = DeviceLoader(images, labels, cfg.test_batch_size, even_shards=False, **common)
     return train, test
 
 
@@ -249,7 +275,12 @@ def build(
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DeviceLoader, loss_fn: Loss, limit: int = 0, keep: int = 32) -> EvalResult:
     """Loss sum and confusion matrix over ``loader`` (its first ``limit`` batches if > 0), and up to ``keep``
-    misclassified samples."""
+    misclassified samples.
+
+    A sharded loader (``world_size`` > 1) makes this a collective: every rank evaluates its own shard and the
+    sums are added over the ranks, so all get the result for the whole set; the misclassified samples stay each
+    rank's own. Pass the plain module, not its ``DistributedDataParallel`` wrapper: shards may differ in batches.
+    """
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=loader.device)
     confusion = torch.zeros(NUM_CLASSES * NUM_CLASSES, dtype=torch.long, device=loader.device)
@@ -264,6 +295,8 @@ def evaluate(model: nn.Module, loader: DeviceLoader, loss_fn: Loss, limit: int =
             miss = (pred != y).nonzero().squeeze(1)[: keep - kept]
             wrong.append((x[miss], pred[miss], y[miss]))
             kept += len(miss)
+    if loader.world_size > 1:
+        all_reduce_sum(loss_sum, confusion)
     images, pred, true = (torch.cat(t).cpu() for t in zip(*wrong)) if wrong else (torch.empty(0),) * 3
     return EvalResult(loss_sum.item(), confusion.view(NUM_CLASSES, NUM_CLASSES).cpu(), images, pred, true)
 
@@ -330,8 +363,9 @@ def restore(
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     torch.set_rng_state(ckpt["rng"]["torch"])
-    if ckpt["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    if torch.cuda.is_available():  # a checkpoint from a machine with more GPUs (a DDP run's) sets what there is
+        for index, rng_state in enumerate(ckpt["rng"]["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(rng_state, index)
     return TrainState(**ckpt["state"])
 
 
@@ -352,6 +386,10 @@ def fit(
 ) -> EvalResult | None:
     """Train from ``state`` to ``cfg.epochs`` epochs, evaluating and checkpointing after each.
 
+    ``model`` may be wrapped in ``DistributedDataParallel`` (then every rank calls ``fit``, with its own shard in
+    each loader, and ``should_stop`` must answer alike on all ranks: ``bp_torch.distributed.any_rank``); the
+    module inside it is what is checkpointed, logged, grad-checked and evaluated.
+
     Args:
         logger: a ``bp_torch.tensorboard.TensorBoardLogger`` (or anything with its methods), or None.
         checkpoint_path: where to write the checkpoint after each epoch and on interruption, or None.
@@ -364,9 +402,11 @@ def fit(
         The last epoch's test result (None if there was no epoch left to train).
     """
     loss_fn = Loss(cfg.loss, cfg.impl, cfg.label_smoothing)
+    core = unwrap(model)  # the LeNet itself: its state_dict has no "module." prefix, its forward no collective
+    distributed = train_loader.world_size > 1
     twin = twin_loss_fn = None
     if logger is not None and cfg.grad_check_interval and cfg.impl == "manual":
-        twin = LeNet("native").to(next(model.parameters()).device)
+        twin = LeNet("native").to(next(core.parameters()).device)
         twin_loss_fn = Loss(cfg.loss, "native", cfg.label_smoothing)
     steps = steps_per_epoch(train_loader, cfg)
     result = None
@@ -383,7 +423,8 @@ def fit(
             tick = time.perf_counter()
             for x, y in islice(train_loader, steps - state.batch):
                 if twin is not None and state.step % cfg.grad_check_interval == 0:
-                    logger.log_grad_check(state.step, grad_check(model, twin, x, y, loss_fn, twin_loss_fn))
+                    # on rank 0 alone, through the plain module: autograd.grad, no DDP hook, no collective
+                    logger.log_grad_check(state.step, grad_check(core, twin, x, y, loss_fn, twin_loss_fn))
                 logits = model(x)
                 loss = loss_fn(logits, y)
                 optimizer.zero_grad(set_to_none=True)
@@ -399,6 +440,8 @@ def fit(
                 if bar is not None:
                     bar.update()
                 if cfg.log_interval and state.step % cfg.log_interval == 0:
+                    if distributed:
+                        all_reduce_sum(interval)
                     loss_sum, correct, count = interval.tolist()
                     now = time.perf_counter()
                     if logger is not None:
@@ -413,13 +456,15 @@ def fit(
                 bar.close()
             train_time = time.perf_counter() - start
             state.epoch, state.batch = state.epoch + 1, 0
-            result = evaluate(model, test_loader, loss_fn, cfg.limit_test_batches)
+            result = evaluate(core, test_loader, loss_fn)
             state.elapsed += time.perf_counter() - start
             state.metrics = {"test_loss": result.loss, "test_accuracy": result.accuracy}
+            if distributed:
+                all_reduce_sum(totals)
             loss_sum, correct, count = totals.tolist()
             images_per_sec = count / train_time
             if logger is not None:
-                logger.log_epoch(state.step, state.epoch, result, train_time, model)
+                logger.log_epoch(state.step, state.epoch, result, train_time, core)
             echo(
                 f"epoch {state.epoch:>{len(str(cfg.epochs))}}/{cfg.epochs}  "
                 f"train loss {loss_sum / max(count, 1):.4f} acc {correct / max(count, 1):.2%}  "
@@ -427,10 +472,10 @@ def fit(
                 f"{train_time:.1f}s {images_per_sec:,.0f} img/s"
             )
             if checkpoint_path is not None:
-                save_checkpoint(checkpoint_path, checkpoint_state(model, optimizer, scheduler, cfg, state))
+                save_checkpoint(checkpoint_path, checkpoint_state(core, optimizer, scheduler, cfg, state))
     except Interrupted:
         if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, checkpoint_state(model, optimizer, scheduler, cfg, state))
+            save_checkpoint(checkpoint_path, checkpoint_state(core, optimizer, scheduler, cfg, state))
         raise
     return result
 

@@ -1,7 +1,8 @@
 """train.py and bp_torch.training end to end: the CLI, presets, resume, Ctrl-C, errors, TensorBoard's own server.
 
-Most tests train on a small fake MNIST written to a temporary folder; the seed-preset accuracy test needs the real
-one (``$BP_TORCH_DATA`` or ``../shared/data`` beside the repository) and is skipped without it.
+Most tests train on a small fake MNIST written to a temporary folder (``fake_data``, conftest.py); the seed-preset
+accuracy test needs the real one (``$BP_TORCH_DATA`` or ``../shared/data`` beside the repository) and is skipped
+without it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import json
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -45,28 +45,6 @@ def _real_mnist() -> Path | None:
         if root and (Path(root) / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").exists():
             return Path(root)
     return None
-
-
-def _write_idx(path: Path, data: torch.Tensor) -> None:
-    header = struct.pack(">BBBB", 0, 0, 0x08, data.dim()) + struct.pack(f">{data.dim()}I", *data.shape)
-    path.write_bytes(header + data.to(torch.uint8).numpy().tobytes())
-
-
-@pytest.fixture(scope="module")
-def fake_data(tmp_path_factory) -> Path:
-    """A small MNIST: 512 training and 256 test digits, each class a bright bar at its own row, plus noise."""
-    root = tmp_path_factory.mktemp("data")
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    g = torch.Generator().manual_seed(0)
-    for prefix, n in (("train", 512), ("t10k", 256)):
-        labels = torch.arange(n) % 10
-        images = torch.randint(0, 60, (n, 28, 28), generator=g)
-        for i, k in enumerate(labels.tolist()):
-            images[i, 3 + 2 * k : 5 + 2 * k, 4:24] = 255
-        _write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
-    return root
 
 
 def _args(data: Path, logdir: Path, *extra: str) -> list[str]:
