@@ -357,7 +357,7 @@ def run(args: argparse.Namespace, ctx: distributed.Context, should_stop=None) ->
     if ctx.is_main:
         print(
             f"test accuracy {result.accuracy:.2%} (error {1 - result.accuracy:.2%}) on {result.count:,} images, "
-            f"{state.epoch} epochs in {format_seconds(state.elapsed)}\n"
+            f"{state.epoch} epoch{'s' * (state.epoch != 1)} in {format_seconds(state.elapsed)}\n"
             f"run: {run_dir}\n"
             f"see it: tensorboard --logdir {run_dir.parent}",
             flush=True,

@@ -27,6 +27,9 @@ from bp_torch.data import DeviceLoader
 from bp_torch.models import LeNet
 from bp_torch.training import Config, Loss, evaluate, load_training_checkpoint, local_batch_size, make_loaders
 
+# one xdist worker runs the whole module, so that the workers below are started once (pyproject: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("distributed")
+
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
 PORTS = 8  # one per process group the workers make
