@@ -35,7 +35,7 @@ def input_grad(
         # equals the forward's (3x3 pad 1, 1x1 ...) this is as fast as the transposed form and needs no crop
         w_rot = weight.flip(2, 3).reshape(G, C_out // G, C_in_g, kh, kw).transpose(1, 2).reshape(-1, C_out // G, kh, kw)
         return F.conv2d(delta, w_rot, None, 1, padding, dilation, G)
-    # eq. 14, the same sum scattered: each δ_pq adds δ_pq·w to the inputs its window read — a transposed
+    # Note A eq. 14, the same sum scattered: each δ_pq adds δ_pq·w to the inputs its window read — a transposed
     # convolution. It skips the zeros a strided δ would need inserted and the wide padding of a 'full' correlation
     # (3x faster than eq. 17 for LeNet's 5x5 'valid' C2). Rows the forward never reached get zero (output_padding).
     out_pad = uncovered(input_size, delta.shape[2:], (kh, kw), stride, padding, dilation)
@@ -70,13 +70,16 @@ def weight_grad(
         # depthwise: one convolution per (sample, channel), δ its kernel, then summed over the batch
         x = input.reshape(1, N * C_in, H, W)
         grad = F.conv2d(x, delta.reshape(N * C_out, 1, H_out, W_out), None, dilation, padding, stride, N * G)
-        return grad.reshape(N, C_out, 1, *grad.shape[2:])[..., :kh, :kw].sum(0)
+        grad = grad.reshape(N, C_out, 1, *grad.shape[2:]).sum(0)
+        return grad[..., :kh, :kw] if grad.shape[2:] != (kh, kw) else grad
     if N * H_out * W_out * C_out * (C_in // G) < TAP_MATMUL_MIN_MACS:
         # one convolution in which the batch plays the channels: the forward's stride becomes the dilation, its
         # dilation the stride; rows past the last full stride step reach no tap and are cropped
         x = input.reshape(N, G, C_in // G, H, W).permute(2, 1, 0, 3, 4).reshape(C_in // G, G * N, H, W)
         grad = F.conv2d(x, delta.transpose(0, 1), None, dilation, padding, stride, G)  # (C_in_g, C_out, >=kh, >=kw)
-        return grad[:, :, :kh, :kw].transpose(0, 1)
+        if grad.shape[2:] != (kh, kw):  # a no-op slice would be an alias, which legacy vmap cannot batch
+            grad = grad[:, :, :kh, :kw]
+        return grad.transpose(0, 1)
     return _weight_grad_per_tap(input, delta, kernel_size, stride, padding, dilation, groups)
 
 

@@ -23,6 +23,30 @@ from bp_torch import _conv
 Pair = tuple[int, int]
 
 
+def conv2d_input_grad(delta, weight, input_size: Pair, stride: Pair, padding: Pair, dilation: Pair, groups: int):
+    """∂e/∂x (Note A eq. 17/35, Note B eq. 51): through ``Conv2dInputGradFunction`` when a graph of the backward is
+    being built (``create_graph=True``), so higher derivatives stay hand-written; otherwise the same tensor code
+    without a Function's bookkeeping (and without the aliases legacy vmap cannot batch)."""
+    if torch.is_grad_enabled():
+        return Conv2dInputGradFunction.apply(delta, weight, input_size, stride, padding, dilation, groups)
+    return _conv.input_grad(delta, weight, input_size, stride, padding, dilation, groups)
+
+
+def conv2d_weight_grad(input, delta, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, groups: int):
+    """∂e/∂k (Note B eq. 40/59), through ``Conv2dWeightGradFunction`` only when a graph is being built."""
+    if torch.is_grad_enabled():
+        return Conv2dWeightGradFunction.apply(input, delta, kernel_size, stride, padding, dilation, groups)
+    return _conv.weight_grad(input, delta, kernel_size, stride, padding, dilation, groups)
+
+
+def _conv2d(input, weight, stride: Pair, padding: Pair, dilation: Pair, groups: int) -> torch.Tensor:
+    """The forward correlation (Note A eq. 10) inside a backward, through ``Conv2dFunction`` only when a graph is
+    being built."""
+    if torch.is_grad_enabled():
+        return Conv2dFunction.apply(input, weight, None, stride, padding, dilation, groups)
+    return torch.conv2d(input, weight, None, stride, padding, dilation, groups)
+
+
 class Conv2dFunction(Function):
     """2-D cross-correlation (Note A eq. 10) with the backward of Note A eq. 17/35 and Note B eq. 40, 45, 51."""
 
@@ -50,11 +74,11 @@ class Conv2dFunction(Function):
         grad_input = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             # Note A eq. 17/35, Note B eq. 51: the full correlation of δ with the rot180 kernel
-            grad_input = Conv2dInputGradFunction.apply(grad_output, weight, ctx.input_size, *ctx.options)
+            grad_input = conv2d_input_grad(grad_output, weight, ctx.input_size, *ctx.options)
             grad_input = _layout(grad_input, ctx.input_channels_last)
         if ctx.needs_input_grad[1]:
             # Note B eq. 40/59: Δk = rot180(S) * ΔC_σ, the correlation of the input with δ over the batch
-            grad_weight = Conv2dWeightGradFunction.apply(input, grad_output, ctx.kernel_size, *ctx.options)
+            grad_weight = conv2d_weight_grad(input, grad_output, ctx.kernel_size, *ctx.options)
             grad_weight = _layout(grad_weight, ctx.weight_channels_last)
         if ctx.needs_input_grad[2]:
             grad_bias = grad_output.sum((0, 2, 3))  # Note B eq. 45/64: Δb = Σ ΔC_σ
@@ -94,10 +118,10 @@ class Conv2dInputGradFunction(Function):
             grad = F.pad(grad, ctx.hang)
         if ctx.needs_input_grad[0]:
             # ∂T/∂δ: the forward correlation (Note A eq. 10) of the incoming gradient with k
-            grad_delta = _layout(Conv2dFunction.apply(grad, weight, None, *ctx.options), ctx.layouts[0])
+            grad_delta = _layout(_conv2d(grad, weight, *ctx.options), ctx.layouts[0])
         if ctx.needs_input_grad[1]:
             # ∂T/∂k: Note B eq. 40 with the incoming gradient in the input's place
-            grad_weight = Conv2dWeightGradFunction.apply(grad, delta, ctx.kernel_size, *ctx.options)
+            grad_weight = conv2d_weight_grad(grad, delta, ctx.kernel_size, *ctx.options)
             grad_weight = _layout(grad_weight, ctx.layouts[1])
         return grad_delta, grad_weight, None, None, None, None, None
 
@@ -126,11 +150,11 @@ class Conv2dWeightGradFunction(Function):
         grad_input = grad_delta = None
         if ctx.needs_input_grad[0]:
             # ∂T/∂x: Note A eq. 17 with the incoming gradient as the kernel
-            grad_input = Conv2dInputGradFunction.apply(delta, grad, ctx.input_size, *ctx.options)
+            grad_input = conv2d_input_grad(delta, grad, ctx.input_size, *ctx.options)
             grad_input = _layout(grad_input, ctx.layouts[0])
         if ctx.needs_input_grad[1]:
             # ∂T/∂δ: the forward correlation (Note A eq. 10) of x with the incoming gradient as the kernel
-            grad_delta = _layout(Conv2dFunction.apply(input, grad, None, *ctx.options), ctx.layouts[1])
+            grad_delta = _layout(_conv2d(input, grad, *ctx.options), ctx.layouts[1])
         return grad_input, grad_delta, None, None, None, None, None
 
 
@@ -213,7 +237,7 @@ class AvgPool2dFunction(Function):
             # overlapping windows: the same spreading is the input gradient of a depthwise convolution whose
             # kernel is all ones (Note A eq. 17 with w = 1: rot180 of ones is ones)
             ones = grad_output.new_ones((C, 1, kh, kw))
-            grad_input = Conv2dInputGradFunction.apply(delta, ones, ctx.input_size, stride, padding, (1, 1), C)
+            grad_input = conv2d_input_grad(delta, ones, ctx.input_size, stride, padding, (1, 1), C)
         if ctx.input_channels_last:
             grad_input = grad_input.contiguous(memory_format=torch.channels_last)
         return grad_input, None, None, None, None, None, None

@@ -1,0 +1,70 @@
+"""Checkpoints that survive a crash mid-write and load with ``weights_only=True``.
+
+A checkpoint is a dict of tensors, numbers, strings, lists and dicts only (state_dicts, RNG states as uint8
+tensors, the config as a plain dict), so ``torch.load(..., weights_only=True)`` reads it without unpickling code.
+
+Example::
+
+    >>> save_checkpoint("runs/demo/checkpoint.pt", {"model": model.state_dict(), "epoch": 3})
+    >>> load_checkpoint("runs/demo/checkpoint.pt")["epoch"]
+    3
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, truncated, corrupt, or not one of ours; the message says which file and why."""
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically: to a temporary file beside it, flushed to disk, then renamed.
+
+    ``os.replace`` is atomic on POSIX and Windows, so ``path`` always holds either the previous checkpoint or the
+    new one, whole — never half of one, even if the process is killed while writing.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Load a checkpoint on the CPU with ``weights_only=True``.
+
+    Args:
+        path: the checkpoint file.
+        required: keys the checkpoint must have.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, not a dict, or lacks a required key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, random bytes, a pickle of arbitrary objects ...
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated?): {reason}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a bp_torch checkpoint: it holds a {type(state).__name__}, not a dict")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a bp_torch training checkpoint: it lacks {', '.join(missing)}")
+    return state

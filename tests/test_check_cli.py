@@ -1,0 +1,45 @@
+"""`python -m bp_torch.check` prints its table and exits 0, and exits 1 when a gradient is wrong."""
+
+import subprocess
+import sys
+
+import torch
+
+from bp_torch import check
+
+
+def test_check_passes_on_this_device(device):
+    result = subprocess.run(
+        [sys.executable, "-m", "bp_torch.check", "--device", str(device)], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for function in ("conv2d", "avg_pool2d", "sigmoid", "linear"):
+        assert f"| {function} |" in result.stdout
+    assert "all checks passed" in result.stdout
+
+
+class _WrongSigmoid(torch.autograd.Function):
+    """σ with a wrong derivative (σ instead of σ(1−σ)): what the check exists to catch."""
+
+    @staticmethod
+    def forward(x):
+        return torch.sigmoid(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (out,) = ctx.saved_tensors
+        return grad_output * out
+
+
+def test_check_fails_on_a_wrong_gradient(monkeypatch, capsys):
+    wrong = check.Case(
+        "sigmoid", _WrongSigmoid.apply, torch.sigmoid, lambda d, t: (torch.randn(3, 4, device=d, dtype=t),)
+    )
+    monkeypatch.setattr(check, "CASES", [wrong])
+    assert check.main(["--device", "cpu"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "FAILED: sigmoid" in out

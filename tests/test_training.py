@@ -1,0 +1,310 @@
+"""train.py and bp_torch.training end to end: the CLI, presets, resume, Ctrl-C, errors, TensorBoard's own server.
+
+Most tests train on a small fake MNIST written to a temporary folder; the seed-preset accuracy test needs the real
+one (``$BP_TORCH_DATA`` or ``../shared/data`` beside the repository) and is skipped without it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from bp_torch.models import LeNet
+from bp_torch.tensorboard import confusion_image, digits_image, filters_image
+from bp_torch.training import PRESETS, Config, Loss, grad_check, load_training_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_train_module():
+    spec = importlib.util.spec_from_file_location("train", ROOT / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train = _load_train_module()
+
+
+def _real_mnist() -> Path | None:
+    for root in (os.environ.get("BP_TORCH_DATA"), ROOT.parent / "shared" / "data"):
+        if root and (Path(root) / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").exists():
+            return Path(root)
+    return None
+
+
+def _write_idx(path: Path, data: torch.Tensor) -> None:
+    header = struct.pack(">BBBB", 0, 0, 0x08, data.dim()) + struct.pack(f">{data.dim()}I", *data.shape)
+    path.write_bytes(header + data.to(torch.uint8).numpy().tobytes())
+
+
+@pytest.fixture(scope="module")
+def fake_data(tmp_path_factory) -> Path:
+    """A small MNIST: 512 training and 256 test digits, each class a bright bar at its own row, plus noise."""
+    root = tmp_path_factory.mktemp("data")
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    for prefix, n in (("train", 512), ("t10k", 256)):
+        labels = torch.arange(n) % 10
+        images = torch.randint(0, 60, (n, 28, 28), generator=g)
+        for i, k in enumerate(labels.tolist()):
+            images[i, 3 + 2 * k : 5 + 2 * k, 4:24] = 255
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return root
+
+
+def _args(data: Path, logdir: Path, *extra: str) -> list[str]:
+    return ["--data-dir", str(data), "--logdir", str(logdir), "--batch-size", "32", "--test-batch-size", "64", *extra]
+
+
+def _run_dir(logdir: Path, name: str) -> Path:
+    return logdir / name
+
+
+# --- configuration -------------------------------------------------------------------------------------------
+
+
+def test_seed_preset_is_note_b():
+    seed = PRESETS["seed"]
+    assert (seed.impl, seed.loss, seed.optimizer, seed.momentum, seed.weight_decay) == ("manual", "mse", "sgd", 0, 0)
+    assert (seed.lr, seed.batch_size, seed.epochs, seed.schedule) == (1.0, 50, 1, "constant")
+    assert (seed.normalize, seed.shift) == (False, 0)  # pixels in [0, 1], no augmentation
+
+
+def test_flags_override_the_preset_and_help_states_defaults():
+    parser = train.build_parser()
+    cfg = train.resolve_config(parser.parse_args(["--preset", "seed", "--epochs", "3"]), None)
+    assert cfg.epochs == 3 and cfg.lr == 1.0 and cfg.loss == "mse"
+    assert train.resolve_config(parser.parse_args([]), None) == Config()
+    assert "(default: 0.03; seed: 1.0)" in parser.format_help()
+
+
+def test_mse_loss_is_note_b_eq_13():
+    logits, target = torch.randn(4, 10), torch.tensor([0, 3, 9, 3])
+    y = torch.nn.functional.one_hot(target, 10).float()
+    expected = (0.5 * (torch.sigmoid(logits) - y).pow(2).sum()) / 4  # ½Σ(ŷ − y)², averaged over the batch
+    torch.testing.assert_close(Loss("mse", "manual")(logits, target), expected)
+
+
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_grad_check_finds_the_derivation_equal_to_autograd(loss):
+    model, twin = LeNet("manual"), LeNet("native")
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    differences = grad_check(model, twin, x, y, Loss(loss, "manual"), Loss(loss, "native"))
+    assert set(differences) == {f"{m}.{p}" for m in ("conv1", "conv2", "fc") for p in ("weight", "bias")}
+    assert max(differences.values()) < 1e-4  # float32 rounding; a wrong formula gives O(1)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_pictures_have_the_right_shapes():
+    assert filters_image(torch.randn(6, 1, 5, 5)).shape == (3, 44, 6 * 42 + 2)  # 40-px tiles, 2-px gaps
+    assert digits_image(torch.rand(3, 1, 28, 28), torch.tensor([1, 2, 3]), torch.tensor([7, 8, 9]))[0].shape[0] > 56
+    image = confusion_image(torch.eye(10, dtype=torch.long) * 5)
+    assert image.shape == (3, 176, 176) and 0 <= image.min() and image.max() <= 1
+
+
+# --- the CLI, in process -------------------------------------------------------------------------------------
+
+
+def test_dry_run_trains_logs_and_checkpoints(fake_data, tmp_path, capsys):
+    assert train.main(_args(fake_data, tmp_path, "--dry-run", "--run-name", "dry")) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy" in out and "tensorboard --logdir" in out
+    ckpt = load_training_checkpoint(tmp_path / "dry" / "checkpoint.pt")
+    assert ckpt["state"]["epoch"] == 1 and ckpt["state"]["step"] == 2
+    assert list((tmp_path / "dry").glob("events.out.tfevents.*"))
+
+
+def test_runs_are_never_overwritten(fake_data, tmp_path, capsys):
+    for _ in range(2):
+        assert train.main(_args(fake_data, tmp_path, "--dry-run", "--run-name", "same")) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same", "same-2"]
+
+
+@pytest.mark.parametrize("stop_at", ["epoch_end", "mid_epoch"])
+def test_resume_ends_with_the_same_weights(fake_data, tmp_path, capsys, stop_at):
+    """An interrupted and resumed run and an uninterrupted one end bit-identical (default recipe, augmentation on)."""
+    common = _args(fake_data, tmp_path, "--epochs", "3", "--limit-train-batches", "5", "--limit-test-batches", "1")
+    assert train.main([*common, "--run-name", "whole"]) == 0
+
+    def stop(state):  # as Ctrl-C would: polled before each epoch and after each step
+        return (state.epoch, state.batch) == ((1, 0) if stop_at == "epoch_end" else (1, 2))
+
+    assert train.main([*common, "--run-name", "cut"], should_stop=stop) == train.EXIT_INTERRUPTED
+    interrupted = load_training_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    assert interrupted["state"]["step"] == (5 if stop_at == "epoch_end" else 7)
+    assert train.main(["--resume", str(tmp_path / "cut"), "--data-dir", str(fake_data)]) == 0
+
+    whole = load_training_checkpoint(tmp_path / "whole" / "checkpoint.pt")
+    resumed = load_training_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    assert resumed["state"]["step"] == whole["state"]["step"] == 15
+    for name, tensor in whole["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
+    for i, group in whole["optimizer"]["state"].items():
+        assert all(torch.equal(v, resumed["optimizer"]["state"][i][k]) for k, v in group.items())
+    # and TensorBoard shows one test point per epoch, the interrupted session's included
+    events = EventAccumulator(str(tmp_path / "cut"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("test/accuracy")] == [5, 10, 15]
+
+
+def test_resume_refuses_to_change_the_recipe(fake_data, tmp_path, capsys):
+    assert train.main(_args(fake_data, tmp_path, "--dry-run", "--run-name", "r")) == 0
+    assert train.main(["--resume", str(tmp_path / "r"), "--lr", "0.5"]) == train.EXIT_ERROR
+    assert "--lr cannot change when resuming" in capsys.readouterr().err
+
+
+def test_missing_data_is_a_clear_error(tmp_path, capsys):
+    assert train.main(_args(tmp_path / "nowhere", tmp_path, "--dry-run")) == train.EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "not found" in err and "--data-dir" in err and "Traceback" not in err
+
+
+def test_corrupt_data_is_a_clear_error(fake_data, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    (broken / "MNIST" / "raw").mkdir(parents=True)
+    for f in (fake_data / "MNIST" / "raw").iterdir():
+        data = f.read_bytes()
+        (broken / "MNIST" / "raw" / f.name).write_bytes(data[: len(data) // 2] if "train-images" in f.name else data)
+    assert train.main(_args(broken, tmp_path, "--dry-run")) == train.EXIT_ERROR
+    assert "cannot read the dataset" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "not_a_dict"])
+def test_corrupt_checkpoint_is_a_clear_error(fake_data, tmp_path, capsys, damage):
+    assert train.main(_args(fake_data, tmp_path, "--dry-run", "--run-name", "c")) == 0
+    path = tmp_path / "c" / "checkpoint.pt"
+    if damage == "garbage":
+        path.write_bytes(os.urandom(1000))
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:5000])
+    else:
+        torch.save([1, 2, 3], path)
+    capsys.readouterr()
+    assert train.main(["--resume", str(path)]) == train.EXIT_ERROR
+    err = capsys.readouterr().err
+    assert str(path) in err and "checkpoint" in err
+
+
+# --- subprocesses: the real CLI, Ctrl-C, TensorBoard ---------------------------------------------------------
+
+
+def _spawn(*args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen(
+        [sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+    )
+
+
+@pytest.mark.slow
+def test_cli_dry_run(fake_data, tmp_path):
+    proc = _spawn("train.py", *_args(fake_data, tmp_path, "--dry-run", "--run-name", "cli"))
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "test accuracy" in out.splitlines()[-3]
+    torch.load(tmp_path / "cli" / "checkpoint.pt", weights_only=True)
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_a_loadable_checkpoint(fake_data, tmp_path):
+    proc = _spawn("train.py", *_args(fake_data, tmp_path, "--epochs", "200", "--run-name", "sigint"))
+    try:
+        deadline = time.monotonic() + 240
+        for line in proc.stdout:  # wait until training has finished an epoch
+            if line.startswith("epoch") or time.monotonic() > deadline:
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == train.EXIT_INTERRUPTED, err
+    assert "--resume" in out and "Traceback" not in err
+    ckpt = torch.load(tmp_path / "sigint" / "checkpoint.pt", weights_only=True)
+    assert 1 <= ckpt["state"]["epoch"] < 200 and ckpt["state"]["step"] >= 16
+    assert not list((tmp_path / "sigint").glob(".*.tmp"))  # the temporary file was renamed, not left behind
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url: str):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.slow
+def test_tensorboard_server_shows_the_run(fake_data, tmp_path, capsys):
+    logdir = tmp_path / "runs"
+    args = _args(fake_data, logdir, "--epochs", "2", "--limit-train-batches", "4", "--limit-test-batches", "2")
+    assert train.main([*args, "--run-name", "tb", "--log-interval", "2", "--grad-check-interval", "3"]) == 0
+    ckpt = load_training_checkpoint(logdir / "tb" / "checkpoint.pt")
+
+    port = _free_port()
+    server = _spawn(
+        "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port),
+        "--load_fast", "false", "--reload_interval", "1",
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}/data/plugin"
+    try:
+        deadline, tags = time.monotonic() + 120, {}
+        while time.monotonic() < deadline and "test/accuracy" not in tags:
+            assert server.poll() is None, server.stderr.read()
+            try:
+                tags = _get_json(f"{base}/scalars/tags").get("tb", {})
+            except OSError:  # not listening yet
+                pass
+            time.sleep(0.5)
+
+        def scalars(tag):
+            query = urllib.parse.urlencode({"run": "tb", "tag": tag})
+            return [(step, value) for _, step, value in _get_json(f"{base}/scalars/scalars?{query}")]
+
+        expected = {"train/loss", "train/accuracy", "train/lr", "perf/images_per_sec", "perf/epoch_time_s"}
+        expected |= {"test/loss", "test/accuracy"} | {f"gradcheck/{n}" for n, _ in LeNet().named_parameters()}
+        assert expected <= set(tags)
+        assert [s for s, _ in scalars("train/loss")] == [2, 4, 6, 8]
+        assert [s for s, _ in scalars("gradcheck/conv1.weight")] == [0, 3, 6]
+        assert max(v for tag in tags if tag.startswith("gradcheck/") for _, v in scalars(tag)) < 1e-4
+        step, accuracy = scalars("test/accuracy")[-1]
+        assert step == 8 and accuracy == pytest.approx(ckpt["state"]["metrics"]["test_accuracy"], rel=1e-6)
+        images = _get_json(f"{base}/images/tags").get("tb", {})
+        assert {"filters/C1", "filters/C2", "feature_maps/C1", "test/misclassified", "test/confusion_matrix"} <= set(
+            images
+        )
+    finally:
+        server.kill()
+        server.communicate(timeout=30)
+
+
+# --- real MNIST ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_seed_preset_matches_deeplearntoolbox(tmp_path, capsys):
+    """Note B's recipe, one epoch: DeepLearnToolbox's test_example_CNN asserts test error < 12% (it quotes ~11%)."""
+    data = _real_mnist()
+    if data is None:
+        pytest.skip("real MNIST not found: set BP_TORCH_DATA to a folder holding MNIST/raw/")
+    args = ["--preset", "seed", "--data-dir", str(data), "--logdir", str(tmp_path), "--run-name", "seed"]
+    assert train.main(args) == 0
+    accuracy = load_training_checkpoint(tmp_path / "seed" / "checkpoint.pt")["state"]["metrics"]["test_accuracy"]
+    assert 1 - accuracy < 0.12

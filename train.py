@@ -1,0 +1,299 @@
+"""Train Note B's LeNet on MNIST with the hand-derived backward, logging to TensorBoard.
+
+    python train.py                        # the default recipe (see README for its result)
+    python train.py --preset seed          # Note B / DeepLearnToolbox exactly: 1 epoch, test error < 12%
+    python train.py --impl native          # the same with torch's own autograd, for comparison
+    python train.py --resume runs/NAME     # continue an interrupted run (Ctrl-C saves a checkpoint)
+    python train.py --dry-run              # a few batches end to end: checks the installation
+    tensorboard --logdir runs              # watch: losses, accuracy, filters, feature maps, gradient check
+
+Flags given on the command line override the preset's values. Exit codes: 0 done, 2 bad arguments, missing or
+corrupt data or checkpoint, 130 interrupted (after saving a checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import signal
+import sys
+import textwrap
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+import bp_torch
+from bp_torch.checkpoint import CheckpointError
+from bp_torch.data import DATASETS, DatasetNotFoundError
+from bp_torch.training import (
+    PRESETS,
+    RUNTIME_FIELDS,
+    Config,
+    Interrupted,
+    Loss,
+    TrainState,
+    build,
+    count_parameters,
+    evaluate,
+    fit,
+    format_seconds,
+    load_training_checkpoint,
+    make_loaders,
+    restore,
+    validate,
+)
+
+CHECKPOINT = "checkpoint.pt"
+EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train Note B's 3,898-parameter LeNet on MNIST with hand-derived backpropagation.",
+        epilog="Defaults are the default preset's; '--preset seed' changes those marked 'seed:'. "
+        "Flags given explicitly override the preset.",
+    )
+    seed = PRESETS["seed"]
+
+    def add(flag: str, help: str, **kwargs) -> None:
+        # config flags default to SUPPRESS, so that only flags the user gave override the preset
+        name = flag[2:].replace("-", "_")
+        default, seeded = getattr(Config(), name), getattr(seed, name)
+        note = (
+            f" (default: {default}" + (f"; seed: {seeded})" if seeded != default else ")")
+            if default is not None
+            else ""
+        )
+        parser.add_argument(flag, help=help + note, default=argparse.SUPPRESS, **kwargs)
+
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=argparse.SUPPRESS,
+        help="named configuration: 'default' is the best recipe found for this network, 'seed' is exactly "
+        "Note B / DeepLearnToolbox (sigmoid outputs, squared error, SGD lr 1, batch 50, 1 epoch) (default: default)",
+    )
+    add("--dataset", "dataset", choices=sorted(DATASETS))
+    add("--data-dir", "folder holding MNIST/raw/ (default: $BP_TORCH_DATA, else ./data)", metavar="DIR")
+    add("--impl", "'manual': hand-derived backward; 'native': torch's autograd", choices=("manual", "native"))
+    add("--epochs", "number of epochs to train", type=int, metavar="N")
+    add("--batch-size", "training batch size", type=int, metavar="N")
+    add("--test-batch-size", "evaluation batch size", type=int, metavar="N")
+    add("--lr", "learning rate (the peak with --schedule onecycle)", type=float)
+    add("--optimizer", "optimizer", choices=("sgd", "adam", "adamw"))
+    add("--momentum", "SGD momentum", type=float)
+    add("--nesterov", "Nesterov momentum for SGD", action=argparse.BooleanOptionalAction)
+    add("--weight-decay", "weight decay", type=float)
+    add("--schedule", "learning-rate schedule over all steps", choices=("constant", "onecycle", "cosine"))
+    add("--warmup", "onecycle: fraction of the steps spent warming up", type=float)
+    add("--loss", "'ce': cross-entropy on logits; 'mse': Note B's ½Σ(σ(z)−y)², batch mean", choices=("ce", "mse"))
+    add("--label-smoothing", "label smoothing for --loss ce", type=float)
+    add("--normalize", "standardise pixels (else in [0, 1])", action=argparse.BooleanOptionalAction)
+    add("--shift", "augmentation: random translation by up to N pixels, 0 for none", type=int, metavar="N")
+    add("--seed", "random seed (init, data order, augmentation)", type=int)
+    add("--device", "'auto' picks cuda when available", choices=("auto", "cpu", "cuda"))
+    add("--log-interval", "steps between training-scalar logs", type=int, metavar="N")
+    add("--grad-check-interval", "steps between manual-vs-native gradient checks, 0 for none", type=int, metavar="N")
+    add("--limit-train-batches", "train on at most N batches per epoch, 0 for all", type=int, metavar="N")
+    add("--limit-test-batches", "evaluate on at most N batches, 0 for all", type=int, metavar="N")
+    add("--num-threads", "CPU threads for torch, 0 for torch's default", type=int, metavar="N")
+    parser.add_argument("--logdir", default="runs", help="folder of TensorBoard runs (default: runs)")
+    parser.add_argument(
+        "--run-name", help="this run's folder under --logdir; never overwritten: a suffix is added if it exists "
+        "(default: date-time-preset-impl)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--resume",
+        metavar="PATH",
+        help="continue a run from its checkpoint (file or run folder); flags that would change the weights are refused",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true",
+        help="1 epoch of 2 training batches and 1 test batch, logging every step: a quick end-to-end check",
+    )  # fmt: skip
+    return parser
+
+
+def resolve_config(args: argparse.Namespace, checkpoint: dict | None) -> Config:
+    """The preset (or the checkpoint's config), overridden by the flags given; raises ValueError."""
+    given = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(Config)}}
+    if checkpoint is None:
+        return validate(dataclasses.replace(PRESETS[given.get("preset", "default")], **given))
+    cfg = Config(**checkpoint["config"])
+    for name, value in given.items():
+        if name not in RUNTIME_FIELDS and value != getattr(cfg, name):
+            raise ValueError(
+                f"--{name.replace('_', '-')} cannot change when resuming: the run has {getattr(cfg, name)!r}, "
+                f"got {value!r}. Start a new run instead."
+            )
+    return validate(dataclasses.replace(cfg, **given))
+
+
+def new_run_dir(logdir: str, name: str | None, cfg: Config) -> Path:
+    """A fresh folder under ``logdir``: ``name`` or date-time-preset-impl, with -2, -3 ... if taken."""
+    base = name or f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.preset}-{cfg.impl}"
+    for i in range(1, 10_000):
+        path = Path(logdir) / (base if i == 1 else f"{base}-{i}")
+        try:
+            path.mkdir(parents=True, exist_ok=False)  # atomic: two runs started together get different folders
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free run folder named {base}[-N] in {logdir}")
+
+
+def probe_digits(test_loader) -> torch.Tensor:
+    """The first test digit of each class, as fed to the model: fixed digits for the feature-map images."""
+    x, y = next(iter(test_loader))
+    first = [int((y == k).nonzero()[0]) for k in range(10) if (y == k).any()]
+    return x[first]
+
+
+def environment(device: torch.device, run_dir: Path) -> dict:
+    return {
+        "torch": torch.__version__,
+        "bp_torch": bp_torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "threads": torch.get_num_threads(),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "run_dir": str(run_dir),
+        "started": datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+class StopOnSigint:
+    """The first Ctrl-C asks training to stop at the next step boundary (and checkpoint); a second one kills."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, state: TrainState) -> bool:
+        return self.requested
+
+    def __enter__(self):
+        def handler(signum, frame):
+            self.requested = True
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: KeyboardInterrupt at once
+
+        self.previous = signal.signal(signal.SIGINT, handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGINT, self.previous)
+
+
+def fail(message: str) -> int:
+    print(f"train.py: error: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def main(argv: list[str] | None = None, should_stop=None) -> int:
+    """Run the CLI; returns the exit code. ``should_stop(state)`` lets tests interrupt as Ctrl-C would."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args, should_stop)
+    except KeyboardInterrupt:  # before training, or a second Ctrl-C: the last checkpoint is intact (atomic writes)
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def run(args: argparse.Namespace, should_stop=None) -> int:
+    """Resolve the config, load data, build or restore, train, report; returns the exit code."""
+    if args.dry_run and args.resume:
+        return fail("--dry-run cannot be combined with --resume: it would change the run's schedule")
+    try:
+        checkpoint = None
+        if args.resume:
+            path = Path(args.resume)
+            checkpoint = load_training_checkpoint(path / CHECKPOINT if path.is_dir() else path)
+        cfg = resolve_config(args, checkpoint)
+    except (CheckpointError, ValueError, TypeError) as e:  # TypeError: a checkpoint config of another version
+        return fail(str(e))
+    if args.dry_run:
+        cfg = dataclasses.replace(
+            cfg, epochs=1, limit_train_batches=2, limit_test_batches=1, log_interval=1, grad_check_interval=1
+        )
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        return fail("--device cuda, but no CUDA device is available")
+    if cfg.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    main_process = True  # rank 0: the only one to print, log and checkpoint once training is distributed
+
+    try:
+        train_loader, test_loader = make_loaders(cfg, device)
+    except DatasetNotFoundError as e:
+        return fail(str(e))
+    except ValueError as e:  # a corrupt or truncated data file
+        return fail(f"cannot read the dataset: {e}")
+    model, optimizer, scheduler = build(cfg, device, train_loader)
+    state = TrainState()
+    if checkpoint is not None:
+        try:
+            state = restore(checkpoint, model, optimizer, scheduler)
+        except (RuntimeError, ValueError, KeyError) as e:
+            return fail(f"checkpoint {args.resume} does not match this model and optimizer: {e}")
+        run_dir = Path(args.resume) if Path(args.resume).is_dir() else Path(args.resume).parent
+    else:
+        run_dir = new_run_dir(args.logdir, args.run_name, cfg)
+
+    progress = sys.stderr.isatty()
+    echo = print
+    if progress:
+        from tqdm import tqdm
+
+        echo = tqdm.write
+    logger = None
+    if main_process:
+        from bp_torch.tensorboard import TensorBoardLogger
+
+        # resuming at step s: hide what the interrupted session logged after its checkpoint (steps > s)
+        purge_step = state.step + 1 if checkpoint is not None else None
+        logger = TensorBoardLogger(run_dir, probe_digits(test_loader), purge_step=purge_step)
+        if checkpoint is None:
+            logger.log_start(dataclasses.asdict(cfg), environment(device, run_dir))
+        what = f"resuming {run_dir} at epoch {state.epoch + 1}, step {state.step}" if checkpoint else f"run {run_dir}"
+        print(
+            f"LeNet ({cfg.impl}, {count_parameters(model):,} parameters) on {cfg.dataset}, {device}: {what}\n"
+            + textwrap.fill(" ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items()), 120),
+            flush=True,
+        )
+    checkpoint_path = run_dir / CHECKPOINT if main_process else None
+    try:
+        with StopOnSigint() as stop:
+            result = fit(
+                model, optimizer, scheduler, train_loader, test_loader, cfg, state,
+                logger=logger, checkpoint_path=checkpoint_path, should_stop=should_stop or stop,
+                progress=progress, echo=echo,
+            )  # fmt: skip
+    except Interrupted:
+        print(
+            f"\ninterrupted at epoch {state.epoch + 1}, step {state.step}; checkpoint saved. Continue with:\n"
+            f"  python train.py --resume {run_dir}",
+            flush=True,
+        )
+        return EXIT_INTERRUPTED
+    finally:
+        if logger is not None:
+            logger.close()
+    if result is None:  # resumed a finished run: nothing left to train
+        result = evaluate(model, test_loader, Loss(cfg.loss, cfg.impl), cfg.limit_test_batches)
+    print(
+        f"test accuracy {result.accuracy:.2%} (error {1 - result.accuracy:.2%}) on {result.count:,} images, "
+        f"{state.epoch} epochs in {format_seconds(state.elapsed)}\n"
+        f"run: {run_dir}\n"
+        f"see it: tensorboard --logdir {run_dir.parent}",
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
