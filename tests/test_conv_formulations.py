@@ -102,7 +102,8 @@ def test_gradients_keep_layout_and_empty_batch(channels_last, formulation):
         ours = BF.conv2d(x, w, None, 2, 1, 1, 2)
         native = F.conv2d(x, w, None, 2, 1, 1, 2)
         delta = torch.randn_like(native)
-        for g, n, t in zip(torch.autograd.grad(ours, (x, w), delta), torch.autograd.grad(native, (x, w), delta), (x, w)):
+        pairs = zip(torch.autograd.grad(ours, (x, w), delta), torch.autograd.grad(native, (x, w), delta), (x, w))
+        for g, n, t in pairs:
             torch.testing.assert_close(g, n, rtol=1e-4, atol=1e-4)
             assert g.is_contiguous(memory_format=fmt) or t.numel() == 0
 
