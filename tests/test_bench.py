@@ -21,4 +21,4 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path, monkeypatch):
     assert any("conv2d depthwise" in n for n in names) and any("skipped" in n for n in names)
     table = (tmp_path / "bench-cpu.md").read_text()
     assert "| benchmark | shape | manual | native | manual/native |" in table
-    assert table.count("\n|") == len(result["rows"]) + 1  # header separator + one line per row
+    assert table.count("\n|") == len(result["rows"]) + 2  # header, separator, one line per row
