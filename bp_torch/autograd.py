@@ -4,8 +4,9 @@ Equation numbers cite the two notes summarised in ``docs/derivation.md``: Note A
 convolutional layers) and Note B (Zhang, backpropagation in the LeNet CNN).
 
 Every backward is written with forward tensor ops only (conv2d, matmul, pad, flip, sum ...): never autograd,
-``torch.nn.grad``, ``torch.func`` or an ``aten.*_backward`` op. Where a gradient is itself a convolution
-(eq. 17, 40, 51) it calls ``Conv2dFunction`` again, so second derivatives also run through this file.
+``torch.nn.grad``, ``torch.func`` or an ``aten.*_backward`` op. A convolution's two gradients (eq. 17, 40, 51) are
+Functions too, each backward made of the other two and ``Conv2dFunction``, so derivatives of every order run
+through this file; ``bp_torch._conv`` picks, per shape, among equivalent formulations of each equation.
 
 Arguments arrive validated and normalised by ``bp_torch.functional``: 4-D inputs, stride/padding/dilation as int
 pairs, padding symmetric (``padding='same'`` with an even kernel is padded by the caller).
@@ -13,101 +14,50 @@ pairs, padding symmetric (``padding='same'`` with an even kernel is padded by th
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch.autograd import Function
 
+from bp_torch import _conv
+
 Pair = tuple[int, int]
 
 
+def _signature_cached(cls):
+    """``Function.apply`` binds its arguments to ``forward``'s signature on every call, and ``inspect.signature``
+    rebuilds that signature each time (about 30 µs of a LeNet layer's 50 µs Python overhead); a cached
+    ``__signature__``, which ``inspect.signature`` returns as is, makes the lookup free."""
+    cls.forward.__signature__ = inspect.signature(cls.forward)
+    return cls
+
+
+def conv2d_input_grad(delta, weight, input_size: Pair, stride: Pair, padding: Pair, dilation: Pair, groups: int):
+    """∂e/∂x (Note A eq. 17/35, Note B eq. 51): through ``Conv2dInputGradFunction`` when a graph of the backward is
+    being built (``create_graph=True``), so higher derivatives stay hand-written; otherwise the same tensor code
+    without a Function's bookkeeping (and without the aliases legacy vmap cannot batch)."""
+    if torch.is_grad_enabled():
+        return Conv2dInputGradFunction.apply(delta, weight, input_size, stride, padding, dilation, groups)
+    return _conv.input_grad(delta, weight, input_size, stride, padding, dilation, groups)
+
+
+def conv2d_weight_grad(input, delta, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, groups: int):
+    """∂e/∂k (Note B eq. 40/59), through ``Conv2dWeightGradFunction`` only when a graph is being built."""
+    if torch.is_grad_enabled():
+        return Conv2dWeightGradFunction.apply(input, delta, kernel_size, stride, padding, dilation, groups)
+    return _conv.weight_grad(input, delta, kernel_size, stride, padding, dilation, groups)
+
+
 def _conv2d(input, weight, stride: Pair, padding: Pair, dilation: Pair, groups: int) -> torch.Tensor:
-    """A convolution inside a backward: through ``Conv2dFunction`` when a graph of the backward is being built
-    (``create_graph=True``), so second derivatives run through the hand-derived backward again; otherwise the
-    same ``torch.conv2d`` that ``Conv2dFunction.forward`` calls, without a Function's bookkeeping."""
+    """The forward correlation (Note A eq. 10) inside a backward, through ``Conv2dFunction`` only when a graph is
+    being built."""
     if torch.is_grad_enabled():
         return Conv2dFunction.apply(input, weight, None, stride, padding, dilation, groups)
     return torch.conv2d(input, weight, None, stride, padding, dilation, groups)
 
 
-def _zero_insert_and_pad(delta: torch.Tensor, stride: Pair, pads: tuple[Pair, Pair]) -> torch.Tensor:
-    """Insert ``stride - 1`` zeros between the rows and columns of δ, then pad (negative = crop) each side.
-
-    A strided forward skips positions; their δ is zero (Note A eq. 14 summed over the positions that exist).
-    """
-    (top, bottom), (left, right) = pads
-    sh, sw = stride
-    if sh > 1 or sw > 1:
-        N, C, Ho, Wo = delta.shape
-        # (N, C, Ho, 1, Wo, 1) -> (N, C, Ho, sh, Wo, sw): each δ followed by its zeros, trailing zeros trimmed below
-        delta = F.pad(delta.reshape(N, C, Ho, 1, Wo, 1), (0, sw - 1, 0, 0, 0, sh - 1)).reshape(N, C, Ho * sh, Wo * sw)
-        bottom, right = bottom - (sh - 1), right - (sw - 1)
-    if top == bottom == left == right == 0:
-        return delta
-    return F.pad(delta, (left, right, top, bottom))
-
-
-def conv2d_input_grad(
-    grad_output: torch.Tensor,
-    weight: torch.Tensor,
-    input_size: Pair,
-    stride: Pair,
-    padding: Pair,
-    dilation: Pair,
-    groups: int,
-) -> torch.Tensor:
-    """∂e/∂x: the full cross-correlation of δ with the rot180 kernel, in/out channels swapped.
-
-    Note A eq. 17 (one channel) and eq. 35 (M in, N out channels), Note B eq. 51: ΔS = Σ_q ΔC_q * rot180(k_q).
-    Stride enters as zeros inserted into δ, dilation as the same dilation of the flipped kernel, and the forward's
-    padding as a crop of the full correlation.
-    """
-    C_out, C_in_g, kh, kw = weight.shape
-    G = groups
-    # rot180 and swap channels per group: (G*C_out_g, C_in_g, kh, kw) -> (G*C_in_g, C_out_g, kh, kw)
-    w_rot = weight.flip(2, 3).reshape(G, C_out // G, C_in_g, kh, kw).transpose(1, 2).reshape(-1, C_out // G, kh, kw)
-    pads = []
-    for L_in, L_out, k, s, p, d in zip(input_size, grad_output.shape[2:], (kh, kw), stride, padding, dilation):
-        reach = d * (k - 1)  # a 'full' correlation pads δ by the dilated kernel's reach ...
-        before = reach - p  # ... less the forward's padding, which is cropped away
-        after = L_in + p - (L_out - 1) * s - 1  # rows the forward never reached get zero gradient
-        pads.append((before, after))
-    (top, bottom), (left, right) = pads
-    if stride == (1, 1) and top == bottom >= 0 and left == right >= 0:
-        # the common case needs no copy of δ: let the convolution pad it
-        return _conv2d(grad_output, w_rot, (1, 1), (top, left), dilation, G)
-    delta = _zero_insert_and_pad(grad_output, stride, tuple(pads))
-    return _conv2d(delta, w_rot, (1, 1), (0, 0), dilation, G)
-
-
-def conv2d_weight_grad(
-    input: torch.Tensor,
-    grad_output: torch.Tensor,
-    kernel_size: Pair,
-    stride: Pair,
-    padding: Pair,
-    dilation: Pair,
-    groups: int,
-) -> torch.Tensor:
-    """∂e/∂k: the cross-correlation of the input with δ, summed over the batch.
-
-    Note B eq. 40/59: Δk = rot180(S) * ΔC_σ, i.e. (as a cross-correlation, Note A eq. 10)
-    Δk[o, i, u, v] = Σ_n Σ_pq x[n, i, p·s + u·d, q·s + v·d] δ[n, o, p, q].
-    Written as one convolution in which the batch plays the channels, the forward's stride becomes the dilation
-    and its dilation the stride.
-    """
-    N, C_in, H, W = input.shape
-    G = groups
-    # (N, G*C_in_g, H, W) -> (C_in_g, G*N, H, W): per group, the batch becomes the channels
-    x = input.reshape(N, G, C_in // G, H, W).permute(2, 1, 0, 3, 4).reshape(C_in // G, G * N, H, W)
-    delta = grad_output.transpose(0, 1)  # (C_out, N, H_out, W_out): δ is the kernel
-    grad = _conv2d(x, delta, dilation, padding, stride, G)  # (C_in_g, C_out, >=kh, >=kw)
-    kh, kw = kernel_size
-    # rows past the last full stride step reach no kernel tap: crop them, then back to (C_out, C_in_g, kh, kw)
-    if grad.shape[2:] != (kh, kw):
-        grad = grad[:, :, :kh, :kw]
-    return grad.transpose(0, 1)
-
-
+@_signature_cached
 class Conv2dFunction(Function):
     """2-D cross-correlation (Note A eq. 10) with the backward of Note A eq. 17/35 and Note B eq. 40, 45, 51."""
 
@@ -132,22 +82,98 @@ class Conv2dFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         input, weight = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.options
         grad_input = grad_weight = grad_bias = None
-        if grad_output.shape[0] == 0:  # empty batch: every gradient is zero
-            return _empty_batch_grads(ctx, grad_output, input, weight)
         if ctx.needs_input_grad[0]:
-            grad_input = conv2d_input_grad(grad_output, weight, ctx.input_size, stride, padding, dilation, groups)
-            if ctx.input_channels_last:
-                grad_input = grad_input.contiguous(memory_format=torch.channels_last)
+            # Note A eq. 17/35, Note B eq. 51: the full correlation of δ with the rot180 kernel
+            grad_input = conv2d_input_grad(grad_output, weight, ctx.input_size, *ctx.options)
+            grad_input = _layout(grad_input, ctx.input_channels_last)
         if ctx.needs_input_grad[1]:
-            grad_weight = conv2d_weight_grad(input, grad_output, ctx.kernel_size, stride, padding, dilation, groups)
-            grad_weight = grad_weight.contiguous(
-                memory_format=torch.channels_last if ctx.weight_channels_last else torch.contiguous_format
-            )
+            # Note B eq. 40/59: Δk = rot180(S) * ΔC_σ, the correlation of the input with δ over the batch
+            grad_weight = conv2d_weight_grad(input, grad_output, ctx.kernel_size, *ctx.options)
+            grad_weight = _layout(grad_weight, ctx.weight_channels_last)
         if ctx.needs_input_grad[2]:
             grad_bias = grad_output.sum((0, 2, 3))  # Note B eq. 45/64: Δb = Σ ΔC_σ
         return grad_input, grad_weight, grad_bias, None, None, None, None
+
+
+@_signature_cached
+class Conv2dInputGradFunction(Function):
+    """∂e/∂x = conv2d's input gradient (Note A eq. 17/35), as a Function of (δ, k) so that it too has a backward.
+
+    The three are one trilinear form T(x, k, δ) = Σ δ ⊙ conv2d(x, k) differentiated in each slot: conv2d = ∂T/∂δ,
+    this = ∂T/∂x, the weight gradient = ∂T/∂k. The backward of each is therefore the other two.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(delta, weight, input_size: Pair, stride: Pair, padding: Pair, dilation: Pair, groups: int):
+        return _conv.input_grad(delta, weight, input_size, stride, padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        delta, weight, input_size, *options = inputs
+        needs_delta, needs_weight = ctx.needs_input_grad[:2]
+        ctx.save_for_backward(delta if needs_weight else None, weight if needs_delta else None)
+        ctx.kernel_size = tuple(weight.shape[2:])
+        ctx.options = tuple(options)
+        ctx.layouts = (_channels_last(delta), _channels_last(weight))
+        # rows a window hanging past the input reached (ceil_mode pooling) were cropped: their gradient is zero
+        hang = _conv.uncovered(input_size, delta.shape[-2:], ctx.kernel_size, *options[:3])
+        ctx.hang = (0, max(-hang[1], 0), 0, max(-hang[0], 0))
+
+    @staticmethod
+    def backward(ctx, grad):
+        delta, weight = ctx.saved_tensors
+        grad_delta = grad_weight = None
+        if any(ctx.hang):
+            grad = F.pad(grad, ctx.hang)
+        if ctx.needs_input_grad[0]:
+            # ∂T/∂δ: the forward correlation (Note A eq. 10) of the incoming gradient with k
+            grad_delta = _layout(_conv2d(grad, weight, *ctx.options), ctx.layouts[0])
+        if ctx.needs_input_grad[1]:
+            # ∂T/∂k: Note B eq. 40 with the incoming gradient in the input's place
+            grad_weight = conv2d_weight_grad(grad, delta, ctx.kernel_size, *ctx.options)
+            grad_weight = _layout(grad_weight, ctx.layouts[1])
+        return grad_delta, grad_weight, None, None, None, None, None
+
+
+@_signature_cached
+class Conv2dWeightGradFunction(Function):
+    """∂e/∂k = conv2d's weight gradient (Note B eq. 40/59) as a Function of (x, δ); see Conv2dInputGradFunction."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, delta, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, groups: int):
+        return _conv.weight_grad(input, delta, kernel_size, stride, padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, delta, kernel_size, *options = inputs
+        needs_input, needs_delta = ctx.needs_input_grad[:2]
+        ctx.save_for_backward(input if needs_delta else None, delta if needs_input else None)
+        ctx.input_size = tuple(input.shape[2:])
+        ctx.options = tuple(options)
+        ctx.layouts = (_channels_last(input), _channels_last(delta))
+
+    @staticmethod
+    def backward(ctx, grad):
+        input, delta = ctx.saved_tensors
+        grad_input = grad_delta = None
+        if ctx.needs_input_grad[0]:
+            # ∂T/∂x: Note A eq. 17 with the incoming gradient as the kernel
+            grad_input = conv2d_input_grad(delta, grad, ctx.input_size, *ctx.options)
+            grad_input = _layout(grad_input, ctx.layouts[0])
+        if ctx.needs_input_grad[1]:
+            # ∂T/∂δ: the forward correlation (Note A eq. 10) of x with the incoming gradient as the kernel
+            grad_delta = _layout(_conv2d(input, grad, *ctx.options), ctx.layouts[1])
+        return grad_input, grad_delta, None, None, None, None, None
+
+
+def _layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A gradient in its input's layout (channels_last or plain contiguous)."""
+    return t.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def _channels_last(t: torch.Tensor) -> bool:
@@ -156,16 +182,6 @@ def _channels_last(t: torch.Tensor) -> bool:
         return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
     except RuntimeError:  # vmap cannot query memory formats; its per-sample tensors have none of their own
         return False
-
-
-def _empty_batch_grads(ctx, grad_output, input, weight):
-    C_out = grad_output.shape[1]
-    N = grad_output.shape[0]
-    needs = ctx.needs_input_grad
-    grad_input = grad_output.new_zeros((N, weight.shape[1] * ctx.options[3], *ctx.input_size)) if needs[0] else None
-    grad_weight = input.new_zeros((C_out, input.shape[1] // ctx.options[3], *ctx.kernel_size)) if needs[1] else None
-    grad_bias = grad_output.new_zeros(C_out) if needs[2] else None
-    return grad_input, grad_weight, grad_bias, None, None, None, None
 
 
 def avg_pool2d_divisor(
@@ -191,6 +207,7 @@ def avg_pool2d_divisor(
     return sizes[0][:, None] * sizes[1][None, :]
 
 
+@_signature_cached
 class AvgPool2dFunction(Function):
     """Mean pooling; backward spreads δ evenly over each window (Note B eq. 32, 52, any kernel/stride/padding)."""
 
@@ -240,6 +257,7 @@ class AvgPool2dFunction(Function):
         return grad_input, None, None, None, None, None, None
 
 
+@_signature_cached
 class SigmoidFunction(Function):
     """σ(x) = 1 / (1 + e^-x); backward δ·σ(1−σ) from the saved output (Note B eq. 37, 57)."""
 
@@ -256,9 +274,12 @@ class SigmoidFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         (out,) = ctx.saved_tensors
-        return grad_output * out * (1 - out)  # Note B eq. 37/57: ΔC_σ = ΔC ⊙ C(1−C)
+        # Note B eq. 37/57: ΔC_σ = ΔC ⊙ C(1−C), as t − t·C with t = ΔC ⊙ C: two passes over memory, not three
+        t = grad_output * out
+        return torch.addcmul(t, t, out, value=-1)
 
 
+@_signature_cached
 class LinearFunction(Function):
     """s = x Wᵀ + b: Note A eq. 5 (s = Wᵀx) with PyTorch's (out, in) weight, i.e. Note A's W transposed.
 

@@ -8,9 +8,11 @@ import re
 import pytest
 from torch.autograd import Function
 
+import bp_torch._conv as conv_module
 import bp_torch.autograd as autograd_module
 
 SOURCE = inspect.getsource(autograd_module)
+SOURCES = {m.__name__: inspect.getsource(m) for m in (autograd_module, conv_module)}  # the backward's code
 FUNCTIONS = [
     obj
     for obj in vars(autograd_module).values()
@@ -36,9 +38,10 @@ def _code_only(source: str) -> str:
     return ast.unparse(tree)
 
 
+@pytest.mark.parametrize("module", SOURCES)
 @pytest.mark.parametrize("pattern", FORBIDDEN)
-def test_no_autograd_inside_the_derived_backward(pattern):
-    assert not re.search(pattern, _code_only(SOURCE)), f"bp_torch/autograd.py uses {pattern}"
+def test_no_autograd_inside_the_derived_backward(pattern, module):
+    assert not re.search(pattern, _code_only(SOURCES[module])), f"{module} uses {pattern}"
 
 
 def test_the_scan_would_catch_a_violation():

@@ -1,0 +1,419 @@
+"""Manual (bp_torch's hand-derived backward) vs native (torch.nn.functional / torch.nn autograd), same process.
+
+Every pair runs interleaved (manual, native, manual, native, ...) after a warm-up; the table reports the medians and
+the manual/native ratio (below 1: ours is faster). Writes ``bench-<device>.json`` and ``bench-<device>.md``::
+
+    python benchmarks/bench.py                     # CPU, torch's default thread count, into benchmarks/results/
+    python benchmarks/bench.py --device cuda
+    python benchmarks/bench.py --quick --out /tmp  # tiny shapes, a few steps: a smoke test, not a measurement
+    python benchmarks/bench.py --profile           # torch.profiler tables of one LeNet training step, both ways
+
+Peak memory of a training step: on CUDA ``torch.cuda.max_memory_allocated``; on CPU (where tracemalloc does not
+see torch's allocator) the peak of the running sum of the allocations ``torch.profiler(profile_memory=True)``
+records, and the bytes autograd saves for the backward (``saved_tensors_hooks``, each storage counted once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from bp_torch import functional as BF  # noqa: E402
+from bp_torch.models import LeNet  # noqa: E402
+
+IMPLS = ("manual", "native")
+OPS = {
+    "manual": {"conv2d": BF.conv2d, "avg_pool2d": BF.avg_pool2d, "sigmoid": BF.sigmoid, "linear": BF.linear},
+    "native": {"conv2d": F.conv2d, "avg_pool2d": F.avg_pool2d, "sigmoid": torch.sigmoid, "linear": F.linear},
+}
+
+
+@dataclass
+class Row:
+    group: str
+    name: str
+    shape: str
+    manual: float  # median, in `unit`
+    native: float
+    unit: str = "ms"
+    ratio: float = field(init=False)
+
+    def __post_init__(self):
+        self.ratio = self.manual / self.native if self.native else float("nan")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(fns: dict[str, Callable[[], object]], device, repeats: int, warmup: int, min_time: float):
+    """Median seconds per call of each function, timed in turns (A B A B ...) so drift hits both alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    sync(device)
+    # calls per sample: enough that one sample lasts ``min_time`` (timer and launch noise stay small)
+    start = time.perf_counter()
+    fns["native"]()
+    sync(device)
+    number = max(1, int(min_time / max(time.perf_counter() - start, 1e-6)))
+    samples = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(number):
+                fn()
+            sync(device)
+            samples[name].append((time.perf_counter() - start) / number)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# each function's forward + backward
+
+
+def function_cases(quick: bool):
+    """(label, op, shape text, make(device) -> (args, requires_grad mask), options)."""
+    big_n, big_c, big_hw = (2, 8, 14) if quick else (32, 64, 56)
+    batches = (4,) if quick else (64, 256)
+    cases = []
+    for B in batches:
+        cases += [
+            (f"conv2d LeNet C1 b{B}", "conv2d", [(B, 1, 28, 28), (6, 1, 5, 5), (6,)], (False, True, True), {}),
+            (f"conv2d LeNet C2 b{B}", "conv2d", [(B, 6, 12, 12), (12, 6, 5, 5), (12,)], (True, True, True), {}),
+            (f"avg_pool2d LeNet S1 b{B}", "avg_pool2d", [(B, 6, 24, 24)], (True,), {"kernel_size": 2}),
+            (f"avg_pool2d LeNet S2 b{B}", "avg_pool2d", [(B, 12, 8, 8)], (True,), {"kernel_size": 2}),
+            (f"sigmoid LeNet C1 map b{B}", "sigmoid", [(B, 6, 24, 24)], (True,), {}),
+            (f"sigmoid LeNet C2 map b{B}", "sigmoid", [(B, 12, 8, 8)], (True,), {}),
+            (f"linear LeNet FC b{B}", "linear", [(B, 192), (10, 192), (10,)], (True, True, True), {}),
+        ]
+    x, w3 = (big_n, big_c, big_hw, big_hw), (big_c, big_c, 3, 3)
+    lin_n, lin_in, lin_out = (4, 256, 100) if quick else (128, 4096, 1000)
+    cases += [
+        ("conv2d 3x3 pad 1", "conv2d", [x, w3], (True, True), {"padding": 1}),
+        ("conv2d 3x3 pad 1 stride 2", "conv2d", [x, w3], (True, True), {"padding": 1, "stride": 2}),
+        ("conv2d depthwise 3x3", "conv2d", [x, (big_c, 1, 3, 3)], (True, True), {"padding": 1, "groups": big_c}),
+        ("conv2d 1x1", "conv2d", [x, (big_c, big_c, 1, 1)], (True, True), {}),
+        ("avg_pool2d 3x3 stride 2 pad 1", "avg_pool2d", [x], (True,), {"kernel_size": 3, "stride": 2, "padding": 1}),
+        ("linear 4096->1000", "linear", [(lin_n, lin_in), (lin_out, lin_in), (lin_out,)], (True, True, True), {}),
+    ]
+    return cases
+
+
+def bench_functions(device, args) -> list[Row]:
+    rows = []
+    for label, op, shapes, needs, options in function_cases(args.quick):
+        if args.only and args.only not in label:
+            continue
+        tensors = [torch.randn(s, device=device) for s in shapes]
+        params = [t.requires_grad_() for t, n in zip(tensors, needs) if n]
+        grad_out = torch.randn_like(OPS["native"][op](*tensors, **options))
+
+        def run(fn, tensors=tensors, options=options, params=params, grad_out=grad_out):
+            return torch.autograd.grad(fn(*tensors, **options), params, grad_out)
+
+        fns = {impl: (lambda f=OPS[impl][op]: run(f)) for impl in IMPLS}
+        times = interleaved(fns, device, args.repeats, args.warmup, args.min_time)
+        shape = " ".join("x".join(map(str, s)) for s, n in zip(shapes, needs) if s)
+        rows.append(Row("fwd+bwd", label, shape, times["manual"] * 1e3, times["native"] * 1e3))
+        print(_line(rows[-1]), flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the LeNet training step and its peak memory
+
+
+def lenet_step(impl: str, batch: int, device):
+    """One training step of the LeNet (forward, cross-entropy, backward, Adam step) as a closure, same seed both."""
+    torch.manual_seed(0)
+    model = LeNet(impl).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    x = torch.randn(batch, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def step():
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step, model, x
+
+
+def bench_steps(device, args) -> list[Row]:
+    rows = []
+    for B in (4,) if args.quick else (64, 256):
+        steps = {impl: lenet_step(impl, B, device)[0] for impl in IMPLS}
+        times = interleaved(steps, device, args.repeats, args.warmup, args.min_time)
+        rows.append(Row("train step", f"LeNet training step b{B}", f"{B}x1x28x28", *(times[i] * 1e3 for i in IMPLS)))
+        print(_line(rows[-1]), flush=True)
+    return rows
+
+
+def saved_bytes(model, x) -> int:
+    """Bytes of the tensors autograd keeps for the backward of one forward, each storage counted once."""
+    storages = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        storages[(s.data_ptr(), t.device)] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x).sum()
+    return sum(storages.values())
+
+
+def peak_bytes(step, device) -> int:
+    """Peak memory allocated during one training step, above what was allocated before it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        step()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    peak = total = 0
+    for _, nbytes in events:
+        total += nbytes
+        peak = max(peak, total)
+    return peak
+
+
+def bench_memory(device, args) -> list[Row]:
+    rows = []
+    for B in (4,) if args.quick else (64, 256):
+        peak, saved = {}, {}
+        for impl in IMPLS:
+            step, model, x = lenet_step(impl, B, device)
+            step()  # optimizer state and gradients exist from here on, as in training
+            peak[impl] = peak_bytes(step, device)
+            saved[impl] = saved_bytes(model, x)
+        how = "max_memory_allocated" if device.type == "cuda" else "profiler"
+        rows.append(Row("memory", f"peak of a training step b{B} ({how})", f"{B}x1x28x28", *_mib(peak), unit="MiB"))
+        rows.append(Row("memory", f"saved for backward b{B}", f"{B}x1x28x28", *_mib(saved), unit="MiB"))
+        print(_line(rows[-2]), _line(rows[-1]), sep="\n", flush=True)
+    return rows
+
+
+def _mib(values: dict[str, int]):
+    return tuple(values[i] / 2**20 for i in IMPLS)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a full MNIST epoch
+
+
+def bench_epochs(device, args) -> list[Row]:
+    from bp_torch.data import DatasetNotFoundError
+    from bp_torch.training import PRESETS, Loss, build, make_loaders
+
+    rows = []
+    recipes = [("default", PRESETS["default"]), ("seed at b256", _replace(PRESETS["seed"], batch_size=256))]
+    limit = 5 if args.quick else 0
+    for label, recipe in recipes:
+        cfg = _replace(recipe, data_dir=args.data, limit_train_batches=limit)
+        try:
+            train, _ = make_loaders(cfg, device)
+        except DatasetNotFoundError as error:
+            print(f"MNIST epoch ({label}): skipped, no data: {error}".splitlines()[0], flush=True)
+            rows.append(Row("epoch", f"MNIST epoch, {label} recipe: skipped (no MNIST data)", "", 0.0, 0.0, "s"))
+            continue
+        steps = min(train.num_batches, limit or train.num_batches)
+
+        def epoch(impl, steps=steps, cfg=cfg, train=train):
+            impl_cfg = _replace(cfg, impl=impl)
+            model, optimizer, scheduler = build(impl_cfg, device, train)
+            loss_fn = Loss(impl_cfg.loss, impl, impl_cfg.label_smoothing)
+            train.set_epoch(0)
+            sync(device)
+            start = time.perf_counter()
+            for i, (x, y) in enumerate(train):
+                if i == steps:
+                    break
+                loss = loss_fn(model(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+            sync(device)
+            return time.perf_counter() - start
+
+        images = min(train.num_samples, steps * cfg.batch_size)
+        times = {impl: [] for impl in IMPLS}
+        for impl in IMPLS:  # warm-up: the first epoch pays for one-time initialisation
+            epoch(impl, steps=min(steps, 3))
+        for _ in range(args.epoch_repeats):
+            for impl in IMPLS:
+                times[impl].append(epoch(impl))
+        med = {impl: statistics.median(t) for impl, t in times.items()}
+        shape = f"{images} images, batch {cfg.batch_size}, {cfg.optimizer}"
+        rows.append(Row("epoch", f"MNIST epoch, {label} recipe", shape, med["manual"], med["native"], "s"))
+        rows.append(
+            Row("epoch", f"MNIST epoch, {label} recipe", shape, images / med["manual"], images / med["native"], "img/s")
+        )
+        print(_line(rows[-2]), _line(rows[-1]), sep="\n", flush=True)
+    return rows
+
+
+def _replace(cfg, **changes):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **changes)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# machine, output, profile
+
+
+def machine_info(device) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit == "img/s":
+        return f"{value:,.0f} img/s"
+    return f"{value:.3f} {unit}" if value < 10 else f"{value:.1f} {unit}"
+
+
+def _line(row: Row) -> str:
+    return f"{row.name:44s} {_fmt(row.manual, row.unit):>14s} {_fmt(row.native, row.unit):>14s}  {row.ratio:.2f}"
+
+
+def markdown(rows: list[Row], info: dict, command: str) -> str:
+    machine = f"{info['cpu']}, {info['cores']} cores, {info['torch_threads']} torch threads, torch {info['torch']}"
+    if "gpu" in info:
+        machine += f", {info['gpu']}"
+    lines = [
+        f"Device `{info['device']}` — {machine}. Command: `{command}`.",
+        "",
+        "| benchmark | shape | manual | native | manual/native |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r.native == 0:
+            lines.append(f"| {r.name} | | | | |")
+            continue
+        lines.append(f"| {r.name} | {r.shape} | {_fmt(r.manual, r.unit)} | {_fmt(r.native, r.unit)} | {r.ratio:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def profile_step(device, batch: int) -> None:
+    """Print torch.profiler's top operators for one LeNet training step, manual then native."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    for impl in IMPLS:
+        step = lenet_step(impl, batch, device)[0]
+        for _ in range(5):
+            step()
+        sync(device)
+        with profile(activities=activities) as prof:
+            for _ in range(20):
+                step()
+            sync(device)
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(f"== {impl}, LeNet training step, batch {batch}, 20 steps ==")
+        print(prof.key_averages().table(sort_by=sort, row_limit=18, max_name_column_width=48))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, few repeats: a smoke test (default: off)")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="default: benchmarks/results")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's default)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed samples per side (default: 15, quick 3)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls per side first (default: 3)")
+    parser.add_argument("--min-time", type=float, default=None, help="seconds per sample (default: 0.05, quick 0)")
+    parser.add_argument("--epoch-repeats", type=int, default=2, help="timed MNIST epochs per side (default: 2)")
+    parser.add_argument("--data", default=None, help="MNIST folder (default: $BP_TORCH_DATA, else ./data)")
+    parser.add_argument("--only", default="", help="run only the function rows whose name contains this")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: functions,steps,memory,epochs")
+    parser.add_argument("--profile", action="store_true", help="print torch.profiler tables of a training step")
+    args = parser.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 3 if args.quick else 15
+    if args.min_time is None:
+        args.min_time = 0.0 if args.quick else 0.05
+    if args.quick:
+        args.warmup, args.epoch_repeats = 1, 1
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but no CUDA device is available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.profile:
+        profile_step(device, 4 if args.quick else 256)
+        return 0
+
+    info = machine_info(device)
+    print(json.dumps(info), flush=True)
+    skip = set(filter(None, args.skip.split(",")))
+    rows = []
+    for part, bench in [
+        ("functions", bench_functions),
+        ("steps", bench_steps),
+        ("memory", bench_memory),
+        ("epochs", bench_epochs),
+    ]:
+        if part not in skip:
+            rows += bench(device, args)
+
+    command = "python benchmarks/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "data")}
+    (out / f"bench-{device.type}.json").write_text(
+        json.dumps(
+            {"machine": info, "settings": settings, "command": command.strip(), "rows": [asdict(r) for r in rows]},
+            indent=1,
+        )
+        + "\n"  # fmt: skip
+    )
+    (out / f"bench-{device.type}.md").write_text(markdown(rows, info, command.strip()))
+    print(f"wrote {out / f'bench-{device.type}.json'} and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
