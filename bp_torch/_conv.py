@@ -79,7 +79,9 @@ def weight_grad(
         grad = F.conv2d(x, delta.transpose(0, 1), None, dilation, padding, stride, G)  # (C_in_g, C_out, >=kh, >=kw)
         if grad.shape[2:] != (kh, kw):  # a no-op slice would be an alias, which legacy vmap cannot batch
             grad = grad[:, :, :kh, :kw]
-        return grad.transpose(0, 1)
+        # back to (C_out, C_in_g, kh, kw) with the weight's own strides: a reshape, as transpose alone leaves a
+        # size-1 dimension (one input channel, as C1's) a stride DDP's gradient buckets reject
+        return grad.transpose(0, 1).reshape(C_out, C_in // G, kh, kw)
     return _weight_grad_per_tap(input, delta, kernel_size, stride, padding, dilation, groups)
 
 

@@ -204,3 +204,12 @@ def test_convert_torchvision(build, size, expected, device):
     scale = max(g.abs().max().item() for g in grads_n.values())
     for name, g in grads_n.items():
         assert_close_named(grads_m[name], g, name, rtol=1e-3, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize(("c_in", "c_out", "groups"), [(1, 6, 1), (6, 1, 1), (1, 1, 1), (4, 4, 4), (6, 12, 1)])
+def test_gradients_have_their_parameters_strides(c_in, c_out, groups):
+    """torch's gradient layout contract: DistributedDataParallel's buckets compare strides, size-1 dimensions too."""
+    conv = bnn.Conv2d(c_in, c_out, 3, groups=groups)
+    conv(torch.randn(2, c_in, 8, 8)).sum().backward()
+    for name, p in conv.named_parameters():
+        assert p.grad.stride() == p.stride(), name
