@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--dataset", "dataset", choices=sorted(DATASETS))
     add("--data-dir", "folder holding MNIST/raw/ (default: $BP_TORCH_DATA, else ./data)", metavar="DIR")
+    add(
+        "--download", "let torchvision download missing data into --data-dir (never under torchrun: fetch it "
+        "first, e.g. with one plain --dry-run)", action=argparse.BooleanOptionalAction,
+    )  # fmt: skip
     add("--impl", "'manual': hand-derived backward; 'native': torch's autograd", choices=("manual", "native"))
     add("--epochs", "number of epochs to train", type=int, metavar="N")
     add(

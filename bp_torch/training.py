@@ -90,6 +90,7 @@ class Config:
     limit_test_batches: int = 0  # evaluate on the first limit_test_batches * test_batch_size test images (0: all)
     device: str = "auto"
     data_dir: str | None = None
+    download: bool = True  # fetch missing data with torchvision (single process only: ranks would race)
     log_interval: int = 50
     grad_check_interval: int = 200
     num_threads: int = 0  # CPU threads for torch (0: torch's default)
@@ -102,6 +103,7 @@ RUNTIME_FIELDS = frozenset(
         "limit_test_batches",
         "device",
         "data_dir",
+        "download",
         "log_interval",
         "grad_check_interval",
         "num_threads",
@@ -233,11 +235,11 @@ def make_loaders(
     info = DATASETS[cfg.dataset]
     mean, std = (info.mean, info.std) if cfg.normalize else (0.0, 1.0)
     common = dict(mean=mean, std=std, device=device, rank=rank, world_size=world_size)
-    train = DeviceLoader(
-        *load_dataset(cfg.dataset, True, cfg.data_dir), batch_size, shuffle=True, seed=cfg.seed, shift=cfg.shift,
-        **common,
-    )  # fmt: skip
-    images, labels = load_dataset(cfg.dataset, False, cfg.data_dir)
+    # under torchrun every process would write the same files at once: there the data must be in place beforehand
+    download = cfg.download and world_size == 1
+    images, labels = load_dataset(cfg.dataset, True, cfg.data_dir, download)
+    train = DeviceLoader(images, labels, batch_size, shuffle=True, seed=cfg.seed, shift=cfg.shift, **common)
+    images, labels = load_dataset(cfg.dataset, False, cfg.data_dir, download)
     if cfg.limit_test_batches:  # a prefix of the test set, whatever the world size: the same images are evaluated
         n = cfg.limit_test_batches * cfg.test_batch_size
         images, labels = images[:n], labels[:n]

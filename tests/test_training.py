@@ -149,9 +149,25 @@ def test_resume_refuses_to_change_the_recipe(fake_data, tmp_path, capsys):
 
 
 def test_missing_data_is_a_clear_error(tmp_path, capsys):
-    assert train.main(_args(tmp_path / "nowhere", tmp_path, "--dry-run")) == train.EXIT_ERROR
+    assert train.main(_args(tmp_path / "nowhere", tmp_path, "--dry-run", "--no-download")) == train.EXIT_ERROR
     err = capsys.readouterr().err
     assert "not found" in err and "--data-dir" in err and "Traceback" not in err
+
+
+def test_missing_data_is_downloaded_by_default(tmp_path, capsys, monkeypatch):
+    """A user's first ``python train.py`` fetches MNIST through torchvision (here a stand-in: no network in CI)."""
+    fake = tmp_path / "fetched"
+    downloads = []
+
+    def mnist(root, train, download):
+        downloads.append((root, train, download))
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: offline")
+
+    monkeypatch.setattr("torchvision.datasets.MNIST", mnist)
+    assert train.main(_args(fake, tmp_path, "--dry-run")) == train.EXIT_ERROR
+    assert downloads == [(str(fake), True, True)]
+    err = capsys.readouterr().err
+    assert "was tried and failed: RuntimeError: Error downloading" in err and "Traceback" not in err
 
 
 def test_corrupt_data_is_a_clear_error(fake_data, tmp_path, capsys):
