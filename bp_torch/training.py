@@ -275,9 +275,9 @@ def build(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DeviceLoader, loss_fn: Loss, limit: int = 0, keep: int = 32) -> EvalResult:
-    """Loss sum and confusion matrix over ``loader`` (its first ``limit`` batches if > 0), and up to ``keep``
-    misclassified samples.
+def evaluate(model: nn.Module, loader: DeviceLoader, loss_fn: Loss, keep: int = 32) -> EvalResult:
+    """Loss sum and confusion matrix over ``loader``, and up to ``keep`` misclassified samples (``make_loaders``
+    applies ``limit_test_batches`` to the test set itself, so that every world size evaluates the same images).
 
     A sharded loader (``world_size`` > 1) makes this a collective: every rank evaluates its own shard and the
     sums are added over the ranks, so all get the result for the whole set; the misclassified samples stay each
@@ -288,7 +288,7 @@ def evaluate(model: nn.Module, loader: DeviceLoader, loss_fn: Loss, limit: int =
     confusion = torch.zeros(NUM_CLASSES * NUM_CLASSES, dtype=torch.long, device=loader.device)
     wrong: list[tuple[torch.Tensor, ...]] = []
     kept = 0
-    for x, y in islice(loader, limit or None):
+    for x, y in loader:
         logits = model(x)
         loss_sum += loss_fn(logits, y).double() * len(y)
         pred = logits.argmax(1)

@@ -9,7 +9,6 @@ real ``torchrun``.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import shutil
 import socket
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from train_cli import ROOT, train
 
 from bp_torch import distributed
 from bp_torch.data import DeviceLoader
@@ -30,19 +30,8 @@ from bp_torch.training import Config, Loss, evaluate, load_training_checkpoint, 
 # one xdist worker runs the whole module, so that the workers below are started once (pyproject: --dist loadgroup)
 pytestmark = pytest.mark.xdist_group("distributed")
 
-ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
 PORTS = 8  # one per process group the workers make
-
-
-def _load_train_module():
-    spec = importlib.util.spec_from_file_location("train", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train = _load_train_module()
 
 
 def _args(data: Path, logdir: Path, *extra: str) -> list[str]:

@@ -7,7 +7,6 @@ without it.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -22,22 +21,11 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from train_cli import ROOT, train
 
 from bp_torch.models import LeNet
 from bp_torch.tensorboard import confusion_image, digits_image, filters_image
 from bp_torch.training import PRESETS, Config, Loss, grad_check, load_training_checkpoint
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_train_module():
-    spec = importlib.util.spec_from_file_location("train", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train = _load_train_module()
 
 
 def _real_mnist() -> Path | None:
