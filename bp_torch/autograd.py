@@ -14,23 +14,14 @@ pairs, padding symmetric (``padding='same'`` with an even kernel is padded by th
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 import torch.nn.functional as F
 from torch.autograd import Function
 
 from bp_torch import _conv
+from bp_torch._function import apply, with_combined_twin
 
 Pair = tuple[int, int]
-
-
-def _signature_cached(cls):
-    """``Function.apply`` binds its arguments to ``forward``'s signature on every call, and ``inspect.signature``
-    rebuilds that signature each time (about 30 µs of a LeNet layer's 50 µs Python overhead); a cached
-    ``__signature__``, which ``inspect.signature`` returns as is, makes the lookup free."""
-    cls.forward.__signature__ = inspect.signature(cls.forward)
-    return cls
 
 
 def conv2d_input_grad(delta, weight, input_size: Pair, stride: Pair, padding: Pair, dilation: Pair, groups: int):
@@ -38,14 +29,14 @@ def conv2d_input_grad(delta, weight, input_size: Pair, stride: Pair, padding: Pa
     being built (``create_graph=True``), so higher derivatives stay hand-written; otherwise the same tensor code
     without a Function's bookkeeping (and without the aliases legacy vmap cannot batch)."""
     if torch.is_grad_enabled():
-        return Conv2dInputGradFunction.apply(delta, weight, input_size, stride, padding, dilation, groups)
+        return apply(Conv2dInputGradFunction, delta, weight, input_size, stride, padding, dilation, groups)
     return _conv.input_grad(delta, weight, input_size, stride, padding, dilation, groups)
 
 
 def conv2d_weight_grad(input, delta, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, groups: int):
     """∂e/∂k (Note B eq. 40/59), through ``Conv2dWeightGradFunction`` only when a graph is being built."""
     if torch.is_grad_enabled():
-        return Conv2dWeightGradFunction.apply(input, delta, kernel_size, stride, padding, dilation, groups)
+        return apply(Conv2dWeightGradFunction, input, delta, kernel_size, stride, padding, dilation, groups)
     return _conv.weight_grad(input, delta, kernel_size, stride, padding, dilation, groups)
 
 
@@ -53,11 +44,11 @@ def _conv2d(input, weight, stride: Pair, padding: Pair, dilation: Pair, groups: 
     """The forward correlation (Note A eq. 10) inside a backward, through ``Conv2dFunction`` only when a graph is
     being built."""
     if torch.is_grad_enabled():
-        return Conv2dFunction.apply(input, weight, None, stride, padding, dilation, groups)
+        return apply(Conv2dFunction, input, weight, None, stride, padding, dilation, groups)
     return torch.conv2d(input, weight, None, stride, padding, dilation, groups)
 
 
-@_signature_cached
+@with_combined_twin
 class Conv2dFunction(Function):
     """2-D cross-correlation (Note A eq. 10) with the backward of Note A eq. 17/35 and Note B eq. 40, 45, 51."""
 
@@ -96,7 +87,7 @@ class Conv2dFunction(Function):
         return grad_input, grad_weight, grad_bias, None, None, None, None
 
 
-@_signature_cached
+@with_combined_twin
 class Conv2dInputGradFunction(Function):
     """∂e/∂x = conv2d's input gradient (Note A eq. 17/35), as a Function of (δ, k) so that it too has a backward.
 
@@ -138,7 +129,7 @@ class Conv2dInputGradFunction(Function):
         return grad_delta, grad_weight, None, None, None, None, None
 
 
-@_signature_cached
+@with_combined_twin
 class Conv2dWeightGradFunction(Function):
     """∂e/∂k = conv2d's weight gradient (Note B eq. 40/59) as a Function of (x, δ); see Conv2dInputGradFunction."""
 
@@ -207,7 +198,7 @@ def avg_pool2d_divisor(
     return sizes[0][:, None] * sizes[1][None, :]
 
 
-@_signature_cached
+@with_combined_twin
 class AvgPool2dFunction(Function):
     """Mean pooling; backward spreads δ evenly over each window (Note B eq. 32, 52, any kernel/stride/padding)."""
 
@@ -257,7 +248,7 @@ class AvgPool2dFunction(Function):
         return grad_input, None, None, None, None, None, None
 
 
-@_signature_cached
+@with_combined_twin
 class SigmoidFunction(Function):
     """σ(x) = 1 / (1 + e^-x); backward δ·σ(1−σ) from the saved output (Note B eq. 37, 57)."""
 
@@ -279,7 +270,7 @@ class SigmoidFunction(Function):
         return torch.addcmul(t, t, out, value=-1)
 
 
-@_signature_cached
+@with_combined_twin
 class LinearFunction(Function):
     """s = x Wᵀ + b: Note A eq. 5 (s = Wᵀx) with PyTorch's (out, in) weight, i.e. Note A's W transposed.
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch.autograd import Function
 
 from bp_torch._arguments import _pair, _positive_pair, check_conv2d, check_same_dtype_and_device, conv2d_padding
+from bp_torch._function import apply, with_combined_twin
 
 __all__ = ["conv2d_matrix", "DenseConv2dFunction", "dense_conv2d", "DenseConv2d", "plot_conv_matrices"]
 
@@ -144,6 +145,7 @@ def conv2d_matrix(weight, input_size, stride=1, padding=0, dilation=1, groups=1,
     return matrix.to_dense() if dense else matrix
 
 
+@with_combined_twin
 class DenseConv2dFunction(Function):
     """``conv2d`` computed as a fully connected layer through W̃, with the fully connected backward.
 
@@ -219,7 +221,7 @@ def dense_conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, grou
     unbatched = input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
-    s = DenseConv2dFunction.apply(input, weight, bias, stride, pads, dilation, groups, out)
+    s = apply(DenseConv2dFunction, input, weight, bias, stride, pads, dilation, groups, out)
     return s.squeeze(0) if unbatched else s
 
 

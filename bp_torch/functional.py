@@ -29,6 +29,7 @@ from bp_torch._arguments import (
     conv2d_padding,
     pool2d_arguments,
 )
+from bp_torch._function import apply
 from bp_torch.autograd import AvgPool2dFunction, Conv2dFunction, LinearFunction, SigmoidFunction
 
 __all__ = ["conv2d", "avg_pool2d", "sigmoid", "linear"]
@@ -90,7 +91,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) 
     (input, weight, bias), autocast_off = _autocast_lower_precision(input, weight, bias)
     check_same_dtype_and_device("conv2d", input=input, weight=weight, bias=bias)
     with autocast_off:
-        out = Conv2dFunction.apply(input, weight, bias, stride, padding, dilation, groups)
+        out = apply(Conv2dFunction, input, weight, bias, stride, padding, dilation, groups)
     return out.squeeze(0) if unbatched else out
 
 
@@ -132,8 +133,15 @@ def avg_pool2d(
     unbatched = input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
-    out = AvgPool2dFunction.apply(
-        input, kernel_size, stride, padding, bool(ceil_mode), bool(count_include_pad), divisor_override
+    out = apply(
+        AvgPool2dFunction,
+        input,
+        kernel_size,
+        stride,
+        padding,
+        bool(ceil_mode),
+        bool(count_include_pad),
+        divisor_override,
     )
     return out.squeeze(0) if unbatched else out
 
@@ -148,7 +156,7 @@ def sigmoid(input) -> torch.Tensor:
     """
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"sigmoid(): argument 'input' must be Tensor, not {type(input).__name__}")
-    return SigmoidFunction.apply(input)
+    return apply(SigmoidFunction, input)
 
 
 def linear(input, weight, bias=None) -> torch.Tensor:
@@ -175,5 +183,5 @@ def linear(input, weight, bias=None) -> torch.Tensor:
     (input, weight, bias), autocast_off = _autocast_lower_precision(input, weight, bias)
     check_same_dtype_and_device("linear", input=input, weight=weight, bias=bias)
     with autocast_off:
-        out = LinearFunction.apply(input, weight, bias)
+        out = apply(LinearFunction, input, weight, bias)
     return out.squeeze(-1) if vector_weight else out
