@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
     )
     add("--num-threads", "CPU threads for torch, 0 for torch's default", type=int, metavar="N")
+    add(
+        "--compile", "torch.compile the training step's forward and hand-derived backward (the first steps "
+        "spend seconds compiling)", action=argparse.BooleanOptionalAction,
+    )  # fmt: skip
     parser.add_argument("--logdir", default="runs", help="folder of TensorBoard runs (default: runs)")
     parser.add_argument(
         "--run-name", help="this run's folder under --logdir; never overwritten: a suffix is added if it exists "

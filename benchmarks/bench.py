@@ -139,16 +139,21 @@ def bench_functions(device, args) -> list[Row]:
 # the LeNet training step and its peak memory
 
 
-def lenet_step(impl: str, batch: int, device):
-    """One training step of the LeNet (forward, cross-entropy, backward, Adam step) as a closure, same seed both."""
+def lenet_step(impl: str, batch: int, device, compile: bool = False):
+    """One training step of the LeNet (forward, cross-entropy, backward, Adam step) as a closure, same seed both.
+
+    ``compile``: the model under ``torch.compile`` (default inductor), which traces the Functions' forward and
+    hand-written backward into its graph, as it traces native autograd's.
+    """
     torch.manual_seed(0)
     model = LeNet(impl).to(device)
+    forward = torch.compile(model) if compile else model
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
     x = torch.randn(batch, 1, 28, 28, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
 
     def step():
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(forward(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -156,14 +161,23 @@ def lenet_step(impl: str, batch: int, device):
     return step, model, x
 
 
-def bench_steps(device, args) -> list[Row]:
+def bench_steps(device, args, compile: bool = False) -> list[Row]:
     rows = []
+    label = ", both torch.compile'd" if compile else ""
     for B in (4,) if args.quick else (64, 256):
-        steps = {impl: lenet_step(impl, B, device)[0] for impl in IMPLS}
+        steps = {impl: lenet_step(impl, B, device, compile)[0] for impl in IMPLS}
+        for step in steps.values():  # compiles (tens of seconds on a CPU) and settles recompilation before timing
+            for _ in range(3):
+                step()
         times = interleaved(steps, device, args.repeats, args.warmup, args.min_time)
-        rows.append(Row("train step", f"LeNet training step b{B}", f"{B}x1x28x28", *(times[i] * 1e3 for i in IMPLS)))
+        name = f"LeNet training step b{B}{label}"
+        rows.append(Row("train step", name, f"{B}x1x28x28", *(times[i] * 1e3 for i in IMPLS)))
         print(_line(rows[-1]), flush=True)
     return rows
+
+
+def bench_compiled_steps(device, args) -> list[Row]:
+    return bench_steps(device, args, compile=True)
 
 
 def saved_bytes(model, x) -> int:
@@ -368,7 +382,10 @@ def main(argv=None) -> int:
     parser.add_argument("--epoch-repeats", type=int, default=2, help="timed MNIST epochs per side (default: 2)")
     parser.add_argument("--data", default=None, help="MNIST folder (default: $BP_TORCH_DATA, else ./data)")
     parser.add_argument("--only", default="", help="run only the function rows whose name contains this")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: functions,steps,memory,epochs")
+    parser.add_argument(
+        "--skip", default="",
+        help="comma-separated parts to skip: functions,steps,compiled,memory,epochs (--quick skips compiled)",
+    )  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="print torch.profiler tables of a training step")
     args = parser.parse_args(argv)
     if args.repeats is None:
@@ -389,10 +406,13 @@ def main(argv=None) -> int:
     info = machine_info(device)
     print(json.dumps(info), flush=True)
     skip = set(filter(None, args.skip.split(",")))
+    if args.quick:
+        skip.add("compiled")  # a smoke test has no minute to spend compiling
     rows = []
     for part, bench in [
         ("functions", bench_functions),
         ("steps", bench_steps),
+        ("compiled", bench_compiled_steps),
         ("memory", bench_memory),
         ("epochs", bench_epochs),
     ]:

@@ -94,6 +94,7 @@ class Config:
     log_interval: int = 50
     grad_check_interval: int = 200
     num_threads: int = 0  # CPU threads for torch (0: torch's default)
+    compile: bool = False  # torch.compile the training forward and backward (the derived backward is traced too)
 
 
 # changing these changes no weight: they may differ when a run is resumed
@@ -107,6 +108,7 @@ RUNTIME_FIELDS = frozenset(
         "log_interval",
         "grad_check_interval",
         "num_threads",
+        "compile",
     }
 )
 
@@ -411,6 +413,9 @@ def fit(
         twin = LeNet("native").to(next(core.parameters()).device)
         twin_loss_fn = Loss(cfg.loss, "native", cfg.label_smoothing)
     steps = steps_per_epoch(train_loader, cfg)
+    # compiled, the Functions' forward and hand-written backward are traced into one graph and fused (inductor);
+    # evaluation and the grad check stay eager, on the plain module
+    train_forward = torch.compile(model) if cfg.compile else model
     result = None
     try:
         while state.epoch < cfg.epochs:
@@ -427,7 +432,7 @@ def fit(
                 if twin is not None and state.step % cfg.grad_check_interval == 0:
                     # on rank 0 alone, through the plain module: autograd.grad, no DDP hook, no collective
                     logger.log_grad_check(state.step, grad_check(core, twin, x, y, loss_fn, twin_loss_fn))
-                logits = model(x)
+                logits = train_forward(x)
                 loss = loss_fn(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -130,6 +130,18 @@ def test_resume_ends_with_the_same_weights(fake_data, tmp_path, capsys, stop_at)
     assert [e.step for e in events.Scalars("test/accuracy")] == [5, 10, 15]
 
 
+def test_compiled_training_matches_eager(fake_data, tmp_path, capsys):
+    """--compile (inductor, over the traced hand-written backward) trains to the eager weights, up to float rounding;
+    the checkpoint holds the plain module's state_dict."""
+    common = _args(fake_data, tmp_path, "--epochs", "1", "--limit-train-batches", "3", "--limit-test-batches", "1")
+    for name, flags in (("eager", []), ("compiled", ["--compile"])):
+        assert train.main([*common, *flags, "--grad-check-interval", "0", "--run-name", name]) == 0
+    eager, compiled = (load_training_checkpoint(tmp_path / name / "checkpoint.pt") for name in ("eager", "compiled"))
+    assert compiled["config"]["compile"] and list(compiled["model"]) == list(eager["model"])
+    for name, tensor in eager["model"].items():
+        torch.testing.assert_close(compiled["model"][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_resume_refuses_to_change_the_recipe(fake_data, tmp_path, capsys):
     assert train.main(_args(fake_data, tmp_path, "--dry-run", "--run-name", "r")) == 0
     assert train.main(["--resume", str(tmp_path / "r"), "--lr", "0.5"]) == train.EXIT_ERROR
