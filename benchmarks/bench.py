@@ -32,13 +32,34 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from bp_torch import functional as BF  # noqa: E402
+from bp_torch._function import apply, with_combined_twin  # noqa: E402
 from bp_torch.models import LeNet  # noqa: E402
+
+
+@with_combined_twin
+class CloneFunction(torch.autograd.Function):
+    """No derivation at all (forward copies, backward passes δ through), called as bp_torch calls its Functions:
+    its time over native ``clone`` is the fixed price of a Python Function, the floor under every manual row."""
+
+    @staticmethod
+    def forward(input):
+        return input.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return grad_output
+
 
 IMPLS = ("manual", "native")
 OPS = {
     "manual": {"conv2d": BF.conv2d, "avg_pool2d": BF.avg_pool2d, "sigmoid": BF.sigmoid, "linear": BF.linear},
     "native": {"conv2d": F.conv2d, "avg_pool2d": F.avg_pool2d, "sigmoid": torch.sigmoid, "linear": F.linear},
 }
+OPS["manual"]["clone"], OPS["native"]["clone"] = (lambda x: apply(CloneFunction, x)), torch.clone
 
 
 @dataclass
@@ -91,7 +112,11 @@ def function_cases(quick: bool):
     """(label, op, shape text, make(device) -> (args, requires_grad mask), options)."""
     big_n, big_c, big_hw = (2, 8, 14) if quick else (32, 64, 56)
     batches = (4,) if quick else (64, 256)
-    cases = []
+    # the fixed cost of a Python Function, on one element and on LeNet's C2 map
+    cases = [
+        (f"floor: do-nothing Function vs clone, {where}", "clone", [shape], (True,), {})
+        for where, shape in (("1 element", (1,)), (f"C2 map b{batches[0]}", (batches[0], 12, 8, 8)))
+    ]
     for B in batches:
         cases += [
             (f"conv2d LeNet C1 b{B}", "conv2d", [(B, 1, 28, 28), (6, 1, 5, 5), (6,)], (False, True, True), {}),

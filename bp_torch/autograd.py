@@ -234,8 +234,10 @@ class AvgPool2dFunction(Function):
             )
             delta = grad_output / divisor
         if stride == kernel_size and padding == (0, 0):
-            # disjoint windows: spreading is upsampling, δ ⊗ 1_{kh×kw} (Note B eq. 32/52)
-            up = delta[:, :, :, None, :, None].expand(N, C, H_out, kh, W_out, kw).reshape(N, C, H_out * kh, W_out * kw)
+            # disjoint windows: spreading is upsampling, δ ⊗ 1_{kh×kw} (Note B eq. 32/52); written as two copies,
+            # each column kw times then each widened row kh times: one 6-D broadcast copy is 2-4x slower on CPU
+            rows = delta[..., None].expand(N, C, H_out, W_out, kw).reshape(N, C, H_out, 1, W_out * kw)
+            up = rows.expand(N, C, H_out, kh, W_out * kw).reshape(N, C, H_out * kh, W_out * kw)
             # rows no window covered get zero; ceil_mode windows hanging past the edge are cropped
             grad_input = F.pad(up, (0, W - W_out * kw, 0, H - H_out * kh)) if (H, W) != up.shape[2:] else up
         else:
