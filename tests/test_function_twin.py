@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from test_backward_rules import FUNCTIONS
 
 from bp_torch import functional as BF
 from bp_torch._function import apply
 from bp_torch.autograd import SigmoidFunction
-from test_backward_rules import FUNCTIONS
 
 
 @pytest.mark.parametrize("function", FUNCTIONS, ids=lambda f: f.__name__)
