@@ -73,16 +73,24 @@ def weight_grad(
         grad = grad.reshape(N, C_out, 1, *grad.shape[2:]).sum(0)
         return grad[..., :kh, :kw] if grad.shape[2:] != (kh, kw) else grad
     if N * H_out * W_out * C_out * (C_in // G) < TAP_MATMUL_MIN_MACS:
-        # one convolution in which the batch plays the channels: the forward's stride becomes the dilation, its
-        # dilation the stride; rows past the last full stride step reach no tap and are cropped
-        x = input.reshape(N, G, C_in // G, H, W).permute(2, 1, 0, 3, 4).reshape(C_in // G, G * N, H, W)
-        grad = F.conv2d(x, delta.transpose(0, 1), None, dilation, padding, stride, G)  # (C_in_g, C_out, >=kh, >=kw)
-        if grad.shape[2:] != (kh, kw):  # a no-op slice would be an alias, which legacy vmap cannot batch
-            grad = grad[:, :, :kh, :kw]
-        # back to (C_out, C_in_g, kh, kw) with the weight's own strides: a reshape, as transpose alone leaves a
-        # size-1 dimension (one input channel, as C1's) a stride DDP's gradient buckets reject
-        return grad.transpose(0, 1).reshape(C_out, C_in // G, kh, kw)
+        return _weight_grad_batch_as_channels(input, delta, kernel_size, stride, padding, dilation, groups)
     return _weight_grad_per_tap(input, delta, kernel_size, stride, padding, dilation, groups)
+
+
+def _weight_grad_batch_as_channels(input, delta, kernel_size, stride, padding, dilation, groups) -> torch.Tensor:
+    """eq. 40 as one convolution in which the batch plays the channels: the forward's stride becomes the
+    dilation, its dilation the stride; rows past the last full stride step reach no tap and are cropped."""
+    N, C_in, H, W = input.shape
+    C_out = delta.shape[1]
+    G = groups
+    kh, kw = kernel_size
+    x = input.reshape(N, G, C_in // G, H, W).permute(2, 1, 0, 3, 4).reshape(C_in // G, G * N, H, W)
+    grad = F.conv2d(x, delta.transpose(0, 1), None, dilation, padding, stride, G)  # (C_in_g, C_out, >=kh, >=kw)
+    if grad.shape[2:] != (kh, kw):  # a no-op slice would be an alias, which legacy vmap cannot batch
+        grad = grad[:, :, :kh, :kw]
+    # back to (C_out, C_in_g, kh, kw) with the weight's own strides: a reshape, as transpose alone leaves a
+    # size-1 dimension (one input channel, as C1's) a stride DDP's gradient buckets reject
+    return grad.transpose(0, 1).reshape(C_out, C_in // G, kh, kw)
 
 
 def _weight_grad_per_tap(input, delta, kernel_size, stride, padding, dilation, groups) -> torch.Tensor:

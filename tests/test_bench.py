@@ -22,3 +22,10 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path, monkeypatch):
     table = (tmp_path / "bench-cpu.md").read_text()
     assert "| benchmark | shape | manual | native | manual/native |" in table
     assert table.count("\n|") == len(result["rows"]) + 2  # header, separator, one line per row
+
+
+def test_conv_parts_runs_on_tiny_shapes(capsys):
+    main = runpy.run_path(str(BENCH.with_name("conv_parts.py")))["main"]
+    assert main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "ours dk: per-tap matmuls" in out and "native dk" in out

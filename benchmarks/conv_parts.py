@@ -1,0 +1,85 @@
+"""Each gradient of one strided convolution timed alone, ours (each formulation of eq. 14/40) against native's.
+
+Shows where the 'conv2d 3x3 pad 1 stride 2' row of bench.py loses its time::
+
+    python benchmarks/conv_parts.py            # N=32, 64 -> 64 channels, 56x56, 3x3, stride 2, padding 1
+    python benchmarks/conv_parts.py --quick    # tiny shapes: a smoke test, not a measurement
+
+Native's gradients come from ``aten.convolution_backward``, here only as the yardstick (never in bp_torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from bp_torch import _conv  # noqa: E402
+
+
+def best_ms(fn, number: int, repeats: int) -> float:
+    """Best of ``repeats`` averages over ``number`` calls, in ms."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        best = min(best, (time.perf_counter() - start) / number)
+    return best * 1e3
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, one call each (default: off)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's default)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    N, C, L = (2, 4, 8) if args.quick else (32, 64, 56)
+    number, repeats = (1, 1) if args.quick else (5, 5)
+    k, stride, padding, dilation = (3, 3), (2, 2), (1, 1), (1, 1)
+    x, w = torch.randn(N, C, L, L), torch.randn(C, C, *k)
+    d = torch.randn_like(F.conv2d(x, w, None, stride, padding))
+    opts = (stride, padding, dilation, 1)
+
+    def native(input_grad: bool, weight_grad: bool):
+        mask = [input_grad, weight_grad, False]
+        return lambda: torch.ops.aten.convolution_backward(
+            d, x, w, None, stride, padding, dilation, False, [0, 0], 1, mask
+        )
+
+    def unfold_matmul():  # eq. 40 as im2col + one batched matmul, summed over the batch
+        cols = F.unfold(x, k, dilation, padding, stride)
+        return (d.flatten(2) @ cols.transpose(1, 2)).sum(0)
+
+    xp = F.pad(x, (1, 1, 1, 1))
+    Hq = xp.shape[2] // 2
+    parts = {
+        "forward (eq. 10)": lambda: F.conv2d(x, w, None, stride, padding),
+        "ours dx: transposed convolution (eq. 14)": lambda: _conv.input_grad(d, w, (L, L), *opts),
+        "ours dk: per-tap matmuls (eq. 40), all": lambda: _conv._weight_grad_per_tap(x, d, k, *opts),
+        "  of which: splitting x into stride phases": lambda: (
+            xp.reshape(N, 1, C, Hq, 2, Hq, 2).permute(4, 6, 0, 1, 2, 3, 5).flatten(-2)
+        ),
+        "ours dk: batch-as-channels convolution (eq. 40)": lambda: _conv._weight_grad_batch_as_channels(x, d, k, *opts),
+        "ours dk: unfold + batched matmul (eq. 40)": unfold_matmul,
+        "native dx and dk": native(True, True),
+        "native dx": native(True, False),
+        "native dk": native(False, True),
+    }
+    print(
+        f"x {tuple(x.shape)}, k {tuple(w.shape)}, stride {stride}, padding {padding}, {torch.get_num_threads()} threads"
+    )
+    for name, fn in parts.items():
+        print(f"{name:50s} {best_ms(fn, number, repeats):9.2f} ms", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
