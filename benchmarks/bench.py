@@ -191,10 +191,9 @@ def bench_steps(device, args, compile: bool = False) -> list[Row]:
     label = ", both torch.compile'd" if compile else ""
     for B in (4,) if args.quick else (64, 256):
         steps = {impl: lenet_step(impl, B, device, compile)[0] for impl in IMPLS}
-        for step in steps.values():  # compiles (tens of seconds on a CPU) and settles recompilation before timing
-            for _ in range(3):
-                step()
-        times = interleaved(steps, device, args.repeats, args.warmup, args.min_time)
+        # compiled, the warm-up also compiles (tens of seconds on a CPU) and settles recompilation before timing
+        warmup = max(args.warmup, 3) if compile else args.warmup
+        times = interleaved(steps, device, args.repeats, warmup, args.min_time)
         name = f"LeNet training step b{B}{label}"
         rows.append(Row("train step", name, f"{B}x1x28x28", *(times[i] * 1e3 for i in IMPLS)))
         print(_line(rows[-1]), flush=True)

@@ -99,14 +99,9 @@ def _weight_grad_per_tap(input, delta, kernel_size, stride, padding, dilation, g
     No im2col copy: with x padded to a whole number of strides and split into its stride phases, every tap reads
     a phase at a fixed offset, and on a δ padded to the phase's width that read is one slice of the flattened map.
     """
-    N, C_in, H, W = input.shape
-    C_out, H_out, W_out = delta.shape[1:]
-    (sh, sw), (ph, pw), (dh, dw), G = stride, padding, dilation, groups
-    Hq, Wq = -(-(H + 2 * ph) // sh), -(-(W + 2 * pw) // sw)  # each stride phase is (Hq, Wq)
-    extra_h, extra_w = Hq * sh - H - ph, Wq * sw - W - pw
-    x = F.pad(input, (pw, extra_w, ph, extra_h)) if (ph, pw, extra_h, extra_w) != (0, 0, 0, 0) else input
-    # (N, C_in, Hq·sh, Wq·sw) -> (sh, sw, N, G, C_in_g, Hq·Wq): phase (r, t) holds rows r::sh, columns t::sw
-    phases = x.reshape(N, G, C_in // G, Hq, sh, Wq, sw).permute(4, 6, 0, 1, 2, 3, 5).flatten(-2)
+    N, C_out, H_out, W_out = delta.shape
+    (sh, sw), (dh, dw), G = stride, dilation, groups
+    phases, Wq = stride_phases(input, stride, padding, groups)
     # δ on the phase grid: padded to width Wq, flattened, cut after its last real position
     d = F.pad(delta, (0, Wq - W_out)) if Wq != W_out else delta
     M = (H_out - 1) * Wq + W_out
@@ -119,4 +114,15 @@ def _weight_grad_per_tap(input, delta, kernel_size, stride, padding, dilation, g
             x_uv = phases[r, t, ..., a * Wq + b : a * Wq + b + M]  # (N, G, C_in_g, M)
             taps.append(d @ x_uv.transpose(-1, -2))  # (N, G, C_out_g, C_in_g)
     grad = torch.stack(taps, -1).sum(0)  # (G, C_out_g, C_in_g, kh·kw)
-    return grad.reshape(C_out, C_in // G, *kernel_size)
+    return grad.reshape(C_out, input.shape[1] // G, *kernel_size)
+
+
+def stride_phases(input, stride: Pair, padding: Pair, groups: int) -> tuple[torch.Tensor, int]:
+    """x zero-padded to a whole number of strides and split into its stride phases, with each phase's width Wq:
+    (N, C_in, H, W) -> (sh, sw, N, G, C_in_g, Hq·Wq), where phase (r, t) holds the padded rows r::sh, columns t::sw."""
+    N, C_in, H, W = input.shape
+    (sh, sw), (ph, pw), G = stride, padding, groups
+    Hq, Wq = -(-(H + 2 * ph) // sh), -(-(W + 2 * pw) // sw)  # each stride phase is (Hq, Wq)
+    extra_h, extra_w = Hq * sh - H - ph, Wq * sw - W - pw
+    x = F.pad(input, (pw, extra_w, ph, extra_h)) if (ph, pw, extra_h, extra_w) != (0, 0, 0, 0) else input
+    return x.reshape(N, G, C_in // G, Hq, sh, Wq, sw).permute(4, 6, 0, 1, 2, 3, 5).flatten(-2), Wq
