@@ -264,8 +264,8 @@ def _mib(values: dict[str, int]):
 
 
 def bench_epochs(device, args) -> list[Row]:
-    from bp_torch.data import DatasetNotFoundError
-    from bp_torch.training import PRESETS, Loss, build, make_loaders
+    from bp_torch.train.config import PRESETS, Loss, build
+    from bp_torch.train.data import DatasetNotFoundError, make_loaders
 
     rows = []
     recipes = [("default", PRESETS["default"]), ("seed at b256", _replace(PRESETS["seed"], batch_size=256))]

@@ -1,4 +1,4 @@
-"""bp_torch.data: the IDX reader on files written here; the loader against DistributedSampler and itself."""
+"""bp_torch.train.data: the IDX reader on files written here; the loader against DistributedSampler and itself."""
 
 import gzip
 import math
@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DistributedSampler
 
-import bp_torch.data as data
-from bp_torch.data import DATASETS, DatasetNotFoundError, DeviceLoader, load_dataset, read_idx, shift_images
+import bp_torch.train.data as data
+from bp_torch.train.data import DATASETS, DatasetNotFoundError, DeviceLoader, load_dataset, read_idx, shift_images
 
 FILES = [
     "train-images-idx3-ubyte",

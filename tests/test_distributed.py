@@ -20,12 +20,17 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from train_cli import ROOT, train
 
-from bp_torch import distributed
-from bp_torch.data import DeviceLoader
 from bp_torch.models import LeNet
-from bp_torch.training import Config, Loss, evaluate, load_training_checkpoint, local_batch_size, make_loaders
+from bp_torch.train import cli as train
+from bp_torch.train import distributed
+from bp_torch.train.checkpoint import load_training_checkpoint
+from bp_torch.train.config import Config, Loss
+from bp_torch.train.data import DeviceLoader, make_loaders
+from bp_torch.train.distributed import local_batch_size
+from bp_torch.train.loop import evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # one xdist worker runs the whole module, so that the workers below are started once (pyproject: --dist loadgroup)
 pytestmark = pytest.mark.xdist_group("distributed")

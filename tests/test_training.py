@@ -1,4 +1,4 @@
-"""train.py and bp_torch.training end to end: the CLI, presets, resume, Ctrl-C, errors, TensorBoard's own server.
+"""train.py and bp_torch.train end to end: the CLI, presets, resume, Ctrl-C, errors, TensorBoard's own server.
 
 Most tests train on a small fake MNIST written to a temporary folder (``fake_data``, conftest.py); the seed-preset
 accuracy test needs the real one (``$BP_TORCH_DATA`` or ``../shared/data`` beside the repository) and is skipped
@@ -21,11 +21,15 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from train_cli import ROOT, train
 
 from bp_torch.models import LeNet
-from bp_torch.tensorboard import confusion_image, digits_image, filters_image
-from bp_torch.training import PRESETS, Config, Loss, grad_check, load_training_checkpoint
+from bp_torch.train import cli as train
+from bp_torch.train.checkpoint import load_training_checkpoint
+from bp_torch.train.config import PRESETS, Config, Loss
+from bp_torch.train.monitor import grad_check
+from bp_torch.train.tensorboard import confusion_image, digits_image, filters_image
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _real_mnist() -> Path | None:

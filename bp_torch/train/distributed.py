@@ -42,6 +42,7 @@ __all__ = [
     "any_rank",
     "broadcast",
     "first_error",
+    "local_batch_size",
 ]
 
 
@@ -151,3 +152,13 @@ def first_error(message: str | None) -> str | None:
     messages: list[str | None] = [None] * dist.get_world_size()
     dist.all_gather_object(messages, message)
     return next((m if r == 0 else f"rank {r}: {m}" for r, m in enumerate(messages) if m is not None), None)
+
+
+def local_batch_size(batch_size: int, world_size: int) -> int:
+    """Each rank's share of a global batch; ``ValueError`` unless the world size divides it."""
+    if batch_size % world_size:
+        raise ValueError(
+            f"batch_size is the global batch, split evenly over the processes: it must be divisible by the "
+            f"world size, but got batch_size={batch_size}, world_size={world_size}"
+        )
+    return batch_size // world_size

@@ -22,10 +22,15 @@ import struct
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+from bp_torch.train.distributed import local_batch_size
+
+if TYPE_CHECKING:
+    from bp_torch.train.config import Config
 
 
 class DatasetInfo(NamedTuple):
@@ -314,3 +319,32 @@ class DeviceLoader:
                 x = shift_images(x, shifts[i : i + self.batch_size], self.shift)
             x = x.unsqueeze(1).float().mul_(scale).sub_(offset)  # (B, 1, H, W) float32
             yield x, self.labels.index_select(0, idx)
+
+
+def make_loaders(
+    cfg: Config, device: torch.device, rank: int = 0, world_size: int = 1
+) -> tuple[DeviceLoader, DeviceLoader]:
+    """The shuffled, augmented training loader and the test loader of rank ``rank`` of ``world_size``, on ``device``.
+
+    Training: ``DistributedSampler``'s shards of each epoch's order, ``cfg.batch_size // world_size`` per rank, so
+    that batch ``i`` of all ranks together is batch ``i`` of a single process with ``cfg.batch_size`` (the order is
+    interleaved over ranks). Test: the first ``limit_test_batches * test_batch_size`` images (all if 0), cut into
+    contiguous shards that together hold each image once.
+
+    Raises ``DatasetNotFoundError`` (a FileNotFoundError) or ``ValueError`` for corrupt files or a batch size the
+    world size does not divide.
+    """
+    batch_size = local_batch_size(cfg.batch_size, world_size)
+    info = DATASETS[cfg.dataset]
+    mean, std = (info.mean, info.std) if cfg.normalize else (0.0, 1.0)
+    common = dict(mean=mean, std=std, device=device, rank=rank, world_size=world_size)
+    # under torchrun every process would write the same files at once: there the data must be in place beforehand
+    download = cfg.download and world_size == 1
+    images, labels = load_dataset(cfg.dataset, True, cfg.data_dir, download)
+    train = DeviceLoader(images, labels, batch_size, shuffle=True, seed=cfg.seed, shift=cfg.shift, **common)
+    images, labels = load_dataset(cfg.dataset, False, cfg.data_dir, download)
+    if cfg.limit_test_batches:  # a prefix of the test set, whatever the world size: the same images are evaluated
+        n = cfg.limit_test_batches * cfg.test_batch_size
+        images, labels = images[:n], labels[:n]
+    test = DeviceLoader(images, labels, cfg.test_batch_size, even_shards=False, **common)
+    return train, test

@@ -1,0 +1,143 @@
+"""Watching a run: running metrics, the hand-derived-vs-native gradient check, and everything the loop reports
+(TensorBoard scalars, the progress bar, the epoch line, stop requests) in one object the loop calls per step."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from bp_torch.models import LeNet
+from bp_torch.train.checkpoint import TrainState
+from bp_torch.train.config import Config, Loss
+from bp_torch.train.distributed import all_reduce_sum
+
+__all__ = ["Running", "grad_check", "Watch", "Interrupted"]
+
+
+class Interrupted(Exception):
+    """Training stopped at a step boundary on request (Ctrl-C); the state is consistent and checkpointed."""
+
+
+class Running:
+    """Sums of the loss, the correct predictions and the samples of the batches added since the last reset."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> None:
+        correct = (logits.argmax(1) == target).sum().double()
+        n = torch.ones_like(correct) * len(target)
+        self.sums += torch.stack([loss.detach().double() * len(target), correct, n])
+
+    def mean(self, distributed: bool = False) -> tuple[float, float, int]:
+        """``(mean loss, accuracy, samples)`` over every rank if ``distributed`` (a collective), then reset."""
+        if distributed:
+            all_reduce_sum(self.sums)
+        loss_sum, correct, count = self.sums.tolist()
+        self.sums.zero_()
+        return loss_sum / max(count, 1), correct / max(count, 1), int(count)
+
+
+def grad_check(
+    model: nn.Module, reference: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Loss, reference_loss_fn: Loss
+) -> dict[str, float]:
+    """Gradients of the loss on one batch from the hand-derived ``model`` and from native autograd in ``reference``.
+
+    ``reference`` (``LeNet(impl="native")``) is given ``model``'s weights first. Returns, per parameter tensor,
+    ``max|g_manual − g_native| / max|g_native|``: the largest difference relative to the gradient's scale, about
+    1e-7 in float32 when the derivation holds. Neither model's ``.grad`` is touched.
+    """
+    reference.load_state_dict(model.state_dict())
+    names, params = zip(*model.named_parameters())
+    grads = torch.autograd.grad(loss_fn(model(x), y), params)
+    reference_grads = torch.autograd.grad(reference_loss_fn(reference(x), y), list(reference.parameters()))
+    tiny = torch.finfo(x.dtype).tiny
+    return {
+        name: ((g - r).abs().max() / r.abs().max().clamp_min(tiny)).item()
+        for name, g, r in zip(names, grads, reference_grads)
+    }
+
+
+class Watch:
+    """What the training loop reports and obeys, step by step; on ranks other than 0 it only counts and obeys.
+
+    Args:
+        model: the plain module being trained (not its DistributedDataParallel wrapper).
+        cfg: the run's config (intervals, loss, impl, epochs).
+        logger: a ``bp_torch.train.tensorboard.TensorBoardLogger`` (or anything with its methods), or None.
+        should_stop: polled after every step and before each epoch; True raises ``Interrupted``.
+        progress: show a tqdm bar per epoch.
+        echo: receives one summary line per epoch.
+        distributed: the training metrics are summed over the ranks (every rank must then call alike).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: Config,
+        *,
+        logger=None,
+        should_stop: Callable[[TrainState], bool] = lambda state: False,
+        progress: bool = False,
+        echo: Callable[[str], None] = print,
+        distributed: bool = False,
+        device: torch.device | None = None,
+    ) -> None:
+        self.model, self.cfg, self.logger, self.should_stop = model, cfg, logger, should_stop
+        self.progress, self.echo, self.distributed = progress, echo, distributed
+        self.interval = Running(device or next(model.parameters()).device)
+        self.reference = None
+        if logger is not None and cfg.grad_check_interval and cfg.impl == "manual":
+            self.reference = LeNet("native").to(next(model.parameters()).device)
+            self.loss_fn, self.reference_loss_fn = Loss.of(cfg), Loss.of(cfg, "native")
+        self.bar = None
+
+    def check_stop(self, state: TrainState) -> None:
+        if self.should_stop(state):
+            raise Interrupted
+
+    def start_epoch(self, state: TrainState, steps: int) -> None:
+        self.interval.sums.zero_()
+        self.tick = time.perf_counter()
+        if self.progress:
+            from tqdm import tqdm
+
+            desc = f"epoch {state.epoch + 1:>{len(str(self.cfg.epochs))}}/{self.cfg.epochs}"
+            self.bar = tqdm(total=steps, initial=state.batch, desc=desc, unit="batch", leave=False)
+
+    def before_step(self, state: TrainState, x: torch.Tensor, y: torch.Tensor) -> None:
+        if self.reference is not None and state.step % self.cfg.grad_check_interval == 0:
+            # on rank 0 alone, through the plain module: autograd.grad, no DDP hook, no collective
+            differences = grad_check(self.model, self.reference, x, y, self.loss_fn, self.reference_loss_fn)
+            self.logger.log_grad_check(state.step, differences)
+
+    def after_step(self, state: TrainState, loss: torch.Tensor, logits, y, lr: float) -> None:
+        self.interval.add(loss, logits, y)
+        if self.bar is not None:
+            self.bar.update()
+        if self.cfg.log_interval and state.step % self.cfg.log_interval == 0:
+            mean_loss, accuracy, count = self.interval.mean(self.distributed)
+            now = time.perf_counter()
+            if self.logger is not None:
+                self.logger.log_train(state.step, mean_loss, accuracy, lr, count / (now - self.tick))
+            if self.bar is not None:
+                self.bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{accuracy:.2%}")
+            self.tick = now
+        self.check_stop(state)
+
+    def end_epoch(self, state: TrainState, epoch: Running, result, train_time: float) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        loss, accuracy, count = epoch.mean(self.distributed)
+        if self.logger is not None:
+            self.logger.log_epoch(state.step, state.epoch, result, train_time, self.model)
+        self.echo(
+            f"epoch {state.epoch:>{len(str(self.cfg.epochs))}}/{self.cfg.epochs}  "
+            f"train loss {loss:.4f} acc {accuracy:.2%}  "
+            f"test loss {result.loss:.4f} acc {result.accuracy:.2%}  "
+            f"{train_time:.1f}s {count / train_time:,.0f} img/s"
+        )
