@@ -32,11 +32,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from bp_torch import functional as BF  # noqa: E402
-from bp_torch._function import apply, with_combined_twin  # noqa: E402
+from bp_torch._function import apply, with_direct_call  # noqa: E402
 from bp_torch.models import LeNet  # noqa: E402
 
 
-@with_combined_twin
+@with_direct_call
 class CloneFunction(torch.autograd.Function):
     """No derivation at all (forward copies, backward passes δ through), called as bp_torch calls its Functions:
     its time over native ``clone`` is the fixed price of a Python Function, the floor under every manual row."""

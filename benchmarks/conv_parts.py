@@ -62,10 +62,10 @@ def main(argv=None) -> int:
 
     parts = {
         "forward (eq. 10)": lambda: F.conv2d(x, w, None, stride, padding),
-        "ours dx: transposed convolution (eq. 14)": lambda: _conv.input_grad(d, w, (L, L), *opts),
-        "ours dk: per-tap matmuls (eq. 40), all": lambda: _conv._weight_grad_per_tap(x, d, k, *opts),
+        "ours dx: transposed convolution (eq. 14)": lambda: _conv.transposed_convolution(d, w, (L, L), *opts),
+        "ours dk: per-tap matmuls (eq. 40), all": lambda: _conv.per_tap(x, d, k, *opts),
         "  of which: padding and splitting x into stride phases": lambda: _conv.stride_phases(x, stride, padding, 1),
-        "ours dk: batch-as-channels convolution (eq. 40)": lambda: _conv._weight_grad_batch_as_channels(x, d, k, *opts),
+        "ours dk: batch-as-channels convolution (eq. 40)": lambda: _conv.batch_as_channels(x, d, k, *opts),
         "ours dk: unfold + batched matmul (eq. 40)": unfold_matmul,
         "native dx and dk": native(True, True),
         "native dx": native(True, False),

@@ -56,8 +56,8 @@ def check_same_dtype_and_device(op: str, **tensors: torch.Tensor | None) -> None
             )
 
 
-def check_conv2d(input, weight, bias, stride, dilation, groups) -> tuple[Pair, Pair, int]:
-    """Validate conv2d's tensors and options; return stride, dilation as pairs and groups."""
+def check_conv2d(input, weight, bias, stride, padding, dilation, groups) -> tuple[Pair, Pair, Pair, Pair, int]:
+    """Validate conv2d's tensors and options; return :func:`conv2d_options`'s normalised ones."""
     op = "conv2d"
     _check_tensor(input, "input", op)
     _check_tensor(weight, "weight", op)
@@ -67,34 +67,61 @@ def check_conv2d(input, weight, bias, stride, dilation, groups) -> tuple[Pair, P
         raise RuntimeError(
             f"Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: {list(input.shape)}"
         )
+    check_conv2d_weight(weight)
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise RuntimeError(
+            f"conv2d: expected bias to be 1-dimensional with {weight.shape[0]} elements (out_channels), "
+            f"but got bias of size {list(bias.shape)}"
+        )
+    C_in, size = input.shape[-3], tuple(input.shape[-2:])
+    return conv2d_options(
+        tuple(weight.shape), C_in, size, stride, padding, dilation, groups, f"input of size {list(input.shape)}"
+    )
+
+
+def check_conv2d_weight(weight) -> None:
     if weight.dim() != 4:
         raise RuntimeError(
             f"conv2d: expected weight to be 4D (out_channels, in_channels / groups, kH, kW), "
             f"but got weight of size {list(weight.shape)}"
         )
+
+
+def conv2d_options(
+    weight_shape, C_in: int, input_size: Pair, stride, padding, dilation, groups, what: str = "the input"
+):
+    """Validate conv2d's options for a weight of ``weight_shape`` over ``C_in`` channels of ``input_size``.
+
+    Returns ``(stride, padding, extra, dilation, groups)``: pairs and an int, ``padding`` symmetric and ``extra`` the
+    further bottom/right padding of ``padding='same'`` with an even reach.
+    """
+    op = "conv2d"
     stride = _positive_pair(stride, "stride", op)
     dilation = _positive_pair(dilation, "dilation", op)
     if isinstance(groups, bool) or not isinstance(groups, int):
         raise TypeError(f"conv2d(): argument 'groups' must be int, not {type(groups).__name__}")
     if groups <= 0:
         raise RuntimeError(f"conv2d: non-positive groups is not supported, but got groups={groups}")
-    C_in, C_out = input.shape[-3], weight.shape[0]
+    C_out = weight_shape[0]
     if C_out % groups != 0:
         raise RuntimeError(
             f"conv2d: out_channels must be divisible by groups, but got out_channels={C_out} "
-            f"(weight of size {list(weight.shape)}), groups={groups}"
+            f"(weight of size {list(weight_shape)}), groups={groups}"
         )
-    if C_in != weight.shape[1] * groups:
+    if C_in != weight_shape[1] * groups:
         raise RuntimeError(
-            f"conv2d: expected input with {weight.shape[1] * groups} channels (weight.shape[1]={weight.shape[1]} "
-            f"x groups={groups}), but got input of size {list(input.shape)} with {C_in} channels"
+            f"conv2d: expected input with {weight_shape[1] * groups} channels (weight.shape[1]={weight_shape[1]} "
+            f"x groups={groups}), but got {what} with {C_in} channels"
         )
-    if bias is not None and tuple(bias.shape) != (C_out,):
-        raise RuntimeError(
-            f"conv2d: expected bias to be 1-dimensional with {C_out} elements (out_channels), "
-            f"but got bias of size {list(bias.shape)}"
-        )
-    return stride, dilation, groups
+    padding, extra = conv2d_padding(padding, weight_shape[2:], stride, dilation)
+    for side, size, k, p, e, d in zip(("height", "width"), input_size, weight_shape[2:], padding, extra, dilation):
+        if output_size(size + e, k, 1, p, d) < 1:
+            raise RuntimeError(
+                f"conv2d: the dilated kernel {side} {d * (k - 1) + 1} (kernel {k}, dilation {d}) is larger than "
+                f"the padded input {side} {size + e + 2 * p} (input {size}, padding {p}); kernel size can't be "
+                f"greater than the padded input size"
+            )
+    return stride, padding, extra, dilation, groups
 
 
 def conv2d_padding(padding, kernel_size, stride: Pair, dilation: Pair) -> tuple[Pair, Pair]:
@@ -113,17 +140,6 @@ def conv2d_padding(padding, kernel_size, stride: Pair, dilation: Pair) -> tuple[
     if min(pair) < 0:
         raise RuntimeError(f"conv2d: negative padding is not supported, but got padding={padding!r}")
     return pair, (0, 0)
-
-
-def check_conv2d_output(input: torch.Tensor, weight: torch.Tensor, padding: Pair, dilation: Pair) -> None:
-    """The dilated kernel must fit in the padded input (4-D ``input``)."""
-    for side, size, k, p, d in zip(("height", "width"), input.shape[2:], weight.shape[2:], padding, dilation):
-        if size + 2 * p < d * (k - 1) + 1:
-            raise RuntimeError(
-                f"conv2d: the dilated kernel {side} {d * (k - 1) + 1} (kernel {k}, dilation {d}) is larger than "
-                f"the padded input {side} {size + 2 * p} (input {size}, padding {p}); kernel size can't be "
-                f"greater than the padded input size"
-            )
 
 
 def check_pool_input(input) -> None:
@@ -153,19 +169,22 @@ def pool2d_arguments(input, kernel_size, stride, padding, ceil_mode, divisor_ove
     if divisor_override is not None and (isinstance(divisor_override, bool) or divisor_override == 0):
         raise RuntimeError(f"avg_pool2d: divisor must be not zero, but got divisor_override={divisor_override!r}")
     for side, size, k, s, p in zip(("height", "width"), input.shape[-2:], kernel, stride, pad):
-        if pool_output_size(size, k, s, p, ceil_mode) < 1:
+        out = output_size(size, k, s, p, ceil_mode=ceil_mode)
+        if out < 1:
             raise RuntimeError(
                 f"avg_pool2d: given input {side} {size}, kernel_size {k}, stride {s}, padding {p}, "
-                f"the output {side} would be {pool_output_size(size, k, s, p, ceil_mode)}: output size is too small"
+                f"the output {side} would be {out}: output size is too small"
             )
     return kernel, stride, pad
 
 
-def pool_output_size(size: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
-    """PyTorch's pooling output size; with ceil_mode, the last window must start inside the input or left pad."""
-    span = size + 2 * p - k
-    out = (span + (s - 1 if ceil_mode else 0)) // s + 1
-    if ceil_mode and (out - 1) * s >= size + p:
+def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1, ceil_mode: bool = False) -> int:
+    """Output length of a window of ``kernel`` taps ``dilation`` apart sliding by ``stride`` over ``size`` inputs
+    padded by ``padding`` on each side (conv2d's and the pools' formula, PyTorch's rounding); with ``ceil_mode``
+    a last, partial window counts if it starts inside the input or the left padding."""
+    span = size + 2 * padding - dilation * (kernel - 1) - 1  # where the last window may start
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
         out -= 1
     return out
 

@@ -1,11 +1,11 @@
-"""What ``Function.apply`` costs per call, paid once per class instead.
+"""What every Function of ``bp_torch.autograd`` shares: how it is called, and the layout its gradients come back in.
 
 A Function written as ``forward`` + ``setup_context`` (the style torch.func's transforms need) has ``apply`` bind
-every call's arguments to ``forward``'s signature in Python (``inspect.Signature.bind``, ``apply_defaults``): about
-40 µs a call on the 2-core CPU of ``benchmarks/``, as long as a LeNet sigmoid's whole forward at batch 64. The
-combined style, ``forward(ctx, ...)``, skips that binding; torch.func accepts only the other. So each Function
-gets a combined-style twin running the very same ``forward``, ``setup_context`` and ``backward``, and
-:func:`apply` picks the twin whenever neither torch.func nor torch.compile is at work.
+every call's arguments to ``forward``'s signature in Python (``inspect.Signature.bind``, ``apply_defaults``), which
+costs as much as a small layer's whole forward (benchmarks/README.md, "Python overhead"). The combined style,
+``forward(ctx, ...)``, skips that binding, but torch.func accepts only the other. So :func:`with_direct_call`
+gives each Function a combined-style copy, its *direct* Function, running the very same ``forward``,
+``setup_context`` and ``backward``; :func:`apply` calls it whenever neither torch.func nor torch.compile is at work.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import torch
 from torch.autograd import Function
 
 
-def with_combined_twin(cls: type[Function]) -> type[Function]:
-    """Class decorator: gives a forward + setup_context Function ``cls._combined``, its combined-style twin.
+def with_direct_call(cls: type[Function]) -> type[Function]:
+    """Class decorator: gives a forward + setup_context Function ``cls._direct``, its combined-style copy.
 
     Also caches ``forward``'s signature, which ``inspect.signature`` would otherwise rebuild on every
-    ``cls.apply`` (about 30 µs), for the calls that still go through ``cls.apply`` (under torch.func).
+    ``cls.apply``, for the calls that still go through ``cls.apply`` (under torch.func).
     """
     cls.forward.__signature__ = inspect.signature(cls.forward)
     forward, setup_context = cls.forward, cls.setup_context
@@ -37,14 +37,38 @@ def with_combined_twin(cls: type[Function]) -> type[Function]:
         "__qualname__": cls.__qualname__,  # the same names: its graph nodes read as cls's ("SigmoidFunctionBackward")
         "__doc__": cls.__doc__,
     }
-    cls._combined = type(cls.__name__, (Function,), namespace)
+    if "jvp" in vars(cls):
+        namespace["jvp"] = staticmethod(cls.jvp)
+    cls._direct = type(cls.__name__, (Function,), namespace)
     return cls
 
 
 def apply(function: type[Function], *args):
-    """``function.apply(*args)``, through its combined-style twin unless a torch.func transform (vmap, grad,
-    jacrev ...) is active or torch.compile is tracing (which compiles the binding away, and traces ``apply`` but not
-    the twin); both run the same code, so results and gradients are identical."""
+    """``function.apply(*args)``, through its direct Function unless a torch.func transform (vmap, grad, jacrev ...)
+    is active or torch.compile is tracing (which compiles the binding away, and traces ``apply`` but not the direct
+    Function); both run the same code, so results and gradients are identical."""
     if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
         return function.apply(*args)
-    return function._combined.apply(*args)
+    return function._direct.apply(*args)
+
+
+def nested_apply(function: type[Function], *args):
+    """A Function called inside another's backward: through ``apply`` when a graph of the backward is being built
+    (``create_graph=True``), so that higher derivatives run through hand-written code too; otherwise its forward
+    alone, without a Function's bookkeeping (and without the aliases legacy vmap cannot batch)."""
+    if torch.is_grad_enabled():
+        return apply(function, *args)
+    return function.forward(*args)
+
+
+def is_channels_last(t: torch.Tensor) -> bool:
+    """Whether ``t`` is laid out channels_last (and not also plainly contiguous, as 1x1 maps are)."""
+    try:
+        return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+    except RuntimeError:  # vmap cannot query memory formats; its per-sample tensors have none of their own
+        return False
+
+
+def in_layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A gradient in its input's layout (channels_last or plainly contiguous)."""
+    return t.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

@@ -22,11 +22,9 @@ import torch.nn.functional as F
 
 from bp_torch._arguments import (
     check_conv2d,
-    check_conv2d_output,
     check_linear,
     check_pool_input,
     check_same_dtype_and_device,
-    conv2d_padding,
     pool2d_arguments,
 )
 from bp_torch._function import apply
@@ -79,15 +77,13 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) 
         >>> conv2d(torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3), padding="same").shape
         torch.Size([2, 4, 8, 8])
     """
-    stride, dilation, groups = check_conv2d(input, weight, bias, stride, dilation, groups)
-    padding, extra = conv2d_padding(padding, weight.shape[2:], stride, dilation)
+    stride, padding, extra, dilation, groups = check_conv2d(input, weight, bias, stride, padding, dilation, groups)
     unbatched = input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
     if extra != (0, 0):
         # padding='same' with an even reach: torch pads the bottom/right by one more than the top/left
         input = F.pad(input, (0, extra[1], 0, extra[0]))
-    check_conv2d_output(input, weight, padding, dilation)
     (input, weight, bias), autocast_off = _autocast_lower_precision(input, weight, bias)
     check_same_dtype_and_device("conv2d", input=input, weight=weight, bias=bias)
     with autocast_off:

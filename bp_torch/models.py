@@ -74,7 +74,7 @@ class LeNet(nn.Module):
         for layer in (self.conv1, self.conv2, self.fc):
             out_maps, in_maps, *kernel = layer.weight.shape
             k2 = math.prod(kernel)  # 1 for the linear layer
-            bound = math.sqrt(6 / ((in_maps + out_maps) * k2))
+            bound = math.sqrt(6 / ((in_maps + out_maps) * k2))  # Note B eq. 1–3: √(6 / (fan_in + fan_out))
             layer.weight.uniform_(-bound, bound)
             layer.bias.zero_()
 

@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import bp_torch
+from bp_torch._formulas import MODES
+
 # The tests run many tiny ops (gradcheck perturbs one element at a time): extra intra-op threads only contend,
 # above all with pytest-xdist's workers on a 2-core machine.
 torch.set_num_threads(int(os.environ.get("BP_TORCH_TEST_THREADS", "1")))
@@ -15,6 +18,13 @@ torch.set_num_threads(int(os.environ.get("BP_TORCH_TEST_THREADS", "1")))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(params=MODES)
+def both_formulas(request):
+    """Run the test once with the fast formulations and once with the literal ones (``bp_torch.formulas``)."""
+    with bp_torch.formulas(request.param):
+        yield request.param
 
 
 @pytest.fixture(scope="session")

@@ -2,21 +2,27 @@
 every gradient line names its equation."""
 
 import ast
+import importlib
 import inspect
+import pkgutil
 import re
 
 import pytest
 from torch.autograd import Function
 
-import bp_torch._conv as conv_module
-import bp_torch.autograd as autograd_module
+import bp_torch._conv
+import bp_torch._function
+import bp_torch.autograd
 
-SOURCE = inspect.getsource(autograd_module)
-SOURCES = {m.__name__: inspect.getsource(m) for m in (autograd_module, conv_module)}  # the backward's code
+MODULES = [
+    importlib.import_module(f"bp_torch.autograd.{m.name}") for m in pkgutil.iter_modules(bp_torch.autograd.__path__)
+]
+SOURCES = {m.__name__: inspect.getsource(m) for m in (*MODULES, bp_torch._conv, bp_torch._function)}  # the backward's
 FUNCTIONS = [
     obj
-    for obj in vars(autograd_module).values()
-    if isinstance(obj, type) and issubclass(obj, Function) and obj.__module__ == autograd_module.__name__
+    for module in MODULES
+    for obj in vars(module).values()
+    if isinstance(obj, type) and issubclass(obj, Function) and obj.__module__ == module.__name__
 ]
 # what would let PyTorch compute a gradient for us
 FORBIDDEN = [r"torch\.autograd\.grad", r"\.backward\(", r"torch\.nn\.grad", r"torch\.func", r"\bfunctorch\b",
@@ -52,9 +58,7 @@ def test_the_scan_would_catch_a_violation():
 def test_every_function_has_forward_setup_context_and_a_backward_citing_equations(function):
     assert "setup_context" in vars(function), "forward + setup_context style is what torch.func needs"
     backward = inspect.getsource(function.backward)
-    helpers = re.findall(r"\b(conv2d_\w+_grad|avg_pool2d_\w+)\(", backward)
-    cited = backward + "".join(inspect.getsource(getattr(autograd_module, h)) for h in helpers)
-    assert re.search(r"eq\. \d+", cited), f"{function.__name__}.backward cites no equation"
+    assert re.search(r"eq\. \d+", backward), f"{function.__name__}.backward cites no equation"
 
 
 def test_all_four_operations_are_functions():

@@ -27,6 +27,8 @@ OPTIONS = [  # (stride, padding, dilation)
 ]
 FORMULATIONS = {"one_conv": 1 << 62, "tap_matmul": 0}
 
+pytestmark = pytest.mark.usefixtures("both_formulas")  # every test, fast and literal formulations
+
 
 @pytest.fixture(params=list(FORMULATIONS))
 def formulation(request, monkeypatch):

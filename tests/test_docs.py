@@ -2,6 +2,7 @@
 
 import doctest
 import importlib.util
+import runpy
 from pathlib import Path
 
 import pytest
@@ -39,18 +40,24 @@ def _links():
 
 
 @pytest.mark.parametrize("row, path, first, last", list(_links()))
-def test_code_link_cites_its_equation(row, path, first, last):
-    """A link `path#Lnn` (or `#Lnn-Lmm`) sits in an equation's row, and the linked lines cite that equation."""
+def test_code_link_lands_on_the_code_that_computes_its_equation(row, path, first, last):
+    """A link `path#Lnn` (or `#Lnn-Lmm`) sits in an equation's row and lands on lines of code — never a docstring,
+    a comment-only or a blank line — one of whose trailing comments cites that equation."""
     match = ROW.match(row)
     assert match, f"a link to a line of code must sit in an equation table row, not in: {row!r}"
     lines = (ROOT / path).read_text().splitlines()
     assert last <= len(lines), f"{path} has {len(lines)} lines; the doc links L{first}-L{last}"
-    linked = lines[first - 1 : last]
-    cited = set().union(*map(_cited, linked))
-    assert relink.cites(match, linked), (
-        f"the doc's row {match[1]} {match[2]} links {path}#L{first}-L{last}, which cites {sorted(cited, key=str)}: "
-        f"{linked}; run `python docs/relink.py` to repair the links"
+    assert relink.computes(match, lines, first, last), (
+        f"the doc's row {match[1]} {match[2]} links {path}#L{first}-L{last}: {lines[first - 1 : last]}, which is not "
+        f"code whose comment cites it; run `python docs/relink.py` to repair the links"
     )
+
+
+def test_links_into_docstrings_and_comment_lines_are_rejected():
+    code = ['"""σ backward (Note B eq. 37)."""', "# Note B eq. 37", "", "y = x * (1 - x)  # Note B eq. 37", "z = y"]
+    row = ROW.match("| B 37 | σ' |")
+    assert [relink.computes(row, code, n, n) for n in range(1, 6)] == [False, False, False, True, False]
+    assert relink.computes(row, code, 4, 5) and not relink.computes(row, code, 3, 4)
 
 
 def test_every_equation_row_links_code_or_says_where():
@@ -74,8 +81,9 @@ def test_citation_parser():
 
 
 def test_relink_moves_a_stale_link_to_the_commented_code():
-    """The nearer docstring loses to the code line whose comment cites the equation; the span keeps its length."""
-    code = ['"""σ backward (Note B eq. 37)."""', "", "", "y = x * (1 - x)  # Note B eq. 37", "return y"]
+    """A stale link moves to the code line whose comment cites the equation, not the nearer docstring or comment line;
+    the span keeps its length."""
+    code = ['"""σ backward (Note B eq. 37)."""', "# Note B eq. 37", "", "y = x * (1 - x)  # Note B eq. 37", "z = y"]
     text, messages = relink.repair("| B 37 | σ' | [f.py#L2-L3](../bp_torch/f.py#L2-L3) |\n", lambda path: code)
     assert text == "| B 37 | σ' | [f.py#L4-L5](../bp_torch/f.py#L4-L5) |\n" and len(messages) == 1
     assert relink.repair(text, lambda path: code) == (text, [])
@@ -84,4 +92,12 @@ def test_relink_moves_a_stale_link_to_the_commented_code():
 def test_figure_is_in_the_docs():
     text = DOC.read_text()
     assert "](conv_matrix.png)" in text and (DOC.parent / "conv_matrix.png").is_file()
-    assert "python -m bp_torch.dense --plot docs/conv_matrix.png" in text
+    assert "python docs/plot_conv_matrix.py docs/conv_matrix.png" in text
+
+
+def test_plot_command(tmp_path, capsys):
+    """`python docs/plot_conv_matrix.py PNG` draws the figure kept in docs/ (a PNG file)."""
+    path = tmp_path / "conv_matrix.png"
+    runpy.run_path(str(ROOT / "docs" / "plot_conv_matrix.py"))["main"]([str(path)])
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert str(path) in capsys.readouterr().out

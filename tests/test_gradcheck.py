@@ -11,6 +11,8 @@ from bp_torch.check import CASES, Case, passes_gradcheck
 # vmap over the backward (check_batched_grad) needs every op of the backward to have a batching rule
 BATCHED = {"conv2d", "avg_pool2d", "sigmoid", "linear"}
 
+pytestmark = pytest.mark.usefixtures("both_formulas")  # every test, fast and literal formulations
+
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_gradcheck(case: Case, device):

@@ -12,6 +12,8 @@ from bp_torch.check import CASES, Case, compare_with_native
 # float32 sums in another order than the native kernels: differences of a few ulps of the largest term
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}
 
+pytestmark = pytest.mark.usefixtures("both_formulas")  # every test, fast and literal formulations
+
 
 def _assert_close(case, device, dtype, **kwargs):
     forward_error, grad_errors = compare_with_native(case, device, dtype, **kwargs)

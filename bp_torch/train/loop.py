@@ -100,7 +100,7 @@ def train_one_epoch(model, optimizer, scheduler, loader: DeviceLoader, loss_fn, 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # the hand-derived backward of every bp_torch layer
         lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
+        optimizer.step()  # with --optimizer sgd, Note B eq. 65–70: θ ← θ − α·Δθ
         scheduler.step()
         state.step, state.batch = state.step + 1, state.batch + 1
         epoch.add(loss, logits, y)

@@ -1,4 +1,5 @@
-"""bp_torch._function: each Function's combined-style twin runs the very same code, and is used only where it may be."""
+"""bp_torch._function: each Function's direct (combined-style) copy runs the very same code, and is used only where it
+may be."""
 
 import pytest
 import torch
@@ -10,21 +11,21 @@ from bp_torch.autograd import SigmoidFunction
 
 
 @pytest.mark.parametrize("function", FUNCTIONS, ids=lambda f: f.__name__)
-def test_twin_shares_backward_and_names(function):
-    twin = function._combined
-    assert twin.backward is function.backward  # the derived backward itself, not a copy
-    assert twin.__name__ == function.__name__ and twin.__qualname__ == function.__qualname__
+def test_direct_function_shares_backward_and_names(function):
+    direct = function._direct
+    assert direct.backward is function.backward  # the derived backward itself, not a copy
+    assert direct.__name__ == function.__name__ and direct.__qualname__ == function.__qualname__
 
 
-def test_eager_calls_go_through_the_twin_and_give_the_same_gradients():
+def test_eager_calls_go_through_the_direct_function_and_give_the_same_gradients():
     x = torch.randn(5, requires_grad=True)
     y = apply(SigmoidFunction, x)
-    assert type(y.grad_fn)._forward_cls is SigmoidFunction._combined
+    assert type(y.grad_fn)._forward_cls is SigmoidFunction._direct
     assert type(SigmoidFunction.apply(x).grad_fn)._forward_cls is SigmoidFunction
     g = torch.randn(5)
-    (twin_grad,) = torch.autograd.grad(y, x, g)
+    (direct_grad,) = torch.autograd.grad(y, x, g)
     (plain_grad,) = torch.autograd.grad(SigmoidFunction.apply(x), x, g)
-    assert torch.equal(twin_grad, plain_grad)
+    assert torch.equal(direct_grad, plain_grad)
 
 
 def test_torch_func_calls_go_through_the_setup_context_function():

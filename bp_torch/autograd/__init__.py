@@ -1,0 +1,38 @@
+"""The operations of the derivations as ``torch.autograd.Function``s whose ``backward`` is the derived formula.
+
+Equation numbers cite the two notes summarised in ``docs/derivation.md``: Note A (Ji & Xie, fully connected to
+convolutional layers) and Note B (Zhang, backpropagation in the LeNet CNN). One module per operation family:
+
+- ``conv``: ``Conv2dFunction`` (Note A eq. 10, 14, 17, 35; Note B eq. 40, 45, 51) and its two gradients as
+  Functions, ``Conv2dInputGradFunction`` and ``Conv2dWeightGradFunction``, so every order of derivative is ours;
+- ``pool``: ``AvgPool2dFunction`` (Note B eq. 32, 52);
+- ``activation``: ``SigmoidFunction`` (Note B eq. 37, 57);
+- ``linear``: ``LinearFunction`` (Note A eq. 5, 7, 8; Note B eq. 19, 24, 30).
+
+Every backward is written with forward tensor ops only (conv2d, matmul, pad, flip, sum ...): never autograd,
+``torch.nn.grad``, ``torch.func`` or an ``aten.*_backward`` op. Arguments arrive validated and normalised by
+``bp_torch.functional``.
+"""
+
+from bp_torch.autograd.activation import SigmoidFunction
+from bp_torch.autograd.conv import (
+    Conv2dFunction,
+    Conv2dInputGradFunction,
+    Conv2dWeightGradFunction,
+    conv2d_input_grad,
+    conv2d_weight_grad,
+)
+from bp_torch.autograd.linear import LinearFunction
+from bp_torch.autograd.pool import AvgPool2dFunction, avg_pool2d_divisor
+
+__all__ = [
+    "Conv2dFunction",
+    "Conv2dInputGradFunction",
+    "Conv2dWeightGradFunction",
+    "AvgPool2dFunction",
+    "SigmoidFunction",
+    "LinearFunction",
+    "conv2d_input_grad",
+    "conv2d_weight_grad",
+    "avg_pool2d_divisor",
+]

@@ -1,0 +1,148 @@
+"""conv2d (Note A eq. 10) and its two gradients as Functions, each backward made of the other two.
+
+The three are one trilinear form T(x, k, δ) = Σ δ ⊙ conv2d(x, k) differentiated in each slot: conv2d = ∂T/∂δ, the
+input gradient = ∂T/∂x (Note A eq. 17/35, Note B eq. 51), the weight gradient = ∂T/∂k (Note B eq. 40/59). The
+backward of each is therefore the other two, and derivatives of every order run through hand-written code.
+Which formulation of each gradient runs is ``bp_torch._conv``'s choice; its docstring has the table.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.autograd import Function
+
+from bp_torch import _conv
+from bp_torch._arguments import Pair
+from bp_torch._function import in_layout, is_channels_last, nested_apply, with_direct_call
+
+
+@with_direct_call
+class Conv2dFunction(Function):
+    """2-D cross-correlation (Note A eq. 10) with the backward of Note A eq. 14/17/35 and Note B eq. 40, 45, 51.
+
+    Arguments arrive validated and normalised by ``bp_torch.functional.conv2d``: a 4-D input, stride, padding and
+    dilation as int pairs, padding symmetric (``padding='same'`` with an even kernel is padded by the caller).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, weight, bias, stride: Pair, padding: Pair, dilation: Pair, groups: int):
+        return torch.conv2d(input, weight, bias, stride, padding, dilation, groups)  # Note A eq. 10
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, bias, stride, padding, dilation, groups = inputs
+        needs_input, needs_weight = ctx.needs_input_grad[:2]
+        # ∂e/∂x needs only the kernel, ∂e/∂k only the input: save what the requested gradients read
+        ctx.save_for_backward(input if needs_weight else None, weight if needs_input else None)
+        ctx.input_size = tuple(input.shape[2:])
+        ctx.kernel_size = tuple(weight.shape[2:])
+        ctx.options = (stride, padding, dilation, groups)
+        ctx.layouts = (is_channels_last(input), is_channels_last(weight))
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        grad_input = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            # Note A eq. 17/35, Note B eq. 51 — fast mode: eq. 14's transposed convolution for LeNet's C2 and any
+            # stride, eq. 17's flipped correlation for 'same' padding; literal mode: eq. 17 (_conv's table)
+            grad_input = conv2d_input_grad(grad_output, weight, ctx.input_size, *ctx.options)
+            grad_input = in_layout(grad_input, ctx.layouts[0])
+        if ctx.needs_input_grad[1]:
+            # Note B eq. 40/59, Δk = rot180(S) * ΔC_σ: x correlated with δ over the batch (_conv's table)
+            grad_weight = conv2d_weight_grad(input, grad_output, ctx.kernel_size, *ctx.options)
+            grad_weight = in_layout(grad_weight, ctx.layouts[1])
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad_output.sum((0, 2, 3))  # Note B eq. 45/64: Δb = Σ ΔC_σ
+        return grad_input, grad_weight, grad_bias, None, None, None, None
+
+
+@with_direct_call
+class Conv2dInputGradFunction(Function):
+    """∂e/∂x = conv2d's input gradient (Note A eq. 14/17/35) as a Function of (δ, k) = ∂T/∂x, so that it too has a
+    backward: ∂T/∂δ is the forward correlation, ∂T/∂k the weight gradient with the incoming gradient as x."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(delta, weight, input_size: Pair, stride: Pair, padding: Pair, dilation: Pair, groups: int):
+        return _conv.input_grad(delta, weight, input_size, stride, padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        delta, weight, input_size, *options = inputs
+        needs_delta, needs_weight = ctx.needs_input_grad[:2]
+        ctx.save_for_backward(delta if needs_weight else None, weight if needs_delta else None)
+        ctx.kernel_size = tuple(weight.shape[2:])
+        ctx.options = tuple(options)
+        ctx.layouts = (is_channels_last(delta), is_channels_last(weight))
+        # rows a window hanging past the input reached (ceil_mode pooling) were cropped: their gradient is zero
+        hang = _conv.uncovered(input_size, delta.shape[-2:], ctx.kernel_size, *options[:3])
+        ctx.hang = (0, max(-hang[1], 0), 0, max(-hang[0], 0))
+
+    @staticmethod
+    def backward(ctx, grad):
+        delta, weight = ctx.saved_tensors
+        grad_delta = grad_weight = None
+        if any(ctx.hang):
+            grad = F.pad(grad, ctx.hang)
+        if ctx.needs_input_grad[0]:
+            # ∂T/∂δ: the forward correlation (Note A eq. 10) of the incoming gradient with k
+            grad_delta = in_layout(conv2d(grad, weight, *ctx.options), ctx.layouts[0])
+        if ctx.needs_input_grad[1]:
+            # ∂T/∂k: Note B eq. 40 with the incoming gradient in the input's place
+            grad_weight = conv2d_weight_grad(grad, delta, ctx.kernel_size, *ctx.options)
+            grad_weight = in_layout(grad_weight, ctx.layouts[1])
+        return grad_delta, grad_weight, None, None, None, None, None
+
+
+@with_direct_call
+class Conv2dWeightGradFunction(Function):
+    """∂e/∂k = conv2d's weight gradient (Note B eq. 40/59) as a Function of (x, δ) = ∂T/∂k: its backward is the
+    input gradient with the incoming gradient as the kernel (∂T/∂x) and the forward correlation (∂T/∂δ)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, delta, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, groups: int):
+        return _conv.weight_grad(input, delta, kernel_size, stride, padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, delta, kernel_size, *options = inputs
+        needs_input, needs_delta = ctx.needs_input_grad[:2]
+        ctx.save_for_backward(input if needs_delta else None, delta if needs_input else None)
+        ctx.input_size = tuple(input.shape[2:])
+        ctx.options = tuple(options)
+        ctx.layouts = (is_channels_last(input), is_channels_last(delta))
+
+    @staticmethod
+    def backward(ctx, grad):
+        input, delta = ctx.saved_tensors
+        grad_input = grad_delta = None
+        if ctx.needs_input_grad[0]:
+            # ∂T/∂x: Note A eq. 17 with the incoming gradient as the kernel
+            grad_input = conv2d_input_grad(delta, grad, ctx.input_size, *ctx.options)
+            grad_input = in_layout(grad_input, ctx.layouts[0])
+        if ctx.needs_input_grad[1]:
+            # ∂T/∂δ: the forward correlation (Note A eq. 10) of x with the incoming gradient as the kernel
+            grad_delta = in_layout(conv2d(input, grad, *ctx.options), ctx.layouts[1])
+        return grad_input, grad_delta, None, None, None, None, None
+
+
+def conv2d(input, weight, stride: Pair, padding: Pair, dilation: Pair, groups: int) -> torch.Tensor:
+    """The forward correlation (Note A eq. 10) inside a backward, without bias."""
+    return nested_apply(Conv2dFunction, input, weight, None, stride, padding, dilation, groups)
+
+
+def conv2d_input_grad(delta, weight, input_size: Pair, stride: Pair, padding: Pair, dilation: Pair, groups: int):
+    """∂e/∂x (Note A eq. 14/17/35, Note B eq. 51) inside a backward."""
+    return nested_apply(Conv2dInputGradFunction, delta, weight, input_size, stride, padding, dilation, groups)
+
+
+def conv2d_weight_grad(input, delta, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, groups: int):
+    """∂e/∂k (Note B eq. 40/59) inside a backward."""
+    return nested_apply(Conv2dWeightGradFunction, input, delta, kernel_size, stride, padding, dilation, groups)
