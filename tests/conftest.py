@@ -35,12 +35,16 @@ def device() -> torch.device:
     return torch.device(name)
 
 
+MNIST_FILES = [f"{split}-{kind}" for split in ("train", "t10k") for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")]
+
+
 @pytest.fixture(scope="session")
 def mnist_root() -> Path:
     """The folder holding MNIST/raw in torchvision's layout: $BP_TORCH_DATA, else ../shared/data; or skip."""
     candidates = [os.environ.get("BP_TORCH_DATA"), Path(__file__).resolve().parents[1].parent / "shared" / "data"]
     for root in candidates:
-        if root and (Path(root) / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
+        raw = Path(root or "-") / "MNIST" / "raw"
+        if root and all((raw / f).is_file() or (raw / f"{f}.gz").is_file() for f in MNIST_FILES):
             return Path(root)
     pytest.skip("real MNIST not found: set BP_TORCH_DATA to a folder holding MNIST/raw")
 

@@ -2,7 +2,6 @@
 
 import gzip
 import math
-import os
 import struct
 import sys
 from pathlib import Path
@@ -366,20 +365,9 @@ def assert_mean_std(images: torch.Tensor, info) -> None:
     assert (mean.item(), std.item()) == pytest.approx((info.mean, info.std), abs=1e-4)
 
 
-def shared_data() -> Path | None:
-    for root in (
-        os.environ.get("BP_TORCH_DATA"),
-        Path(__file__).resolve().parents[1].parent / "shared" / "data",
-    ):
-        if root and all((Path(root) / "MNIST" / "raw" / f).is_file() for f in FILES):
-            return Path(root)
-    return None
-
-
-@pytest.mark.skipif(shared_data() is None, reason="real MNIST not found: set BP_TORCH_DATA or provide ../shared/data")
-def test_real_mnist():
-    train_x, train_y = load_dataset("mnist", train=True, root=shared_data())
-    test_x, test_y = load_dataset("mnist", train=False, root=shared_data())
+def test_real_mnist(mnist_root):
+    train_x, train_y = load_dataset("mnist", train=True, root=mnist_root)
+    test_x, test_y = load_dataset("mnist", train=False, root=mnist_root)
     assert train_x.shape == (60000, 28, 28) and test_x.shape == (10000, 28, 28)
     assert train_y.shape == (60000,) and test_y.shape == (10000,)
     assert torch.equal(torch.unique(train_y), torch.arange(10)) and torch.equal(torch.unique(test_y), torch.arange(10))

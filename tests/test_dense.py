@@ -1,91 +1,58 @@
 """W̃ (Note A sections 3.3, 3.4): a convolution is a fully connected layer, checked against bp_torch's conv2d."""
 
-import random
-
 import pytest
 import torch
+from cases import CONV_GRID, ConvCase, conv_cases
+from hypothesis import given, settings
 
 from bp_torch import functional as BF
 from bp_torch.autograd import conv2d_input_grad
 from bp_torch.dense import DenseConv2d, conv2d_matrix, dense_conv2d
 
 F64 = torch.float64
-
-# (C_in, C_out, input (H, W), kernel (kH, kW), options)
-CONFIGS = [
-    pytest.param(1, 6, (28, 28), (5, 5), {}, id="lenet-C1"),
-    pytest.param(6, 12, (12, 12), (5, 5), {}, id="lenet-C2"),
-    pytest.param(1, 1, (1, 6), (1, 3), {}, id="1d"),
-    pytest.param(3, 4, (7, 6), (3, 3), {"stride": 2}, id="stride"),
-    pytest.param(3, 4, (7, 6), (3, 2), {"stride": (2, 1), "padding": 1}, id="stride-pad"),
-    pytest.param(2, 3, (6, 7), (2, 3), {"padding": (2, 0), "dilation": (1, 2)}, id="dilation"),
-    pytest.param(2, 2, (5, 6), (4, 2), {"padding": "same"}, id="same-even"),  # odd extra pad: bottom/right
-    pytest.param(2, 2, (5, 6), (3, 3), {"padding": "same", "dilation": 2}, id="same-dilated"),
-    pytest.param(4, 6, (6, 6), (3, 3), {"groups": 2, "padding": "valid"}, id="groups"),
-    pytest.param(4, 4, (5, 5), (3, 3), {"groups": 4, "stride": 2, "padding": 1}, id="depthwise"),
-]
+LENET = [ConvCase(1, 6, 1, (5, 5), (28, 28), batch=4, name="lenet-C1"), ConvCase(6, 12, 1, (5, 5), (12, 12), batch=4,
+         name="lenet-C2")]  # fmt: skip
+GRID = [pytest.param(case, id=str(case)) for case in CONV_GRID]
 
 
-def _random_configs(n: int, seed: int = 0):
-    """Seeded random configurations, each one valid for conv2d."""
-    rng = random.Random(seed)
-    configs = []
-    while len(configs) < n:
-        groups = rng.choice([1, 1, 2, 3])
-        C_in, C_out = groups * rng.randint(1, 2), groups * rng.randint(1, 2)
-        kernel = (rng.randint(1, 4), rng.randint(1, 4))
-        options = {"stride": (rng.randint(1, 3), rng.randint(1, 3)), "dilation": (rng.randint(1, 2), rng.randint(1, 2))}
-        options["padding"] = rng.choice([0, 1, (rng.randint(0, 2), rng.randint(0, 2)), "valid"])
-        if options["stride"] == (1, 1) and rng.random() < 0.4:
-            options["padding"] = "same"
-        size = (rng.randint(1, 8), rng.randint(1, 8))
-        pad = (0, 0) if isinstance(options["padding"], str) else torch.nn.modules.utils._pair(options["padding"])
-        if options["padding"] != "same" and any(
-            L + 2 * p < d * (k - 1) + 1 for L, p, d, k in zip(size, pad, options["dilation"], kernel)
-        ):
-            continue  # the kernel does not fit
-        options["groups"] = groups
-        configs.append(pytest.param(C_in, C_out, size, kernel, options, id=f"random{len(configs)}"))
-    return configs
-
-
-ALL_CONFIGS = CONFIGS + _random_configs(20)
-
-
-def _tensors(C_in, C_out, size, kernel, options, dtype=F64, device="cpu", N=2):
-    x = torch.randn(N, C_in, *size, dtype=dtype, device=device, requires_grad=True)
-    w = torch.randn(C_out, C_in // options.get("groups", 1), *kernel, dtype=dtype, device=device, requires_grad=True)
-    b = torch.randn(C_out, dtype=dtype, device=device, requires_grad=True)
-    return x, w, b
-
-
-@pytest.mark.parametrize("C_in, C_out, size, kernel, options", ALL_CONFIGS)
-def test_matrix_times_input_is_conv2d(C_in, C_out, size, kernel, options, device):
+@pytest.mark.parametrize("case", GRID)
+def test_matrix_times_input_is_conv2d(case, device):
     """Note A eq. 23: conv2d(x, w) flattened = W̃ᵀ x flattened; the sparse and dense W̃ agree."""
-    x, w, _ = _tensors(C_in, C_out, size, kernel, options, device=device)
-    s = BF.conv2d(x, w, **options)
-    W_sparse = conv2d_matrix(w, size, **options)
-    W_dense = conv2d_matrix(w, size, **options, dense=True)
+    x, w, _ = case.tensors(F64, device)
+    s = BF.conv2d(x, w, **case.options)
+    W_sparse = conv2d_matrix(w, case.size, **case.options)
+    W_dense = conv2d_matrix(w, case.size, **case.options, dense=True)
     assert W_sparse.is_sparse and W_sparse.is_coalesced() and not W_dense.is_sparse
-    assert W_dense.shape == (C_in * size[0] * size[1], s[0].numel())
+    assert W_dense.shape == (case.C_in * case.size[0] * case.size[1], s[0].numel())
     torch.testing.assert_close(W_sparse.to_dense(), W_dense, rtol=0, atol=0)
     torch.testing.assert_close(x.flatten(1) @ W_dense, s.flatten(1), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("C_in, C_out, size, kernel, options", ALL_CONFIGS)
-def test_dense_conv2d_matches_conv2d(C_in, C_out, size, kernel, options, device):
-    """Forward and all three gradients of the fully connected view equal bp_torch.functional.conv2d's."""
-    x, w, b = _tensors(C_in, C_out, size, kernel, options, device=device)
-    ours, theirs = dense_conv2d(x, w, b, **options), BF.conv2d(x, w, b, **options)
+def _matches_conv2d(case, device):
+    x, w, b = case.tensors(F64, device)
+    params = [t for t in (x, w, b) if t is not None]
+    ours, theirs = dense_conv2d(x, w, b, **case.options), BF.conv2d(x, w, b, **case.options)
     torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
     g = torch.randn_like(theirs)
-    for a, e in zip(torch.autograd.grad(ours, (x, w, b), g), torch.autograd.grad(theirs, (x, w, b), g)):
+    for a, e in zip(torch.autograd.grad(ours, params, g), torch.autograd.grad(theirs, params, g)):
         torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("C_in, C_out, size, kernel, options", CONFIGS[:2])
-def test_lenet_layers_float32(C_in, C_out, size, kernel, options, device):
-    x, w, b = _tensors(C_in, C_out, size, kernel, options, dtype=torch.float32, device=device, N=4)
+@pytest.mark.parametrize("case", GRID)
+def test_dense_conv2d_matches_conv2d(case, device):
+    """Forward and all three gradients of the fully connected view equal bp_torch.functional.conv2d's."""
+    _matches_conv2d(case, device)
+
+
+@settings(max_examples=20, deadline=None)
+@given(conv_cases())
+def test_dense_conv2d_matches_conv2d_on_random_configs(case):
+    _matches_conv2d(case, "cpu")
+
+
+@pytest.mark.parametrize("case", LENET, ids=str)
+def test_lenet_layers_float32(case, device):
+    x, w, b = case.tensors(torch.float32, device)
     ours, theirs = dense_conv2d(x, w, b), BF.conv2d(x, w, b)
     g = torch.randn_like(theirs)
     # float32, and the two compute sums of up to 4·24·24 products in different orders: ~1e-6 relative, so 1e-4
@@ -99,19 +66,19 @@ def test_lenet_layers_float32(C_in, C_out, size, kernel, options, device):
     [{}, {"stride": 2, "padding": 1}, {"dilation": (2, 1), "padding": "same"}, {"groups": 2, "padding": (0, 1)}],
 )
 def test_gradcheck(options, device):
-    x, w, b = _tensors(2, 2, (5, 4), (3, 2), options, device=device)
+    x, w, b = ConvCase(2, 2, options.get("groups", 1), (3, 2), (5, 4)).tensors(F64, device)
     assert torch.autograd.gradcheck(lambda x, w, b: dense_conv2d(x, w, b, **options), (x, w, b))
 
 
 def test_gradgradcheck(device):
     """The hand-written backward is made of differentiable ops, so second derivatives exist too."""
-    x, w, b = _tensors(2, 2, (4, 4), (2, 2), {}, device=device)
+    x, w, b = ConvCase(2, 2, 1, (2, 2), (4, 4)).tensors(F64, device)
     assert torch.autograd.gradgradcheck(lambda x, w, b: dense_conv2d(x, w, b, stride=2), (x, w, b))
 
 
 def test_w_tilde_delta_is_the_flipped_kernel(device):
     """Eq. 28 = eq. 17: W̃δ is the full cross-correlation of δ with the rot180 kernel, channels swapped (eq. 35)."""
-    x, w, _ = _tensors(3, 4, (6, 7), (3, 2), {}, device=device)
+    x, w, _ = ConvCase(3, 4, 1, (3, 2), (6, 7)).tensors(F64, device)
     delta = torch.randn_like(BF.conv2d(x, w))  # (N, C_out, H_out, W_out)
     W_tilde = conv2d_matrix(w, (6, 7), dense=True)
     ours = (delta.flatten(1) @ W_tilde.T).reshape(x.shape)  # W̃δ for each sample
@@ -120,17 +87,16 @@ def test_w_tilde_delta_is_the_flipped_kernel(device):
     torch.testing.assert_close(ours, flipped, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("C_in, C_out, size, kernel, options", [c for c in ALL_CONFIGS if "same" not in str(c.values)])
-def test_w_tilde_delta_is_the_core_input_gradient(C_in, C_out, size, kernel, options, device):
+@pytest.mark.parametrize("case", [c for c in GRID if c.values[0].padding != "same"])
+def test_w_tilde_delta_is_the_core_input_gradient(case, device):
     """The same with stride (zeros inserted into δ), padding (cropped), dilation and groups: the core's eq. 17/35."""
-    x, w, _ = _tensors(C_in, C_out, size, kernel, options, device=device)
-    delta = torch.randn_like(BF.conv2d(x, w, **options))
-    W_tilde = conv2d_matrix(w, size, **options)
+    x, w, _ = case.tensors(F64, device)
+    delta = torch.randn_like(BF.conv2d(x, w, **case.options))
+    W_tilde = conv2d_matrix(w, case.size, **case.options)
     ours = torch.sparse.mm(W_tilde, delta.flatten(1).T).T.reshape(x.shape)
     pair = torch.nn.modules.utils._pair
-    padding = (0, 0) if options.get("padding") == "valid" else pair(options.get("padding", 0))
-    stride, dilation = (pair(options.get(name, 1)) for name in ("stride", "dilation"))
-    core = conv2d_input_grad(delta, w, size, stride, padding, dilation, options.get("groups", 1))
+    padding = (0, 0) if case.padding == "valid" else pair(case.padding)
+    core = conv2d_input_grad(delta, w, case.size, pair(case.stride), padding, pair(case.dilation), case.groups)
     torch.testing.assert_close(ours, core, rtol=1e-12, atol=1e-12)
 
 
@@ -185,7 +151,7 @@ def test_sparsity_and_weight_sharing():
 
 
 def test_matrix_is_differentiable_in_the_weight(device):
-    x, w, _ = _tensors(2, 3, (5, 5), (3, 3), {"stride": 2, "padding": 1}, device=device)
+    x, w, _ = ConvCase(2, 3, 1, (3, 3), (5, 5)).tensors(F64, device)
     x = x.detach()
     g = torch.randn(2, 3 * 3 * 3, dtype=F64, device=device)  # ∂e/∂s, s of size (C_out·H_out·W_out)
     (grad_sparse,) = torch.autograd.grad(x.flatten(1) @ conv2d_matrix(w, 5, 2, 1), w, g)

@@ -3,11 +3,13 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from cases import CHECK_CASES as CASES
+from cases import conv_cases, pool_cases
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bp_torch import functional as BF
-from bp_torch.check import CASES, Case, compare_with_native
+from bp_torch.check import Case, compare_with_native
 
 # float32 sums in another order than the native kernels: differences of a few ulps of the largest term
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}
@@ -40,14 +42,15 @@ def test_non_contiguous_grad_output(case: Case, device):
     _assert_close(case, device, torch.float32, grad_output_transform=_non_contiguous)
 
 
-@pytest.mark.parametrize(
-    "case", [c for c in CASES if c.name.split()[0] in ("conv2d", "avg_pool2d")], ids=lambda c: c.name
-)
+BATCHED_MAPS = [
+    c for c in CASES if c.name.split()[0] in ("conv2d", "avg_pool2d") and c.inputs("cpu", torch.float32)[0].dim() == 4
+]
+
+
+@pytest.mark.parametrize("case", BATCHED_MAPS, ids=lambda c: c.name)
 def test_channels_last(case: Case, device):
     """channels_last inputs give outputs and input gradients in channels_last, as native does."""
     args = case.inputs(device, torch.float32, requires_grad=False)
-    if args[0].dim() != 4:
-        pytest.skip("channels_last needs a 4-D input")
     x = args[0].to(memory_format=torch.channels_last).requires_grad_()
     rest = tuple(a.requires_grad_() for a in args[1:])
     x_native = x.detach().clone(memory_format=torch.channels_last).requires_grad_()
@@ -107,56 +110,16 @@ def test_empty_pool_and_sigmoid(device):
 
 
 @settings(max_examples=30, deadline=None)
-@given(
-    batch=st.integers(1, 3),
-    channels=st.integers(1, 4),
-    size=st.tuples(st.integers(5, 12), st.integers(5, 12)),
-    kernel=st.tuples(st.integers(1, 5), st.integers(1, 5)),
-    stride=st.integers(1, 3),
-    padding=st.sampled_from([0, 1, 2, "same", "valid"]),
-    dilation=st.integers(1, 2),
-    depthwise=st.booleans(),
-    channels_last=st.booleans(),
-)
-def test_conv2d_random_configs_match_native(
-    batch, channels, size, kernel, stride, padding, dilation, depthwise, channels_last
-):
-    if padding == "same":
-        stride = 1
-    reach = [dilation * (k - 1) + 1 for k in kernel]
-    pad = 0 if isinstance(padding, str) else padding
-    if any(s + 2 * pad < r for s, r in zip(size, reach)) and padding != "same":
-        return  # kernel larger than the padded input: covered by the error tests
-    groups = channels if depthwise else 1
-    c_out = channels * 2 if depthwise else 3
-    x = torch.randn(batch, channels, *size)
-    if channels_last:
-        x = x.to(memory_format=torch.channels_last)
-    w, b = torch.randn(c_out, channels // groups, *kernel), torch.randn(c_out)
-    case = Case("conv2d", BF.conv2d, F.conv2d, lambda d, t: (x.to(d, t), w.to(d, t), b.to(d, t)),
-                dict(stride=stride, padding=padding, dilation=dilation, groups=groups))  # fmt: skip
-    _assert_close(case, "cpu", torch.float32)
+@given(case=conv_cases(max_channels=3), channels_last=st.booleans())
+def test_conv2d_random_configs_match_native(case, channels_last):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x, w, b = case.tensors(torch.float32, requires_grad=False, memory_format=fmt)
+    tensors = lambda d, t: tuple(a.to(d, t) for a in (x, w, b) if a is not None)  # noqa: E731
+    _assert_close(Case("conv2d", BF.conv2d, F.conv2d, tensors, case.options), "cpu", torch.float32)
 
 
 @settings(max_examples=30, deadline=None)
-@given(
-    size=st.tuples(st.integers(3, 11), st.integers(3, 11)),
-    kernel=st.tuples(st.integers(1, 4), st.integers(1, 4)),
-    stride=st.one_of(st.none(), st.integers(1, 4)),
-    pad=st.tuples(st.integers(0, 2), st.integers(0, 2)),
-    ceil_mode=st.booleans(),
-    count_include_pad=st.booleans(),
-    divisor_override=st.sampled_from([None, 1, 7]),
-)
-def test_avg_pool2d_random_configs_match_native(
-    size, kernel, stride, pad, ceil_mode, count_include_pad, divisor_override
-):
-    padding = tuple(min(p, k // 2) for p, k in zip(pad, kernel))
-    if any(s + 2 * p < k for s, p, k in zip(size, padding, kernel)):
-        return  # no window fits: covered by the error tests
-    options = dict(kernel_size=kernel, stride=stride, padding=padding, ceil_mode=ceil_mode,
-                   count_include_pad=count_include_pad, divisor_override=divisor_override)  # fmt: skip
-    case = Case(
-        "avg_pool2d", BF.avg_pool2d, F.avg_pool2d, lambda d, t: (torch.randn(2, 3, *size, device=d, dtype=t),), options
-    )
-    _assert_close(case, "cpu", torch.float64)
+@given(pool_cases())
+def test_avg_pool2d_random_configs_match_native(case):
+    tensors = lambda d, t: (case.input(t, d, requires_grad=False),)  # noqa: E731
+    _assert_close(Case("avg_pool2d", BF.avg_pool2d, F.avg_pool2d, tensors, case.options), "cpu", torch.float64)

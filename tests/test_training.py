@@ -32,19 +32,8 @@ from bp_torch.train.tensorboard import confusion_image, digits_image, filters_im
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _real_mnist() -> Path | None:
-    for root in (os.environ.get("BP_TORCH_DATA"), ROOT.parent / "shared" / "data"):
-        if root and (Path(root) / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").exists():
-            return Path(root)
-    return None
-
-
 def _args(data: Path, logdir: Path, *extra: str) -> list[str]:
     return ["--data-dir", str(data), "--logdir", str(logdir), "--batch-size", "32", "--test-batch-size", "64", *extra]
-
-
-def _run_dir(logdir: Path, name: str) -> Path:
-    return logdir / name
 
 
 # --- configuration -------------------------------------------------------------------------------------------
@@ -303,12 +292,9 @@ def test_tensorboard_server_shows_the_run(fake_data, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_seed_preset_matches_deeplearntoolbox(tmp_path, capsys):
+def test_seed_preset_matches_deeplearntoolbox(mnist_root, tmp_path, capsys):
     """Note B's recipe, one epoch: DeepLearnToolbox's test_example_CNN asserts test error < 12% (it quotes ~11%)."""
-    data = _real_mnist()
-    if data is None:
-        pytest.skip("real MNIST not found: set BP_TORCH_DATA to a folder holding MNIST/raw/")
-    args = ["--preset", "seed", "--data-dir", str(data), "--logdir", str(tmp_path), "--run-name", "seed"]
+    args = ["--preset", "seed", "--data-dir", str(mnist_root), "--logdir", str(tmp_path), "--run-name", "seed"]
     assert train.main(args) == 0
     accuracy = load_training_checkpoint(tmp_path / "seed" / "checkpoint.pt")["state"]["metrics"]["test_accuracy"]
     assert 1 - accuracy < 0.12
