@@ -2,6 +2,8 @@
 
 Same signatures, defaults, shapes (unbatched inputs too), dtypes, devices and memory formats as
 ``torch.nn.functional``; bad arguments raise the exception type torch raises, with a message naming the argument.
+Like torch's own functions, each first hands itself to ``__torch_function__`` overrides (``torch.fx``'s proxies,
+tensor subclasses), so a traced model calls these very functions.
 
 Example::
 
@@ -19,6 +21,7 @@ from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
+from torch.overrides import handle_torch_function, has_torch_function_unary, has_torch_function_variadic
 
 from bp_torch._arguments import (
     check_conv2d,
@@ -77,6 +80,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) 
         >>> conv2d(torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3), padding="same").shape
         torch.Size([2, 4, 8, 8])
     """
+    if has_torch_function_variadic(input, weight, bias):  # torch.fx proxies, tensor subclasses: as torch's functions
+        return handle_torch_function(conv2d, (input, weight, bias), input, weight, bias, stride, padding, dilation,
+                                     groups)  # fmt: skip
     stride, padding, extra, dilation, groups = check_conv2d(input, weight, bias, stride, padding, dilation, groups)
     unbatched = input.dim() == 3
     if unbatched:
@@ -124,6 +130,9 @@ def avg_pool2d(
         tensor([[[1., 1.],
                  [1., 1.]]])
     """
+    if has_torch_function_unary(input):
+        return handle_torch_function(avg_pool2d, (input,), input, kernel_size, stride, padding, ceil_mode,
+                                     count_include_pad, divisor_override)  # fmt: skip
     check_pool_input(input)
     kernel_size, stride, padding = pool2d_arguments(input, kernel_size, stride, padding, ceil_mode, divisor_override)
     unbatched = input.dim() == 3
@@ -150,6 +159,8 @@ def sigmoid(input) -> torch.Tensor:
         >>> sigmoid(torch.zeros(2))
         tensor([0.5000, 0.5000])
     """
+    if has_torch_function_unary(input):
+        return handle_torch_function(sigmoid, (input,), input)
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"sigmoid(): argument 'input' must be Tensor, not {type(input).__name__}")
     return apply(SigmoidFunction, input)
@@ -171,6 +182,8 @@ def linear(input, weight, bias=None) -> torch.Tensor:
         >>> linear(torch.ones(5, 3), torch.ones(2, 3)).shape
         torch.Size([5, 2])
     """
+    if has_torch_function_variadic(input, weight, bias):
+        return handle_torch_function(linear, (input, weight, bias), input, weight, bias)
     check_linear(input, weight, bias)
     vector_weight = weight.dim() == 1  # F.linear then contracts the last dim away: y has no feature dim
     if vector_weight:
