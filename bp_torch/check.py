@@ -2,7 +2,8 @@
 
 For each function it runs a set of configurations and prints one row: the largest forward and gradient errors
 against PyTorch's own autograd (float32), and whether ``gradcheck`` and ``gradgradcheck`` pass (float64).
-Exits 1 if any check fails. The test suite uses :func:`compare_with_native` and :data:`CASES` too.
+Exits 0 if every check passes, 1 if any fails, 2 for bad arguments (a device this machine does not have). The test
+suite uses :func:`compare_with_native` and :data:`CASES` too.
 """
 
 from __future__ import annotations
@@ -145,8 +146,32 @@ def run(device="cpu") -> list[Row]:
     return list(rows.values())
 
 
+def usable_device(name: str) -> str | None:
+    """Why ``name`` is not a device this machine can run on (one line), or None if it can."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        return f"--device {name} is not a device: expected e.g. cpu, cuda or cuda:1"
+    if device.type == "meta":
+        return f"--device {name} holds shapes, not values: there is nothing to compare"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return f"--device {name}: no CUDA device is available here (torch {torch.__version__})"
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        return f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:  # another backend this build of torch lacks, or without hardware
+        reason = str(e).strip().split(". ")[0].splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        return f"--device {name} cannot be used: {reason}"
+    return None
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bp_torch.check", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bp_torch.check",
+        description="Validate the hand-derived gradients against PyTorch's autograd on your own device.",
+        epilog="Exit codes: 0 every check passed, 1 a check failed, 2 bad arguments.",
+    )
     default = "cuda" if torch.cuda.is_available() else "cpu"
     parser.add_argument("--device", default=default, help=f"device to check on (default: {default})")
     parser.add_argument(
@@ -156,6 +181,10 @@ def main(argv=None) -> int:
         help="largest float32 difference from native autograd that passes (default: 1e-4)",
     )
     args = parser.parse_args(argv)
+    problem = usable_device(args.device)
+    if problem is not None:
+        print(f"{parser.prog}: error: {problem}", file=sys.stderr)
+        return 2
     torch.manual_seed(0)
     rows = run(args.device)
     name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"

@@ -2,10 +2,18 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
 from bp_torch import check
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rows(text: str) -> list[tuple[str, str]]:
+    """(function, cases) of each row of the check's markdown table in ``text``."""
+    return [tuple(line.split("|")[1:3]) for line in text.splitlines() if line.startswith("| ") and "| pass" in line]
 
 
 def test_check_passes_on_this_device(device):
@@ -16,6 +24,8 @@ def test_check_passes_on_this_device(device):
     for function in ("conv2d", "avg_pool2d", "sigmoid", "linear"):
         assert f"| {function} |" in result.stdout
     assert "all checks passed" in result.stdout
+    # README's table is this command's output: the same functions, case by case (the errors vary by machine)
+    assert _rows((ROOT / "README.md").read_text()) == _rows(result.stdout)
 
 
 class _WrongSigmoid(torch.autograd.Function):

@@ -189,7 +189,8 @@ def test_an_error_on_any_rank_is_reported_once_by_rank_0(runs):
     odd_batch, no_data = (runs / "out" / "rank0.err").read_text().split("-- rank 1 misses the data --")
     assert "batch_size=33, world_size=2" in odd_batch
     errors = [line for line in no_data.splitlines() if line.startswith("train.py: error:")]
-    assert len(errors) == 1 and errors[0].startswith("train.py: error: rank 1: MNIST train split not found")
+    assert len(errors) == 1 and errors[0].startswith("train.py: error: rank 1: MNIST not found")
+    assert "fetch the data first with a plain run" in no_data
     assert "train.py: error" not in (runs / "out" / "rank1.err").read_text()
 
 
@@ -290,5 +291,5 @@ def test_torchrun_dry_run(fake_data, tmp_path):
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("test accuracy") == 1 and "2 processes on cpu" in proc.stdout
-    assert [p.name for p in tmp_path.iterdir()] == ["cli"]
-    assert set(_weights(tmp_path / "cli")) == set(LeNet().state_dict())
+    assert [p.name for p in (tmp_path / "dry-run").iterdir()] == ["cli"]
+    assert set(_weights(tmp_path / "dry-run" / "cli")) == set(LeNet().state_dict())

@@ -85,15 +85,15 @@ def test_dry_run_trains_logs_and_checkpoints(fake_data, tmp_path, capsys):
     assert train.main(_args(fake_data, tmp_path, "--dry-run", "--run-name", "dry")) == 0
     out = capsys.readouterr().out
     assert "test accuracy" in out and "tensorboard --logdir" in out
-    ckpt = load_training_checkpoint(tmp_path / "dry" / "checkpoint.pt")
+    ckpt = load_training_checkpoint(tmp_path / "dry-run" / "dry" / "checkpoint.pt")  # apart from real runs
     assert ckpt["state"]["epoch"] == 1 and ckpt["state"]["step"] == 2
-    assert list((tmp_path / "dry").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "dry-run" / "dry").glob("events.out.tfevents.*"))
 
 
 def test_runs_are_never_overwritten(fake_data, tmp_path, capsys):
     for _ in range(2):
         assert train.main(_args(fake_data, tmp_path, "--dry-run", "--run-name", "same")) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["same", "same-2"]
+    assert sorted(p.name for p in (tmp_path / "dry-run").iterdir()) == ["same", "same-2"]
 
 
 @pytest.mark.parametrize("stop_at", ["epoch_end", "mid_epoch"])
@@ -143,7 +143,7 @@ def test_compiled_training_matches_eager(fake_data, tmp_path, capsys, monkeypatc
 
 def test_resume_refuses_to_change_the_recipe(fake_data, tmp_path, capsys):
     assert train.main(_args(fake_data, tmp_path, "--dry-run", "--run-name", "r")) == 0
-    assert train.main(["--resume", str(tmp_path / "r"), "--lr", "0.5"]) == train.EXIT_ERROR
+    assert train.main(["--resume", str(tmp_path / "dry-run" / "r"), "--lr", "0.5"]) == train.EXIT_ERROR
     assert "--lr cannot change when resuming" in capsys.readouterr().err
 
 
@@ -164,9 +164,9 @@ def test_missing_data_is_downloaded_by_default(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr("torchvision.datasets.MNIST", mnist)
     assert train.main(_args(fake, tmp_path, "--dry-run")) == train.EXIT_ERROR
-    assert downloads == [(str(fake), True, True)]
+    assert downloads == [(str(fake.absolute()), True, True)]
     err = capsys.readouterr().err
-    assert "was tried and failed: RuntimeError: Error downloading" in err and "Traceback" not in err
+    assert "downloading them failed (RuntimeError: Error downloading" in err and "Traceback" not in err
 
 
 def test_corrupt_data_is_a_clear_error(fake_data, tmp_path, capsys):
@@ -182,7 +182,7 @@ def test_corrupt_data_is_a_clear_error(fake_data, tmp_path, capsys):
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "not_a_dict"])
 def test_corrupt_checkpoint_is_a_clear_error(fake_data, tmp_path, capsys, damage):
     assert train.main(_args(fake_data, tmp_path, "--dry-run", "--run-name", "c")) == 0
-    path = tmp_path / "c" / "checkpoint.pt"
+    path = tmp_path / "dry-run" / "c" / "checkpoint.pt"
     if damage == "garbage":
         path.write_bytes(os.urandom(1000))
     elif damage == "truncated":
@@ -211,7 +211,7 @@ def test_cli_dry_run(fake_data, tmp_path):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "test accuracy" in out.splitlines()[-3]
-    torch.load(tmp_path / "cli" / "checkpoint.pt", weights_only=True)
+    torch.load(tmp_path / "dry-run" / "cli" / "checkpoint.pt", weights_only=True)
 
 
 @pytest.mark.slow

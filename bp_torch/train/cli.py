@@ -3,21 +3,27 @@
     python train.py                        # the default recipe (see README for its result); or python -m bp_torch.train
     python train.py --preset seed          # Note B / DeepLearnToolbox exactly: 1 epoch, test error < 12%
     python train.py --impl native          # the same with torch's own autograd, for comparison
-    python train.py --resume runs/NAME     # continue an interrupted run (Ctrl-C saves a checkpoint)
-    python train.py --dry-run              # a few batches end to end: checks the installation
+    python train.py --resume runs/NAME     # continue a stopped run (Ctrl-C and SIGTERM save a checkpoint)
+    python train.py --dry-run              # a few batches end to end, in runs/dry-run/: checks the installation
     tensorboard --logdir runs              # watch: losses, accuracy, filters, feature maps, gradient check
     torchrun --nproc_per_node=4 train.py   # DistributedDataParallel: 4 processes, one GPU each (gloo on CPU)
+    python -m bp_torch.train.torchrun --nproc_per_node=4 train.py   # the same; Ctrl-C ends in one line
 
 Flags given on the command line override the preset's values. Under torchrun --batch-size is the global batch,
 split evenly over the processes, so a recipe means the same at any world size; only rank 0 prints, logs and
-writes checkpoints. Exit codes: 0 done, 2 bad arguments, missing or corrupt data or checkpoint, 130 interrupted
-(after saving a checkpoint).
+writes checkpoints.
+
+Exit codes: 0 done, or the run was already complete; 1 a checkpoint could not be written (the previous one is
+kept); 2 bad arguments, missing or corrupt data or checkpoint; 130 stopped by Ctrl-C (SIGINT), 143 by SIGTERM,
+each after saving a checkpoint at the next step boundary (a second signal stops at once; the last checkpoint
+saved is intact).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import platform
 import signal
 import sys
@@ -30,13 +36,16 @@ import torch
 import bp_torch
 from bp_torch.train import distributed
 from bp_torch.train.checkpoint import CheckpointError, TrainState, load_training_checkpoint, restore
-from bp_torch.train.config import PRESETS, RUNTIME_FIELDS, Config, Loss, build, validate
-from bp_torch.train.data import DATASETS, DatasetNotFoundError, make_loaders
-from bp_torch.train.loop import evaluate, fit
+from bp_torch.train.config import PRESETS, RUNTIME_FIELDS, Config, build, config_from_dict, steps_per_epoch, validate
+from bp_torch.train.data import DATASETS, DatasetNotFoundError, make_loaders, resolve_data_root
+from bp_torch.train.loop import fit
 from bp_torch.train.monitor import Interrupted, Watch
+from bp_torch.train.signals import StopOnSignal
 
 CHECKPOINT = "checkpoint.pt"
-EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
+# a stop asked by a signal exits with 128 + its number, as a shell reports a process it ended: 130 for Ctrl-C
+# (SIGINT), 143 for SIGTERM; EXIT_INTERRUPTED for a stop asked otherwise (should_stop)
+EXIT_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 1, 2, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train Note B's 3,898-parameter LeNet on MNIST with hand-derived backpropagation.",
         epilog="Defaults are the default preset's; '--preset seed' changes those marked 'seed:'. "
         "Flags given explicitly override the preset. Scale out with 'torchrun --nproc_per_node=N train.py ...': "
-        "DistributedDataParallel over N processes (one GPU each, or gloo on CPU), the same recipe and schedule.",
+        "DistributedDataParallel over N processes (one GPU each, or gloo on CPU), the same recipe and schedule. "
+        "Exit codes: 0 done (or already complete); 1 a checkpoint could not be written; 2 bad arguments, missing or "
+        "corrupt data or checkpoint; 130 Ctrl-C, 143 SIGTERM, each after saving a checkpoint.",
     )
     seed = PRESETS["seed"]
 
@@ -69,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--dataset", "dataset", choices=sorted(DATASETS))
     add("--data-dir", "folder holding MNIST/raw/ (default: $BP_TORCH_DATA, else ./data)", metavar="DIR")
     add(
-        "--download", "let torchvision download missing data into --data-dir (never under torchrun: fetch it "
-        "first, e.g. with one plain --dry-run)", action=argparse.BooleanOptionalAction,
+        "--download", "let torchvision download missing data into --data-dir, leaving nothing behind if it fails "
+        "(never under torchrun: fetch it first, e.g. with one plain --dry-run)", action=argparse.BooleanOptionalAction,
     )  # fmt: skip
     add("--impl", "'manual': hand-derived backward; 'native': torch's autograd", choices=("manual", "native"))
     add("--epochs", "number of epochs to train", type=int, metavar="N")
@@ -122,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--dry-run", action="store_true",
-        help="1 epoch of 2 training batches and 1 test batch, logging every step: a quick end-to-end check",
+        help="1 epoch of 2 training batches and 1 test batch, logging every step: a quick end-to-end check. Its run "
+        "goes to <logdir>/dry-run/, without hparams, apart from real runs",
     )  # fmt: skip
     return parser
 
@@ -132,7 +144,7 @@ def resolve_config(args: argparse.Namespace, checkpoint: dict | None) -> Config:
     given = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(Config)}}
     if checkpoint is None:
         return validate(dataclasses.replace(PRESETS[given.get("preset", "default")], **given))
-    cfg = Config(**checkpoint["config"])
+    cfg = config_from_dict(checkpoint["config"])
     for name, value in given.items():
         if name not in RUNTIME_FIELDS and value != getattr(cfg, name):
             raise ValueError(
@@ -177,27 +189,6 @@ def environment(device: torch.device, run_dir: Path, world_size: int) -> dict:
     }
 
 
-class StopOnSigint:
-    """The first Ctrl-C asks training to stop at the next step boundary (and checkpoint); a second one kills."""
-
-    def __init__(self) -> None:
-        self.requested = False
-
-    def __call__(self, state: TrainState) -> bool:
-        return self.requested
-
-    def __enter__(self):
-        def handler(signum, frame):
-            self.requested = True
-            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: KeyboardInterrupt at once
-
-        self.previous = signal.signal(signal.SIGINT, handler)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGINT, self.previous)
-
-
 def fail(message: str) -> int:
     print(f"train.py: error: {message}", file=sys.stderr)
     return EXIT_ERROR
@@ -210,7 +201,9 @@ def main(argv: list[str] | None = None, should_stop=None) -> int:
         with distributed.process_group() as ctx:  # torchrun's job, if any: joined here, left on every way out
             return run(args, ctx, should_stop)
     except KeyboardInterrupt:  # before training, or a second Ctrl-C: the last checkpoint is intact (atomic writes)
-        print("\ninterrupted", file=sys.stderr)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # torchrun passes on its own copy of the Ctrl-C: one line
+        if os.environ.get("RANK", "0") == "0":  # torchrun's rank 0 alone speaks, as in training
+            print("train.py: interrupted; the last checkpoint saved, if any, is intact", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
@@ -225,9 +218,8 @@ def read_checkpoint(args: argparse.Namespace, ctx: distributed.Context) -> dict 
         raise Refused("--dry-run cannot be combined with --resume: it would change the run's schedule")
     checkpoint = problem = None
     if args.resume and ctx.is_main:
-        path = Path(args.resume)
         try:
-            checkpoint = load_training_checkpoint(path / CHECKPOINT if path.is_dir() else path)
+            checkpoint = load_training_checkpoint(checkpoint_file(args))
         except CheckpointError as e:
             problem = str(e)
     checkpoint, problem = distributed.broadcast((checkpoint, problem))
@@ -236,17 +228,24 @@ def read_checkpoint(args: argparse.Namespace, ctx: distributed.Context) -> dict 
     return checkpoint
 
 
+def checkpoint_file(args: argparse.Namespace) -> Path:
+    path = Path(args.resume)
+    return path / CHECKPOINT if path.is_dir() else path
+
+
 def configure(args: argparse.Namespace, checkpoint: dict | None, ctx: distributed.Context):
     """The run's config and this process's device; raises ``Refused``."""
     try:
         cfg = resolve_config(args, checkpoint)
+        # the folder actually read ($BP_TORCH_DATA's, or ./data), recorded in the config and the checkpoint
+        cfg = dataclasses.replace(cfg, data_dir=str(resolve_data_root(cfg.data_dir).absolute()))
         if args.dry_run:
             cfg = dataclasses.replace(
                 cfg, epochs=1, limit_train_batches=2, limit_test_batches=1, log_interval=1, grad_check_interval=1
             )
         distributed.local_batch_size(cfg.batch_size, ctx.world_size)
         device = distributed.local_device(cfg.device, ctx)
-    except (ValueError, TypeError) as e:  # TypeError: a checkpoint config of another version
+    except ValueError as e:
         raise Refused(str(e)) from None
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -257,26 +256,41 @@ def load_data(cfg: Config, device: torch.device, ctx: distributed.Context):
     try:
         return make_loaders(cfg, device, ctx.rank, ctx.world_size)
     except DatasetNotFoundError as e:
-        raise Refused(str(e)) from None
-    except ValueError as e:  # a corrupt or truncated data file
+        raise Refused(missing_data(e, ctx)) from None
+    except ValueError as e:  # a corrupt or truncated data file, labels or image sizes out of range
         raise Refused(f"cannot read the dataset: {e}") from None
 
 
-def resume(args: argparse.Namespace, checkpoint: dict, model, optimizer, scheduler) -> TrainState:
+def missing_data(e: DatasetNotFoundError, ctx: distributed.Context) -> str:
+    """Two lines: where the data was looked for and what was expected there; what to do, in this CLI's flags."""
+    raw = e.folders[0]
+    looked = f"{e.dataset} not found: looked in {', '.join(map(str, e.folders))} for {' and '.join(e.files)} (or .gz)"
+    elsewhere = f"copy the raw IDX files into {raw}, or point --data-dir at a folder that holds {e.dataset}/raw/"
+    if ctx.world_size > 1:
+        return (
+            f"{looked}.\nProcesses under torchrun never download (each would write the same files): fetch the data "
+            f"first with a plain run, python train.py --dry-run --data-dir {raw.parent.parent}, then start again."
+        )
+    if e.failure:
+        return f"{looked}; downloading them failed ({e.failure}).\nRun again when online, {elsewhere}."
+    return f"{looked}.\nRun again with --download to fetch them (needs internet), {elsewhere}."
+
+
+def resume(path: Path, checkpoint: dict, model, optimizer, scheduler, steps: int) -> TrainState:
     try:
-        return restore(checkpoint, model, optimizer, scheduler)
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise Refused(f"checkpoint {args.resume} does not match this model and optimizer: {e}") from None
+        return restore(checkpoint, model, optimizer, scheduler, steps)
+    except CheckpointError as e:
+        raise Refused(f"{path}: {e}") from None
 
 
 def run_folder(args: argparse.Namespace, cfg: Config, resumed: bool) -> Path:
-    """The resumed run's folder, or a new one (rank 0 only)."""
+    """The resumed run's folder, or a new one (rank 0 only); a dry run's under <logdir>/dry-run/."""
     if resumed:
-        return Path(args.resume) if Path(args.resume).is_dir() else Path(args.resume).parent
+        return checkpoint_file(args).parent
     try:
-        return new_run_dir(args.logdir, args.run_name, cfg)
+        return new_run_dir(Path(args.logdir) / ("dry-run" if args.dry_run else ""), args.run_name, cfg)
     except OSError as e:
-        raise Refused(f"cannot make a run folder: {e}") from None
+        raise Refused(f"cannot make a run folder: {e.strerror or e}") from None
 
 
 def run(args: argparse.Namespace, ctx: distributed.Context, should_stop=None) -> int:
@@ -287,7 +301,8 @@ def run(args: argparse.Namespace, ctx: distributed.Context, should_stop=None) ->
         cfg, device = configure(args, checkpoint, ctx)
         train_loader, test_loader = load_data(cfg, device, ctx)
         model, optimizer, scheduler = build(cfg, device, train_loader)
-        state = resume(args, checkpoint, model, optimizer, scheduler) if checkpoint else TrainState()
+        steps = steps_per_epoch(train_loader, cfg)
+        state = resume(checkpoint_file(args), checkpoint, model, optimizer, scheduler, steps) if checkpoint else None
         run_dir = run_folder(args, cfg, checkpoint is not None) if ctx.is_main else None
     except Refused as e:
         problem = str(e)
@@ -295,8 +310,18 @@ def run(args: argparse.Namespace, ctx: distributed.Context, should_stop=None) ->
     if problem is not None:
         if checkpoint is None and run_dir is not None:
             run_dir.rmdir()  # rank 0's new, still empty folder: a run that never started leaves none
+            if args.dry_run and not any(run_dir.parent.iterdir()):
+                run_dir.parent.rmdir()
         return fail(problem) if ctx.is_main else EXIT_ERROR
-    resumed = checkpoint is not None
+    resumed, state = checkpoint is not None, state or TrainState()
+    if resumed and state.epoch == cfg.epochs:  # nothing left to train: say so, and write nothing
+        if ctx.is_main:
+            accuracy = state.metrics.get("test_accuracy", float("nan"))
+            print(
+                f"run {run_dir} is already complete: {state.epoch} of {cfg.epochs} epochs, test accuracy "
+                f"{accuracy:.2%}; nothing to resume (start a new run to train more)"
+            )
+        return 0
     model = distributed.wrap(model)  # DistributedDataParallel under torchrun
     progress = ctx.is_main and sys.stderr.isatty()
     echo = print if ctx.is_main else lambda line: None
@@ -311,11 +336,13 @@ def run(args: argparse.Namespace, ctx: distributed.Context, should_stop=None) ->
         # resuming at step s: hide what the interrupted session logged after its checkpoint (steps > s)
         logger = TensorBoardLogger(run_dir, probe_digits(test_loader), purge_step=state.step + 1 if resumed else None)
         if not resumed:
-            logger.log_start(dataclasses.asdict(cfg), environment(device, run_dir, ctx.world_size))
+            # a dry run stays out of TensorBoard's hparams table, where real runs are compared
+            logger.log_start(dataclasses.asdict(cfg), environment(device, run_dir, ctx.world_size), not args.dry_run)
         announce(cfg, distributed.unwrap(model), device, ctx, state, run_dir, resumed)
+    stop = StopOnSignal(escalate=not distributed.under_torchrun())
     try:
-        with StopOnSigint() as sigint:
-            asked = should_stop or sigint
+        with stop:
+            asked = should_stop or stop
             watch = Watch(
                 distributed.unwrap(model), cfg, logger=logger, progress=progress, echo=echo,
                 should_stop=lambda state: distributed.any_rank(asked(state)),  # all ranks stop at the same step
@@ -325,20 +352,23 @@ def run(args: argparse.Namespace, ctx: distributed.Context, should_stop=None) ->
             result = fit(model, optimizer, scheduler, train_loader, test_loader, cfg, state,
                          checkpoint_path=checkpoint_path, watch=watch)  # fmt: skip
     except Interrupted:
-        # torchrun stops every rank as soon as one exits non-zero: wait here until rank 0 has saved the checkpoint
-        distributed.any_rank(False)
+        # torchrun stops every rank as soon as one exits non-zero: wait here until rank 0 has saved the checkpoint,
+        # and exit with the same code on every rank (the signal that reached any of them)
+        signum = distributed.largest(stop.signum)
         if ctx.is_main:
+            by = f" by {signal.Signals(signum).name}" if signum else ""
             print(
-                f"\ninterrupted at epoch {state.epoch + 1}, step {state.step}; checkpoint saved. Continue with:\n"
+                f"\ninterrupted{by} at epoch {state.epoch + 1}, step {state.step}; checkpoint saved. Continue with:\n"
                 f"  {'python' if ctx.world_size == 1 else 'torchrun [its options]'} train.py --resume {run_dir}",
                 flush=True,
             )
-        return EXIT_INTERRUPTED
+        return 128 + signum if signum else EXIT_INTERRUPTED
+    except CheckpointError as e:  # only rank 0 writes: the others are stopped by torchrun when it exits
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         if logger is not None:
             logger.close()
-    if result is None:  # resumed a finished run: nothing left to train
-        result = evaluate(distributed.unwrap(model), test_loader, Loss.of(cfg))
     if ctx.is_main:
         print(
             f"test accuracy {result.accuracy:.2%} (error {1 - result.accuracy:.2%}) on {result.count:,} images, "

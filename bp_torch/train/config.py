@@ -3,7 +3,10 @@ optimizer, learning-rate schedule)."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +15,7 @@ from bp_torch import functional as BF
 from bp_torch.models import LeNet
 from bp_torch.train.data import DATASETS, DeviceLoader
 
-__all__ = ["Config", "PRESETS", "RUNTIME_FIELDS", "validate", "Loss", "build", "steps_per_epoch"]
+__all__ = ["Config", "PRESETS", "RUNTIME_FIELDS", "validate", "config_from_dict", "Loss", "build", "steps_per_epoch"]
 
 
 @dataclass
@@ -89,11 +92,13 @@ PRESETS: dict[str, Config] = {
 def validate(cfg: Config) -> Config:
     """Raise ``ValueError`` naming the first setting out of range."""
     choices = {
+        "preset": tuple(PRESETS),
         "impl": ("manual", "native"),
         "optimizer": ("sgd", "adam", "adamw"),
         "schedule": ("constant", "onecycle", "cosine"),
         "loss": ("ce", "mse"),
         "dataset": tuple(DATASETS),
+        "device": ("auto", "cpu", "cuda"),
     }
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
@@ -101,12 +106,41 @@ def validate(cfg: Config) -> Config:
     for name in ("epochs", "batch_size", "test_batch_size"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be a positive integer, but got {name}={getattr(cfg, name)}")
-    for name in ("limit_train_batches", "limit_test_batches", "log_interval", "grad_check_interval", "shift"):
-        if getattr(cfg, name) < 0:
+    for name in ("limit_train_batches", "limit_test_batches", "log_interval", "grad_check_interval", "shift",
+                 "num_threads", "momentum", "weight_decay"):  # fmt: skip
+        if not getattr(cfg, name) >= 0:  # "not >=": NaN fails too
             raise ValueError(f"{name} must be >= 0, but got {name}={getattr(cfg, name)}")
-    if cfg.lr <= 0 or not 0 <= cfg.warmup < 1:
+    if not (0 < cfg.lr < math.inf and 0 <= cfg.warmup < 1):
         raise ValueError(f"lr must be > 0 and warmup in [0, 1), but got lr={cfg.lr}, warmup={cfg.warmup}")
+    if not 0 <= cfg.label_smoothing < 1:
+        raise ValueError(f"label_smoothing must be in [0, 1), but got label_smoothing={cfg.label_smoothing}")
     return cfg
+
+
+# the Python types each annotation of Config admits (a float field takes an int, as argparse's type=float would)
+_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "str | None": (str, type(None))}
+
+
+def config_from_dict(d: Any) -> Config:
+    """The ``Config`` a checkpoint recorded, checked field by field.
+
+    Raises ``ValueError`` naming the first wrong field as ``config.<name>``: a field missing or unknown, a value of
+    the wrong type, or one ``validate`` refuses.
+    """
+    if not isinstance(d, dict):
+        raise ValueError(f"config must be a dict of Config's fields, but got a {type(d).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    missing, unknown = [n for n in fields if n not in d], [k for k in d if k not in fields]
+    if missing or unknown:
+        raise ValueError(f"config {'lacks ' + ', '.join(missing) if missing else 'has unknown ' + repr(unknown)}")
+    for name, f in fields.items():
+        value, allowed = d[name], _TYPES[f.type]
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise ValueError(f"config.{name} must be of type {f.type}, but got {value!r}")
+    try:
+        return validate(Config(**d))
+    except ValueError as e:
+        raise ValueError(f"config.{e}") from None
 
 
 class Loss:

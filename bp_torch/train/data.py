@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import shutil
 import struct
 import zlib
 from collections.abc import Iterator
@@ -45,6 +46,7 @@ DATASETS = {
     # Debian's dataset-fashion-mnist package installs the four gzipped IDX files here
     "fashion-mnist": DatasetInfo("FashionMNIST", 0.2860, 0.3530, ("/usr/share/datasets/fashion-mnist",)),
 }
+IMAGE_SIZE, NUM_CLASSES = (28, 28), 10  # both datasets: 28x28 grey digits (or garments) of 10 classes
 _FILES = {
     True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -52,7 +54,22 @@ _FILES = {
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """A split's raw IDX files are in none of the folders searched, and no download was allowed or worked."""
+    """A split's raw IDX files are in none of the folders searched, and no download was allowed or worked.
+
+    Besides its message (spelled for the Python API), it says what was looked for, so that a command line can word
+    its own advice: ``dataset`` (torchvision's folder name), ``split`` (``"train"`` or ``"test"``), ``folders``
+    searched (the first is where a download goes), ``files`` expected there, and ``failure``: why a download tried
+    failed (one line), or None if none was tried.
+    """
+
+    def __init__(self, dataset: str, split: str, folders: list[Path], files: tuple[str, ...], failure: str | None):
+        self.dataset, self.split, self.folders, self.files, self.failure = dataset, split, folders, files, failure
+        tried = f" A download into {folders[0]} was tried and failed: {failure}." if failure else ""
+        super().__init__(
+            f"{dataset} {split} split not found: looked for {' and '.join(f'{n}[.gz]' for n in files)} in "
+            f"{', '.join(map(str, folders))}.{tried} Put the raw IDX files in {folders[0]}, point --data-dir (or "
+            f"BP_TORCH_DATA) at a folder that holds {dataset}/raw/, or allow a download (download=True) when online."
+        )
 
 
 def resolve_data_root(root: str | os.PathLike | None = None) -> Path:
@@ -147,26 +164,49 @@ def load_dataset(
         raise ValueError(f"name must be one of {sorted(DATASETS)}, but got name={name!r}")
     info, root, names = DATASETS[key], resolve_data_root(root), _FILES[train]
     folders = [root / info.folder / "raw", *map(Path, info.also)]
-    paths, failure = _find(folders, names), ""
+    paths, failure = _find(folders, names), None
     if paths is None and download:
-        try:
-            import torchvision  # only for a download: reading the files needs none of it
-
-            getattr(torchvision.datasets, info.folder)(str(root), train=train, download=True)
-        except Exception as e:  # offline: URLError, RuntimeError("Error downloading ..."), ...
-            failure = f" A download into {folders[0]} was tried and failed: {type(e).__name__}: {e}."
+        failure = _download(info.folder, root, train)
         paths = _find(folders, names)
+        if paths is None and failure is None:
+            failure = "torchvision finished but left no files there"
     if paths is None:
-        raise DatasetNotFoundError(
-            f"{info.folder} {'train' if train else 'test'} split not found: looked for "
-            f"{' and '.join(f'{n}[.gz]' for n in names)} in {', '.join(map(str, folders))}.{failure} "
-            f"Put the raw IDX files in {folders[0]}, point --data-dir (or BP_TORCH_DATA) at a folder that "
-            f"holds {info.folder}/raw/, or allow a download (download=True) when online."
-        )
+        raise DatasetNotFoundError(info.folder, "train" if train else "test", folders, names, failure)
     images, labels = read_idx(paths[0], ndim=3), read_idx(paths[1], ndim=1)
+    N, H, W = images.shape
+    if (H, W) != IMAGE_SIZE:
+        raise ValueError(f"{paths[0]}: images must be {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, but it holds {N} of {H}x{W}")
+    if N == 0:
+        raise ValueError(f"{paths[0]} holds no images")
     if len(images) != len(labels):
         raise ValueError(f"{paths[0]} holds {len(images)} images but {paths[1]} holds {len(labels)} labels")
+    wrong = (labels >= NUM_CLASSES).nonzero()
+    if len(wrong):
+        i = int(wrong[0])
+        raise ValueError(
+            f"{paths[1]}: labels must be in 0..{NUM_CLASSES - 1}, but {len(wrong)} are not "
+            f"(label {i} is {int(labels[i])})"
+        )
     return images, labels.long()
+
+
+def _download(folder: str, root: Path, train: bool) -> str | None:
+    """Let torchvision fetch the dataset into ``root/folder/raw``; None if it did, else why not, in one line.
+
+    A failed download leaves nothing behind: the folders it made for the files are removed again.
+    """
+    made = next((p for p in (root, root / folder, root / folder / "raw") if not p.exists()), None)
+    try:
+        import torchvision  # only for a download: reading the files needs none of it
+
+        getattr(torchvision.datasets, folder)(str(root), train=train, download=True)
+        return None
+    except Exception as e:  # offline: URLError, RuntimeError("Error downloading ...") ...
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        reason = lines[-1] if lines else ""  # torchvision's last line is the network's own error
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        return f"{type(e).__name__}: {reason[:160]}" if reason else type(e).__name__
 
 
 def shift_images(images: torch.Tensor, shifts: torch.Tensor, max_shift: int) -> torch.Tensor:

@@ -35,11 +35,14 @@ from torch.nn.parallel import DistributedDataParallel
 __all__ = [
     "Context",
     "process_group",
+    "rank",
+    "under_torchrun",
     "local_device",
     "wrap",
     "unwrap",
     "all_reduce_sum",
     "any_rank",
+    "largest",
     "broadcast",
     "first_error",
     "local_batch_size",
@@ -79,6 +82,16 @@ def process_group() -> Iterator[Context]:
         yield Context(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     finally:
         dist.destroy_process_group()
+
+
+def rank() -> int:
+    """This process's rank in the process group; 0 without one."""
+    return dist.get_rank() if _active() else 0
+
+
+def under_torchrun() -> bool:
+    """Started by torchrun (any number of processes, one included): it forwards a signal to every process."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
 
 
 def local_device(choice: str, ctx: Context) -> torch.device:
@@ -128,11 +141,16 @@ def all_reduce_sum(*tensors: torch.Tensor) -> None:
 
 def any_rank(flag: bool) -> bool:
     """True on every rank if ``flag`` is True on any: one decision, e.g. to stop, taken at the same step by all."""
+    return bool(largest(int(flag)))
+
+
+def largest(value: int) -> int:
+    """The largest of the ranks' ``value``s, on every rank."""
     if not _active():
-        return flag
-    vote = torch.tensor([int(flag)])  # on the CPU: gloo, even beside NCCL
+        return value
+    vote = torch.tensor([value])  # on the CPU: gloo, even beside NCCL
     dist.all_reduce(vote, op=dist.ReduceOp.MAX)
-    return bool(vote.item())
+    return int(vote.item())
 
 
 def broadcast(obj: Any) -> Any:

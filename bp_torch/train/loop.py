@@ -25,13 +25,11 @@ from torch import nn
 
 from bp_torch.train.checkpoint import TrainState, checkpoint_state, save_checkpoint
 from bp_torch.train.config import Config, Loss, steps_per_epoch
-from bp_torch.train.data import DeviceLoader
+from bp_torch.train.data import NUM_CLASSES, DeviceLoader
 from bp_torch.train.distributed import all_reduce_sum, unwrap
-from bp_torch.train.monitor import Interrupted, Running, Watch
+from bp_torch.train.monitor import Interrupted, Watch
 
 __all__ = ["EvalResult", "evaluate", "train_one_epoch", "fit"]
-
-NUM_CLASSES = 10
 
 
 @dataclass
@@ -86,13 +84,12 @@ def evaluate(model: nn.Module, loader: DeviceLoader, loss_fn: Loss, keep: int = 
 
 
 def train_one_epoch(model, optimizer, scheduler, loader: DeviceLoader, loss_fn, cfg: Config, state: TrainState,
-                    watch: Watch) -> Running:  # fmt: skip
-    """Train from batch ``state.batch`` to the end of epoch ``state.epoch``; returns the epoch's running sums."""
+                    watch: Watch) -> None:  # fmt: skip
+    """Train from batch ``state.batch`` to the end of epoch ``state.epoch``; ``watch`` sums the metrics."""
     steps = steps_per_epoch(loader, cfg)
     loader.set_epoch(state.epoch, state.batch)
     model.train()
     watch.start_epoch(state, steps)
-    epoch = Running(loader.device)
     for x, y in islice(loader, steps - state.batch):
         watch.before_step(state, x, y)
         logits = model(x)
@@ -103,9 +100,7 @@ def train_one_epoch(model, optimizer, scheduler, loader: DeviceLoader, loss_fn, 
         optimizer.step()  # with --optimizer sgd, Note B eq. 65–70: θ ← θ − α·Δθ
         scheduler.step()
         state.step, state.batch = state.step + 1, state.batch + 1
-        epoch.add(loss, logits, y)
         watch.after_step(state, loss, logits, y, lr)
-    return epoch
 
 
 def fit(model, optimizer, scheduler, train_loader: DeviceLoader, test_loader: DeviceLoader, cfg: Config,
@@ -126,13 +121,13 @@ def fit(model, optimizer, scheduler, train_loader: DeviceLoader, test_loader: De
         while state.epoch < cfg.epochs:
             watch.check_stop(state)  # e.g. Ctrl-C during the evaluation: stop on the epoch boundary
             start = time.perf_counter()
-            epoch = train_one_epoch(train_forward, optimizer, scheduler, train_loader, loss_fn, cfg, state, watch)
+            train_one_epoch(train_forward, optimizer, scheduler, train_loader, loss_fn, cfg, state, watch)
             train_time = time.perf_counter() - start
             state.epoch, state.batch = state.epoch + 1, 0
             result = evaluate(core, test_loader, loss_fn)
             state.elapsed += time.perf_counter() - start
             state.metrics = {"test_loss": result.loss, "test_accuracy": result.accuracy}
-            watch.end_epoch(state, epoch, result, train_time)
+            watch.end_epoch(state, result, train_time)
             if checkpoint_path is not None:
                 save_checkpoint(checkpoint_path, checkpoint_state(core, optimizer, scheduler, cfg, state))
     except Interrupted:

@@ -12,13 +12,13 @@ from torch import nn
 from bp_torch.models import LeNet
 from bp_torch.train.checkpoint import TrainState
 from bp_torch.train.config import Config, Loss
-from bp_torch.train.distributed import all_reduce_sum
+from bp_torch.train.distributed import all_reduce_sum, rank
 
 __all__ = ["Running", "grad_check", "Watch", "Interrupted"]
 
 
 class Interrupted(Exception):
-    """Training stopped at a step boundary on request (Ctrl-C); the state is consistent and checkpointed."""
+    """Training stopped at a step boundary on request (Ctrl-C, SIGTERM); the state is consistent and checkpointed."""
 
 
 class Running:
@@ -27,16 +27,26 @@ class Running:
     def __init__(self, device: torch.device) -> None:
         self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
 
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> None:
+    @staticmethod
+    def of(loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """One batch's sums, to ``add`` to several ``Running``s."""
         correct = (logits.argmax(1) == target).sum().double()
         n = torch.ones_like(correct) * len(target)
-        self.sums += torch.stack([loss.detach().double() * len(target), correct, n])
+        return torch.stack([loss.detach().double() * len(target), correct, n])
+
+    def add(self, sums: torch.Tensor) -> None:
+        self.sums += sums
+
+    def totals(self, distributed: bool = False) -> list[float]:
+        """The sums over every rank if ``distributed`` (a collective), as floats; no reset."""
+        sums = self.sums.clone()
+        if distributed:
+            all_reduce_sum(sums)
+        return sums.tolist()
 
     def mean(self, distributed: bool = False) -> tuple[float, float, int]:
         """``(mean loss, accuracy, samples)`` over every rank if ``distributed`` (a collective), then reset."""
-        if distributed:
-            all_reduce_sum(self.sums)
-        loss_sum, correct, count = self.sums.tolist()
+        loss_sum, correct, count = self.totals(distributed)
         self.sums.zero_()
         return loss_sum / max(count, 1), correct / max(count, 1), int(count)
 
@@ -88,7 +98,9 @@ class Watch:
     ) -> None:
         self.model, self.cfg, self.logger, self.should_stop = model, cfg, logger, should_stop
         self.progress, self.echo, self.distributed = progress, echo, distributed
-        self.interval = Running(device or next(model.parameters()).device)
+        device = device or next(model.parameters()).device
+        self.interval, self.epoch = Running(device), Running(device)  # since the last log; the epoch so far
+        self.in_epoch, self.carried = False, 0
         self.reference = None
         if logger is not None and cfg.grad_check_interval and cfg.impl == "manual":
             self.reference = LeNet("native").to(next(model.parameters()).device)
@@ -96,11 +108,19 @@ class Watch:
         self.bar = None
 
     def check_stop(self, state: TrainState) -> None:
+        """Raise ``Interrupted`` if a stop is asked, with the epoch's sums so far in ``state`` for its checkpoint."""
         if self.should_stop(state):
+            if self.in_epoch:
+                state.train_sums = self.epoch.totals(self.distributed)
             raise Interrupted
 
     def start_epoch(self, state: TrainState, steps: int) -> None:
         self.interval.sums.zero_()
+        self.epoch.sums.zero_()
+        # resumed mid-epoch: the sums of the batches before the checkpoint, counted once (on rank 0) over the ranks
+        if state.batch and rank() == 0:
+            self.epoch.sums.copy_(torch.tensor(state.train_sums, dtype=torch.float64))
+        self.carried, self.in_epoch = state.train_sums[2] if state.batch else 0, True
         self.tick = time.perf_counter()
         if self.progress:
             from tqdm import tqdm
@@ -115,7 +135,9 @@ class Watch:
             self.logger.log_grad_check(state.step, differences)
 
     def after_step(self, state: TrainState, loss: torch.Tensor, logits, y, lr: float) -> None:
-        self.interval.add(loss, logits, y)
+        sums = Running.of(loss, logits, y)
+        self.interval.add(sums)
+        self.epoch.add(sums)
         if self.bar is not None:
             self.bar.update()
         if self.cfg.log_interval and state.step % self.cfg.log_interval == 0:
@@ -128,16 +150,18 @@ class Watch:
             self.tick = now
         self.check_stop(state)
 
-    def end_epoch(self, state: TrainState, epoch: Running, result, train_time: float) -> None:
+    def end_epoch(self, state: TrainState, result, train_time: float) -> None:
+        """Report the epoch: its training metrics over all its batches, a resumed session's included."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        loss, accuracy, count = epoch.mean(self.distributed)
+        loss, accuracy, count = self.epoch.mean(self.distributed)
+        self.in_epoch, state.train_sums = False, [0.0, 0.0, 0.0]
         if self.logger is not None:
             self.logger.log_epoch(state.step, state.epoch, result, train_time, self.model)
         self.echo(
             f"epoch {state.epoch:>{len(str(self.cfg.epochs))}}/{self.cfg.epochs}  "
             f"train loss {loss:.4f} acc {accuracy:.2%}  "
             f"test loss {result.loss:.4f} acc {result.accuracy:.2%}  "
-            f"{train_time:.1f}s {count / train_time:,.0f} img/s"
+            f"{train_time:.1f}s {(count - self.carried) / train_time:,.0f} img/s"
         )

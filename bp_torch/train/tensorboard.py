@@ -10,7 +10,7 @@ Tags (step = optimizer steps taken):
   class), ``test/misclassified`` (predicted label in red, true in green), ``test/confusion_matrix`` (rows true,
   columns predicted, each row normalised);
 - text: ``config``, ``environment``, ``test/confusion_counts``; and hparams (the config, with ``test/accuracy``
-  and ``test/loss`` as metrics).
+  and ``test/loss`` as metrics), but for dry runs, which are kept out of the hparams table.
 
 Images are drawn as tensors; digits are written with a 3x5 pixel font.
 """
@@ -149,14 +149,17 @@ class TensorBoardLogger:
         self.writer = SummaryWriter(str(run_dir), purge_step=purge_step)
         self.probe = probe
 
-    def log_start(self, config: dict[str, Any], environment: dict[str, Any]) -> None:
-        from torch.utils.tensorboard.summary import hparams
+    def log_start(self, config: dict[str, Any], environment: dict[str, Any], hparams: bool = True) -> None:
+        """The config and environment as text, and the config as hparams unless ``hparams`` is False."""
+        from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
         self.writer.add_text("config", _code_block(config), 0)
         self.writer.add_text("environment", _code_block(environment), 0)
+        if not hparams:
+            return
         # metrics name this run's own scalar tags: the HParams tab shows their latest value, the final one at the end
         hp = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in config.items()}
-        for summary in hparams(hp, {"test/accuracy": 0.0, "test/loss": 0.0}):
+        for summary in hparams_summaries(hp, {"test/accuracy": 0.0, "test/loss": 0.0}):
             self.writer.file_writer.add_summary(summary)
 
     def log_train(self, step: int, loss: float, accuracy: float, lr: float, images_per_sec: float) -> None:
