@@ -24,11 +24,11 @@ import torch.multiprocessing as mp
 from bp_torch.models import LeNet
 from bp_torch.train import cli as train
 from bp_torch.train import distributed
-from bp_torch.train.checkpoint import load_training_checkpoint
 from bp_torch.train.config import Config, Loss
 from bp_torch.train.data import DeviceLoader, make_loaders
 from bp_torch.train.distributed import local_batch_size
 from bp_torch.train.loop import evaluate
+from bp_torch.train.resume import load_training_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -28,8 +28,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from bp_torch import check
 from bp_torch.train import cli as train
 from bp_torch.train import distributed
-from bp_torch.train.checkpoint import CheckpointError, load_checkpoint, load_training_checkpoint, save_checkpoint
+from bp_torch.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from bp_torch.train.data import DatasetNotFoundError
+from bp_torch.train.resume import load_training_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--batch-size", "32", "--test-batch-size", "64", "--limit-train-batches", "3", "--limit-test-batches", "1",

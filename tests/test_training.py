@@ -24,9 +24,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from bp_torch.models import LeNet
 from bp_torch.train import cli as train
-from bp_torch.train.checkpoint import load_training_checkpoint
 from bp_torch.train.config import PRESETS, Config, Loss
 from bp_torch.train.monitor import grad_check
+from bp_torch.train.resume import load_training_checkpoint
 from bp_torch.train.tensorboard import confusion_image, digits_image, filters_image
 
 ROOT = Path(__file__).resolve().parents[1]

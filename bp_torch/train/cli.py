@@ -35,11 +35,12 @@ import torch
 
 import bp_torch
 from bp_torch.train import distributed
-from bp_torch.train.checkpoint import CheckpointError, TrainState, load_training_checkpoint, restore
+from bp_torch.train.checkpoint import CheckpointError
 from bp_torch.train.config import PRESETS, RUNTIME_FIELDS, Config, build, config_from_dict, steps_per_epoch, validate
 from bp_torch.train.data import DATASETS, DatasetNotFoundError, make_loaders, resolve_data_root
 from bp_torch.train.loop import fit
 from bp_torch.train.monitor import Interrupted, Watch
+from bp_torch.train.resume import TrainState, load_training_checkpoint, restore
 from bp_torch.train.signals import StopOnSignal
 
 CHECKPOINT = "checkpoint.pt"

@@ -23,11 +23,12 @@ from itertools import islice
 import torch
 from torch import nn
 
-from bp_torch.train.checkpoint import TrainState, checkpoint_state, save_checkpoint
+from bp_torch.train.checkpoint import save_checkpoint
 from bp_torch.train.config import Config, Loss, steps_per_epoch
 from bp_torch.train.data import NUM_CLASSES, DeviceLoader
 from bp_torch.train.distributed import all_reduce_sum, unwrap
 from bp_torch.train.monitor import Interrupted, Watch
+from bp_torch.train.resume import TrainState, checkpoint_state
 
 __all__ = ["EvalResult", "evaluate", "train_one_epoch", "fit"]
 

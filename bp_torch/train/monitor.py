@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from bp_torch.models import LeNet
-from bp_torch.train.checkpoint import TrainState
 from bp_torch.train.config import Config, Loss
 from bp_torch.train.distributed import all_reduce_sum, rank
+from bp_torch.train.resume import TrainState
 
 __all__ = ["Running", "grad_check", "Watch", "Interrupted"]
 
