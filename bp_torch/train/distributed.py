@@ -21,6 +21,7 @@ by one rank alone waits for the others forever.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -81,6 +82,10 @@ def process_group() -> Iterator[Context]:
     try:
         yield Context(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     finally:
+        # DistributedDataParallel's reducer holds the group, often in a reference cycle: free it now, so the group is
+        # destroyed here and its threads joined, not left to the interpreter's exit, where gloo's teardown can abort
+        # the process ("terminate called without an active exception")
+        gc.collect()
         dist.destroy_process_group()
 
 
