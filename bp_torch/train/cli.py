@@ -33,7 +33,7 @@ from bp_torch.train.checkpoint import CheckpointError, TrainState, load_training
 from bp_torch.train.config import PRESETS, RUNTIME_FIELDS, Config, Loss, build, validate
 from bp_torch.train.data import DATASETS, DatasetNotFoundError, make_loaders
 from bp_torch.train.loop import evaluate, fit
-from bp_torch.train.monitor import Interrupted, Watch
+from bp_torch.train.monitor import Interrupted, Watch, report_backward_graph
 
 CHECKPOINT = "checkpoint.pt"
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
@@ -155,11 +155,12 @@ def new_run_dir(logdir: str, name: str | None, cfg: Config) -> Path:
     raise FileExistsError(f"no free run folder named {base}[-N] in {logdir}")
 
 
-def probe_digits(test_loader) -> torch.Tensor:
-    """The first test digit of each class, as fed to the model: fixed digits for the feature-map images."""
+def probe_digits(test_loader) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first test digit of each class, as fed to the model, and their labels: fixed digits for the feature-map
+    and error-map images."""
     x, y = next(iter(test_loader))
     first = [int((y == k).nonzero()[0]) for k in range(10) if (y == k).any()]
-    return x[first]
+    return x[first], y[first]
 
 
 def environment(device: torch.device, run_dir: Path, world_size: int) -> dict:
@@ -313,6 +314,7 @@ def run(args: argparse.Namespace, ctx: distributed.Context, should_stop=None) ->
         if not resumed:
             logger.log_start(dataclasses.asdict(cfg), environment(device, run_dir, ctx.world_size))
         announce(cfg, distributed.unwrap(model), device, ctx, state, run_dir, resumed)
+        report_backward_graph(distributed.unwrap(model), cfg, test_loader, logger)  # "backward graph: N nodes, ..."
     try:
         with StopOnSigint() as sigint:
             asked = should_stop or sigint
