@@ -55,8 +55,9 @@ class MSELossFunction(Function):
         else:
             scale = grad_output / (weight.sum() if weight is not None else diff.numel())
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            delta = diff * (2 * scale) if weight is None else diff * weight * (2 * scale)
-            # Note B eq. 13–16 / eq. D7: ∂L/∂ŷ = 2w(ŷ − y)/D (with Note B's ½ and w = 1, D = 1: ŷ − y)
+            weighted = diff if weight is None else diff * weight
+            # with Note B's ½ (w = ½, D = 1 per image) this is its ŷ − y, the first factor of eq. 17's Δŷ
+            delta = weighted * (2 * scale)  # Note B eq. 13/17, eq. D7: ∂L/∂ŷ = 2w(ŷ − y)/D
             grad_input = delta if ctx.needs_input_grad[0] else None
             grad_target = -delta if ctx.needs_input_grad[1] else None  # eq. D7: ∂L/∂y = −∂L/∂ŷ
         if ctx.needs_input_grad[2]:
@@ -130,8 +131,8 @@ class NllLossFunction(Function):
             return None, None, None, None, None
         classes, coefficient = NllLossFunction._coefficients(ctx, target, weight, grad_output)
         zeros = torch.zeros(ctx.input_shape, dtype=grad_output.dtype, device=grad_output.device)
-        # eq. D9: ∂L/∂ℓ_{n,c} = −w_{t_n} 1[c = t_n]/D, times the incoming δ (per element for "none")
-        grad_input = zeros.scatter(1, _per_element(classes), _per_element(coefficient * grad_output))
+        # times the incoming δ (one per position for "none")
+        grad_input = zeros.scatter(1, _per_element(classes), _per_element(coefficient * grad_output))  # eq. D9
         return grad_input, None, None, None, None
 
     @staticmethod
@@ -173,14 +174,15 @@ class CrossEntropyFunction(Function):
         probabilities: a_nc = w_c((1 − ε) q_nc + ε/C), D = N·d (the positions)."""
         eps, C, w = ctx.label_smoothing, input.shape[1], _class_weight(weight, input)
         if ctx.probabilities:
-            smoothed = target * (1 - eps) + eps / C if eps > 0 else target
-            a = smoothed * w if w is not None else smoothed
+            smoothed = target * (1 - eps) + eps / C if eps > 0 else target  # eq. D11: q̃ = (1 − ε) q + ε/C
+            a = smoothed * w if w is not None else smoothed  # eq. D11: a_nc = w_c q̃_nc
             positions = input.numel() // C if input.numel() else float("nan")  # torch's mean of nothing is NaN
             return a, a.sum(1, keepdim=True), scale / positions if ctx.reduction == "mean" else scale
         kept, classes, w_t, factor = CrossEntropyFunction._indices(ctx, target, weight, scale, input.dtype)
-        a = torch.zeros_like(input).scatter_(1, _per_element(classes), _per_element(w_t * (1 - eps)))
+        a = torch.zeros_like(input).scatter_(1, _per_element(classes), _per_element(w_t * (1 - eps)))  # eq. D11
         if eps > 0:
-            a = torch.addcmul(a, w if w is not None else torch.ones_like(a), _per_element(kept.to(a.dtype) * (eps / C)))
+            spread = _per_element(kept.to(a.dtype) * (eps / C))
+            a = torch.addcmul(a, w if w is not None else torch.ones_like(a), spread)  # eq. D11: + m_n ε w_c / C
         return a, a.sum(1, keepdim=True), factor
 
     @staticmethod

@@ -133,9 +133,8 @@ class Loss:
         if self.kind == "ce":
             return self.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
         y = F.one_hot(target, logits.shape[-1]).to(logits.dtype)
-        # Note B eq. 13, L = ½Σ(ŷ − y)² per image, averaged over the batch: each squared error weighs ½/N
-        half_mean = torch.full_like(y, 0.5 / len(target))
-        return self.mse_loss(self.sigmoid(logits), y, reduction="sum", weight=half_mean)
+        half_mean = torch.full_like(y, 0.5 / len(target))  # ½ per image, averaged over the batch: ½/N each
+        return self.mse_loss(self.sigmoid(logits), y, reduction="sum", weight=half_mean)  # Note B eq. 13: ½Σ(ŷ − y)²
 
 
 def steps_per_epoch(loader: DeviceLoader, cfg: Config) -> int:
