@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.autograd import Function
 
 from bp_torch._formulas import is_literal
-from bp_torch._function import nested_apply, with_direct_call
+from bp_torch._function import apply, with_direct_call
 from bp_torch.autograd.softmax import LogSoftmaxFunction, SoftmaxFunction
 
 
@@ -89,8 +89,8 @@ def _safe_targets(target: torch.Tensor, ignore_index: int):
 
 
 def _per_element(t: torch.Tensor) -> torch.Tensor:
-    """(N, d...) -> (N, 1, d...): broadcast along the class dimension."""
-    return t.unsqueeze(1)
+    """(N, d...) -> (N, 1, d...): broadcast along the class dimension (a scalar broadcasts as it is)."""
+    return t.unsqueeze(1) if t.dim() else t
 
 
 def _class_weight(weight: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
@@ -130,9 +130,10 @@ class NllLossFunction(Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
         classes, coefficient = NllLossFunction._coefficients(ctx, target, weight, grad_output)
-        zeros = torch.zeros(ctx.input_shape, dtype=grad_output.dtype, device=grad_output.device)
+        # zeros made from δ, so that vmap batches them as it batches δ and the scatter can be in place
+        zeros = grad_output.new_zeros(ctx.input_shape)
         # times the incoming δ (one per position for "none")
-        grad_input = zeros.scatter(1, _per_element(classes), _per_element(coefficient * grad_output))  # eq. D9
+        grad_input = zeros.scatter_(1, _per_element(classes), _per_element(coefficient * grad_output))  # eq. D9
         return grad_input, None, None, None, None
 
     @staticmethod
@@ -143,73 +144,108 @@ class NllLossFunction(Function):
         return _reduce(coefficient * picked, "sum" if ctx.reduction == "mean" else ctx.reduction)  # eq. D9, fwd
 
 
+def _cross_entropy(log_p, target, weight, reduction: str, ignore_index: int, eps: float) -> torch.Tensor:
+    """torch's cross_entropy from the log-probabilities, operation for operation (aten's cross_entropy_loss)."""
+    C, w = log_p.shape[1], _class_weight(weight, log_p)
+    if target.shape == log_p.shape:  # class probabilities
+        target = target * (1 - eps) + eps / C if eps > 0 else target
+        terms = log_p * target if w is None else log_p * target * w
+        if reduction == "none":
+            return -terms.sum(1)
+        total = -terms.sum()
+        if reduction == "sum":
+            return total
+        return total.fill_(float("nan")) if log_p.numel() == 0 else total / (log_p.numel() // C)
+    nll = F.nll_loss(log_p, target, weight, reduction=reduction, ignore_index=ignore_index)
+    if eps <= 0:
+        return nll
+    ignored = target == ignore_index
+    smooth = (-(log_p * w).sum(1) if w is not None else -log_p.sum(1)).masked_fill(ignored, 0.0)
+    if reduction == "mean":
+        if weight is not None:  # Σ w_t over the kept targets, by masking (vmap cannot batch a masked_select)
+            kept_weight = weight.gather(0, target.long().masked_fill(ignored, 0).flatten()).masked_fill(
+                ignored.flatten(), 0
+            )
+            smooth = smooth.sum() / kept_weight.sum()
+        else:
+            smooth = smooth.sum() / (~ignored).sum()
+    elif reduction == "sum":
+        smooth = smooth.sum()
+    return (1 - eps) * nll + smooth * (eps / C)
+
+
 @with_direct_call
 class CrossEntropyFunction(Function):
     """Softmax cross-entropy on logits x, torch's ``cross_entropy`` (class-index or class-probability targets,
     weight, ignore_index, label_smoothing, reduction): L = −Σ_n Σ_c a_nc ℓ_nc / D with ℓ = log_softmax(x) and a the
     weighted, smoothed targets (eq. D10, D11); backward (s_n p_n − a_n)/D, p = softmax(x), s_n = Σ_c a_nc — for plain
     class indices, the softmax minus the one-hot target.
+
+    Returns the loss and ℓ, which the backward reads (p = e^ℓ, no softmax recomputed); ℓ has no gradient of its own.
     """
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(input, target, weight, reduction: str, ignore_index: int, label_smoothing: float):
-        return F.cross_entropy(
-            input, target, weight, reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing
-        )
+        log_p = torch.log_softmax(input, 1)
+        return _cross_entropy(log_p, target, weight, reduction, ignore_index, label_smoothing), log_p
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, target, weight, reduction, ignore_index, label_smoothing = inputs
+        ctx.mark_non_differentiable(output[1])
         ctx.reduction, ctx.ignore_index, ctx.label_smoothing = reduction, ignore_index, label_smoothing
         ctx.probabilities = target.shape == input.shape  # torch's rule: the same shape means class probabilities
-        ctx.save_for_backward(input, target, weight)
-        ctx.save_for_forward(input, target, weight)
+        ctx.save_for_backward(input, target, weight, output[1])
+        ctx.save_for_forward(input, target, weight, output[1])
 
     @staticmethod
     def _terms(ctx, input, target, weight, scale):
-        """eq. D11 with its normaliser: the dense targets a, s_n = Σ_c a_nc (N, 1, d...) and the factor δ/D, zero at
-        ignored positions. Class indices: a_nc = m_n((1 − ε) w_{t_n} 1[c = t_n] + ε w_c/C), D = Σ_n m_n w_{t_n};
-        probabilities: a_nc = w_c((1 − ε) q_nc + ε/C), D = N·d (the positions)."""
+        """eq. D11 with its normaliser: the dense targets a, s_n = Σ_c a_nc (N, 1, d...) and the factor δ/D. Class
+        indices: a_nc = m_n((1 − ε) w_{t_n} 1[c = t_n] + ε w_c/C), D = Σ_n m_n w_{t_n}; probabilities:
+        a_nc = w_c((1 − ε) q_nc + ε/C), D = N·d (the positions)."""
         eps, C, w = ctx.label_smoothing, input.shape[1], _class_weight(weight, input)
         if ctx.probabilities:
             smoothed = target * (1 - eps) + eps / C if eps > 0 else target  # eq. D11: q̃ = (1 − ε) q + ε/C
             a = smoothed * w if w is not None else smoothed  # eq. D11: a_nc = w_c q̃_nc
             positions = input.numel() // C if input.numel() else float("nan")  # torch's mean of nothing is NaN
-            return a, a.sum(1, keepdim=True), scale / positions if ctx.reduction == "mean" else scale
+            factor = scale / positions if ctx.reduction == "mean" else scale
+            return a, a.sum(1, keepdim=True), _per_element(factor) if ctx.reduction == "none" else factor
         kept, classes, w_t, factor = CrossEntropyFunction._indices(ctx, target, weight, scale, input.dtype)
         a = torch.zeros_like(input).scatter_(1, _per_element(classes), _per_element(w_t * (1 - eps)))  # eq. D11
         if eps > 0:
             spread = _per_element(kept.to(a.dtype) * (eps / C))
             a = torch.addcmul(a, w if w is not None else torch.ones_like(a), spread)  # eq. D11: + m_n ε w_c / C
-        return a, a.sum(1, keepdim=True), factor
+        return a, a.sum(1, keepdim=True), _per_element(factor) if ctx.reduction == "none" else factor
 
     @staticmethod
     def _indices(ctx, target, weight, scale, dtype):
-        """The kept positions m, the classes (ignored made 0), m·w_t and δ/D per position (0 where ignored)."""
+        """The kept positions m, the classes (ignored made 0), m·w_t and δ/D (δ per position for "none")."""
         kept, classes = _safe_targets(target, ctx.ignore_index)
-        w_t = (weight[classes] if weight is not None else torch.ones_like(classes, dtype=dtype)) * kept
-        factor = scale / w_t.sum() if ctx.reduction == "mean" else scale
-        return kept, classes, w_t, _per_element(torch.where(kept, factor, 0))
+        w_t = weight[classes] * kept if weight is not None else kept.to(dtype)
+        if ctx.reduction != "mean":
+            return kept, classes, w_t, scale
+        total = w_t.sum()
+        # every target ignored: D = 0 and torch's loss is NaN, its gradient zero (each a_n is, and s_n)
+        return kept, classes, w_t, scale / torch.where(total > 0, total, 1)
 
     @staticmethod
-    def backward(ctx, grad_output):
-        input, target, weight = ctx.saved_tensors
+    def backward(ctx, grad_output, _):
+        input, target, weight, log_p = ctx.saved_tensors
         grad_input = grad_target = grad_weight = None
         eps, C = ctx.label_smoothing, input.shape[1]
         scale = grad_output if ctx.reduction == "none" else grad_output.reshape(())
         if ctx.needs_input_grad[0]:
-            p = nested_apply(SoftmaxFunction, input, 1)
+            # p = e^ℓ from the forward's ℓ; building a graph of the backward, p = softmax(x) through our Function
+            p = apply(SoftmaxFunction, input, 1) if torch.is_grad_enabled() else log_p.exp()
             if is_literal() or ctx.probabilities:
                 a, s, factor = CrossEntropyFunction._terms(ctx, input, target, weight, scale)
-                if ctx.probabilities and ctx.reduction == "none":
-                    factor = _per_element(factor)
                 grad_input = (s * p - a) * factor  # eq. D10: ∂L/∂x = (s p − a)/D, the softmax minus the targets
             else:
                 grad_input = CrossEntropyFunction._index_grad(ctx, p, target, weight, scale)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:  # probability targets only: indices have none
-            log_p = nested_apply(LogSoftmaxFunction, input, 1)
+            log_p = apply(LogSoftmaxFunction, input, 1) if torch.is_grad_enabled() else log_p
             factor = scale / (input.numel() // C) if ctx.reduction == "mean" else scale
             factor = _per_element(factor) if ctx.reduction == "none" else factor
             w = _class_weight(weight, input)
@@ -225,29 +261,32 @@ class CrossEntropyFunction(Function):
     @staticmethod
     def _index_grad(ctx, p, target, weight, scale):
         """eq. D10 for class indices without the dense a: p scaled by s_n/D, then −(1 − ε) w_{t_n}/D added at each
-        target class and, with smoothing, −ε w_c/(C·D) at every class."""
+        target class and, with smoothing, −ε w_c/(C·D) at every class of the kept positions."""
         eps, C = ctx.label_smoothing, p.shape[1]
         kept, classes, w_t, factor = CrossEntropyFunction._indices(ctx, target, weight, scale, p.dtype)
-        total = weight.sum() if weight is not None else C
-        s = _per_element(w_t * (1 - eps) + kept.to(p.dtype) * (eps * total / C))
-        grad = p * (s * factor)  # eq. D10: s p / D
+        at_target = w_t * factor  # w_{t_n}/D, zero where ignored
+        s = (
+            at_target
+            if eps == 0
+            else at_target * (1 - eps) + kept * factor * (eps * (weight.sum() if weight is not None else C) / C)
+        )
+        grad = p * _per_element(s)  # eq. D10: s p / D
         index = _per_element(classes)
-        grad.scatter_add_(1, index, (_per_element(w_t * (eps - 1)) * factor).expand_as(index))  # eq. D10: − a/D
+        grad.scatter_add_(1, index, _per_element(at_target * (eps - 1)))  # eq. D10: − a/D at the targets
         if eps > 0:
             w = _class_weight(weight, p) if weight is not None else 1
-            grad -= factor * (w * (eps / C))  # eq. D10: − a/D, the part label smoothing spreads over the classes
+            grad -= _per_element(kept * factor) * (w * (eps / C))  # eq. D10: − a/D, what smoothing spreads
         return grad
 
     @staticmethod
     def jvp(ctx, input_t, target_t, weight_t, _, __, ___):
-        input, target, weight = ctx.saved_tensors
-        eps, C = ctx.label_smoothing, input.shape[1]
+        input, target, weight, log_p = ctx.saved_tensors
+        eps = ctx.label_smoothing
         one = torch.ones((), dtype=input.dtype, device=input.device)
         a, s, factor = CrossEntropyFunction._terms(ctx, input, target, weight, one)
-        factor = factor if ctx.probabilities else factor.squeeze(1)
-        rate = ((s * torch.softmax(input, 1) - a) * input_t).sum(1)  # eq. D10, forward mode: Σ_c (s p − a) ẋ
+        rate = ((s * log_p.exp() - a) * input_t).sum(1)  # eq. D10, forward mode: Σ_c (s p − a) ẋ
         if ctx.probabilities and (target_t is not None or weight_t is not None):  # indices: x alone has a tangent
-            log_p = torch.log_softmax(input, 1)
+            C = input.shape[1]
             if target_t is not None:
                 w = _class_weight(weight, input)
                 q_rate = target_t * (1 - eps) * (w if w is not None else 1)
@@ -255,5 +294,5 @@ class CrossEntropyFunction(Function):
             if weight_t is not None:
                 smoothed = target * (1 - eps) + eps / C if eps > 0 else target
                 rate = rate - (smoothed * _class_weight(weight_t, input) * log_p).sum(1)  # eq. D12, fwd: −Σ ẇ q̃ ℓ
-        per_position = rate * factor  # factor: 1/D (or 1), zero where ignored
-        return per_position if ctx.reduction == "none" else per_position.sum()
+        per_position = rate * (factor.squeeze(1) if factor.dim() else factor)  # δ/D, zero where ignored
+        return (per_position if ctx.reduction == "none" else per_position.sum()), None
