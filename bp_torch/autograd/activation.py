@@ -106,7 +106,7 @@ class LeakyReluFunction(Function):
         if is_literal():
             return torch.where(x > 0, grad_output, grad_output * alpha), None, None  # eq. D2: δ or α·δ
         # f'(x) = α + (1 − α)·1[x > 0], 1[x > 0] = max(sign(x), 0): float passes, as for ReLU (eq. D1)
-        slope = x.sign().clamp_(min=0).mul_(1 - alpha).add_(alpha)
+        slope = torch.clamp(x.sign(), min=0).mul_(1 - alpha).add_(alpha)  # (vmap batches no in-place clamp)
         return grad_output * slope, None, None  # eq. D2: δ ⊙ (α + (1 − α)·1[x > 0])
 
     @staticmethod

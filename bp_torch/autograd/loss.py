@@ -130,10 +130,9 @@ class NllLossFunction(Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
         classes, coefficient = NllLossFunction._coefficients(ctx, target, weight, grad_output)
-        # zeros made from δ, so that vmap batches them as it batches δ and the scatter can be in place
         zeros = grad_output.new_zeros(ctx.input_shape)
-        # times the incoming δ (one per position for "none")
-        grad_input = zeros.scatter_(1, _per_element(classes), _per_element(coefficient * grad_output))  # eq. D9
+        # times the incoming δ (one per position for "none"); out of place, which vmap batches without a loop
+        grad_input = zeros.scatter(1, _per_element(classes), _per_element(coefficient * grad_output))  # eq. D9
         return grad_input, None, None, None, None
 
     @staticmethod
