@@ -249,21 +249,3 @@ def check_weight_not_differentiable(weight, op: str = "nll_loss_forward") -> Non
             f"The function '{op}' is not differentiable with respect to argument 'weight'. "
             "This input cannot have requires_grad True."
         )
-
-
-def check_cross_entropy(input, target, weight, ignore_index: int, label_smoothing: float) -> None:
-    """torch's own checks of cross_entropy that its nll_loss does not make (class probabilities, the smoothing)."""
-    if input.shape == target.shape:  # class probabilities
-        if not target.is_floating_point():
-            name = torch.empty(0, dtype=target.dtype).type().split(".")[-1].removesuffix("Tensor")
-            raise RuntimeError(f"Expected floating point type for target with class probabilities, got {name}")
-        if ignore_index >= 0:
-            raise RuntimeError("ignore_index is not supported for floating point target")
-        C = input.shape[1] if input.dim() > 1 else input.shape[0]
-        if weight is not None and (weight.dim() != 1 or weight.numel() != C):
-            raise RuntimeError(
-                f"cross_entropy: weight tensor should be defined either for all {C} classes or no classes but got "
-                f"weight tensor of shape: {list(weight.shape)}"
-            )
-    if label_smoothing > 1.0:
-        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")

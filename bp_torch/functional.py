@@ -27,7 +27,6 @@ from torch.overrides import handle_torch_function, has_torch_function_unary, has
 
 from bp_torch._arguments import (
     check_conv2d,
-    check_cross_entropy,
     check_dropout_probability,
     check_inplace,
     check_linear,
@@ -478,7 +477,6 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     for name, t in (("input", input), ("target", target)):
         check_tensor(t, name, "cross_entropy")
     reduction = reduction_of(reduction, size_average, reduce)
-    check_cross_entropy(input, target, weight, ignore_index, label_smoothing)
     if target.shape != input.shape:  # class indices: no gradient for the weight, as in torch
         check_weight_not_differentiable(weight)
     input, target, unbatched = _class_inputs(input, target)
@@ -487,10 +485,10 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         "cross_entropy", input, weight, *((target,) if probabilities else ())
     )
     target = soft[0] if probabilities else target
-    # torch ignores a negative smoothing (and refuses one above 1)
+    # torch ignores a negative smoothing and refuses one above 1 (in its forward, which our forward is)
     smoothing = float(label_smoothing) if label_smoothing > 0 else 0.0
     with autocast_off:
-        out, _ = apply(CrossEntropyFunction, input, target, weight, reduction, int(ignore_index), smoothing)
+        out = apply(CrossEntropyFunction, input, target, weight, reduction, int(ignore_index), smoothing)
     return out.squeeze(0) if unbatched and reduction == "none" else out
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.autograd import Function
 
 from bp_torch._formulas import is_literal
-from bp_torch._function import apply, with_direct_call
+from bp_torch._function import nested_apply, with_direct_call
 from bp_torch.autograd.softmax import LogSoftmaxFunction, SoftmaxFunction
 
 
@@ -130,9 +130,11 @@ class NllLossFunction(Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
         classes, coefficient = NllLossFunction._coefficients(ctx, target, weight, grad_output)
-        zeros = grad_output.new_zeros(ctx.input_shape)
-        # times the incoming δ (one per position for "none"); out of place, which vmap batches without a loop
-        grad_input = zeros.scatter(1, _per_element(classes), _per_element(coefficient * grad_output))  # eq. D9
+        zeros, index = grad_output.new_zeros(ctx.input_shape), _per_element(classes)
+        # times the incoming δ (one per position for "none"); under torch.func out of place (vmap batches no
+        # in-place scatter without a loop)
+        scatter = zeros.scatter if torch._C._are_functorch_transforms_active() else zeros.scatter_
+        grad_input = scatter(1, index, _per_element(coefficient * grad_output))  # eq. D9: −w_{t_n}/D at t_n
         return grad_input, None, None, None, None
 
     @staticmethod
@@ -143,61 +145,30 @@ class NllLossFunction(Function):
         return _reduce(coefficient * picked, "sum" if ctx.reduction == "mean" else ctx.reduction)  # eq. D9, fwd
 
 
-def _cross_entropy(log_p, target, weight, reduction: str, ignore_index: int, eps: float) -> torch.Tensor:
-    """torch's cross_entropy from the log-probabilities, operation for operation (aten's cross_entropy_loss)."""
-    C, w = log_p.shape[1], _class_weight(weight, log_p)
-    if target.shape == log_p.shape:  # class probabilities
-        target = target * (1 - eps) + eps / C if eps > 0 else target
-        terms = log_p * target if w is None else log_p * target * w
-        if reduction == "none":
-            return -terms.sum(1)
-        total = -terms.sum()
-        if reduction == "sum":
-            return total
-        return total.fill_(float("nan")) if log_p.numel() == 0 else total / (log_p.numel() // C)
-    nll = F.nll_loss(log_p, target, weight, reduction=reduction, ignore_index=ignore_index)
-    if eps <= 0:
-        return nll
-    ignored = target == ignore_index
-    smooth = (-(log_p * w).sum(1) if w is not None else -log_p.sum(1)).masked_fill(ignored, 0.0)
-    if reduction == "mean":
-        if weight is not None:  # Σ w_t over the kept targets, by masking (vmap cannot batch a masked_select)
-            kept_weight = weight.gather(0, target.long().masked_fill(ignored, 0).flatten()).masked_fill(
-                ignored.flatten(), 0
-            )
-            smooth = smooth.sum() / kept_weight.sum()
-        else:
-            smooth = smooth.sum() / (~ignored).sum()
-    elif reduction == "sum":
-        smooth = smooth.sum()
-    return (1 - eps) * nll + smooth * (eps / C)
-
-
 @with_direct_call
 class CrossEntropyFunction(Function):
     """Softmax cross-entropy on logits x, torch's ``cross_entropy`` (class-index or class-probability targets,
     weight, ignore_index, label_smoothing, reduction): L = −Σ_n Σ_c a_nc ℓ_nc / D with ℓ = log_softmax(x) and a the
     weighted, smoothed targets (eq. D10, D11); backward (s_n p_n − a_n)/D, p = softmax(x), s_n = Σ_c a_nc — for plain
     class indices, the softmax minus the one-hot target.
-
-    Returns the loss and ℓ, which the backward reads (p = e^ℓ, no softmax recomputed); ℓ has no gradient of its own.
     """
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(input, target, weight, reduction: str, ignore_index: int, label_smoothing: float):
-        log_p = torch.log_softmax(input, 1)
-        return _cross_entropy(log_p, target, weight, reduction, ignore_index, label_smoothing), log_p
+        return F.cross_entropy(
+            input, target, weight, reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing
+        )
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, target, weight, reduction, ignore_index, label_smoothing = inputs
-        ctx.mark_non_differentiable(output[1])
         ctx.reduction, ctx.ignore_index, ctx.label_smoothing = reduction, ignore_index, label_smoothing
         ctx.probabilities = target.shape == input.shape  # torch's rule: the same shape means class probabilities
-        ctx.save_for_backward(input, target, weight, output[1])
-        ctx.save_for_forward(input, target, weight, output[1])
+        # the backward recomputes p = softmax(x): one fused pass, cheaper on the CPU than e^ℓ from a saved ℓ
+        ctx.save_for_backward(input, target, weight)
+        ctx.save_for_forward(input, target, weight)
 
     @staticmethod
     def _terms(ctx, input, target, weight, scale):
@@ -225,26 +196,25 @@ class CrossEntropyFunction(Function):
         w_t = weight[classes] * kept if weight is not None else kept.to(dtype)
         if ctx.reduction != "mean":
             return kept, classes, w_t, scale
-        total = w_t.sum()
-        # every target ignored: D = 0 and torch's loss is NaN, its gradient zero (each a_n is, and s_n)
-        return kept, classes, w_t, scale / torch.where(total > 0, total, 1)
+        # every target ignored: D = 0, torch's loss NaN and its gradient zero (as every a_n and s_n is): a positive
+        # floor keeps δ/D finite, and no real D is below it
+        return kept, classes, w_t, scale / w_t.sum().clamp_min(torch.finfo(dtype).tiny)
 
     @staticmethod
-    def backward(ctx, grad_output, _):
-        input, target, weight, log_p = ctx.saved_tensors
+    def backward(ctx, grad_output):
+        input, target, weight = ctx.saved_tensors
         grad_input = grad_target = grad_weight = None
         eps, C = ctx.label_smoothing, input.shape[1]
         scale = grad_output if ctx.reduction == "none" else grad_output.reshape(())
         if ctx.needs_input_grad[0]:
-            # p = e^ℓ from the forward's ℓ; building a graph of the backward, p = softmax(x) through our Function
-            p = apply(SoftmaxFunction, input, 1) if torch.is_grad_enabled() else log_p.exp()
+            p = nested_apply(SoftmaxFunction, input, 1)
             if is_literal() or ctx.probabilities:
                 a, s, factor = CrossEntropyFunction._terms(ctx, input, target, weight, scale)
                 grad_input = (s * p - a) * factor  # eq. D10: ∂L/∂x = (s p − a)/D, the softmax minus the targets
             else:
                 grad_input = CrossEntropyFunction._index_grad(ctx, p, target, weight, scale)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:  # probability targets only: indices have none
-            log_p = apply(LogSoftmaxFunction, input, 1) if torch.is_grad_enabled() else log_p
+            log_p = nested_apply(LogSoftmaxFunction, input, 1)
             factor = scale / (input.numel() // C) if ctx.reduction == "mean" else scale
             factor = _per_element(factor) if ctx.reduction == "none" else factor
             w = _class_weight(weight, input)
@@ -279,8 +249,8 @@ class CrossEntropyFunction(Function):
 
     @staticmethod
     def jvp(ctx, input_t, target_t, weight_t, _, __, ___):
-        input, target, weight, log_p = ctx.saved_tensors
-        eps = ctx.label_smoothing
+        input, target, weight = ctx.saved_tensors
+        eps, log_p = ctx.label_smoothing, torch.log_softmax(input, 1)
         one = torch.ones((), dtype=input.dtype, device=input.device)
         a, s, factor = CrossEntropyFunction._terms(ctx, input, target, weight, one)
         rate = ((s * log_p.exp() - a) * input_t).sum(1)  # eq. D10, forward mode: Σ_c (s p − a) ẋ
@@ -294,4 +264,4 @@ class CrossEntropyFunction(Function):
                 smoothed = target * (1 - eps) + eps / C if eps > 0 else target
                 rate = rate - (smoothed * _class_weight(weight_t, input) * log_p).sum(1)  # eq. D12, fwd: −Σ ẇ q̃ ℓ
         per_position = rate * (factor.squeeze(1) if factor.dim() else factor)  # δ/D, zero where ignored
-        return (per_position if ctx.reduction == "none" else per_position.sum()), None
+        return per_position if ctx.reduction == "none" else per_position.sum()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.autograd import Function
 
-from bp_torch._function import with_direct_call
+from bp_torch._function import nested_apply, with_direct_call
 
 
 @with_direct_call
@@ -57,7 +57,10 @@ class LogSoftmaxFunction(Function):
     def backward(ctx, grad_output):
         (out,) = ctx.saved_tensors
         total = grad_output.sum(ctx.dim, keepdim=True)
-        return torch.addcmul(grad_output, out.exp(), total, value=-1), None  # eq. D6: δ − p Σ δ, p = e^ℓ
+        # p = e^ℓ, computed as softmax(ℓ) (Σ e^ℓ = 1): one fused pass, faster on the CPU than exp, and through
+        # SoftmaxFunction when a graph of the backward is built
+        p = nested_apply(SoftmaxFunction, out, ctx.dim)
+        return torch.addcmul(grad_output, p, total, value=-1), None  # eq. D6: δ − p Σ δ, p = e^ℓ
 
     @staticmethod
     def jvp(ctx, input_t, _):
