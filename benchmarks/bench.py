@@ -60,6 +60,9 @@ OPS = {
     "native": {"conv2d": F.conv2d, "avg_pool2d": F.avg_pool2d, "sigmoid": torch.sigmoid, "linear": F.linear},
 }
 OPS["manual"]["clone"], OPS["native"]["clone"] = (lambda x: apply(CloneFunction, x)), torch.clone
+# beyond the notes (docs/derivation.md eq. D1–D12): torch.nn.functional's names on both sides
+for _name in ("relu", "leaky_relu", "tanh", "dropout", "log_softmax", "nll_loss", "cross_entropy", "mse_loss"):
+    OPS["manual"][_name], OPS["native"][_name] = getattr(BF, _name), getattr(F, _name)
 
 
 @dataclass
@@ -137,7 +140,25 @@ def function_cases(quick: bool):
         ("avg_pool2d 3x3 stride 2 pad 1", "avg_pool2d", [x], (True,), {"kernel_size": 3, "stride": 2, "padding": 1}),
         ("linear 4096->1000", "linear", [(lin_n, lin_in), (lin_out, lin_in), (lin_out,)], (True, True, True), {}),
     ]
+    # the activations on a ResNet's first maps, dropout on AlexNet's classifier, the losses on LeNet's and ImageNet's
+    # logits; an option given as a function of the device is a target, made once
+    logits, classes = ((4, 10), (4, 100)) if quick else ((256, 10), (256, 1000))
+    cases += [(f"{op} 64x56x56 b{big_n}", op, [x], (True,), {}) for op in ("relu", "leaky_relu", "tanh")]
+    cases += [
+        ("dropout p=0.5 4096 features", "dropout", [(lin_n, lin_in)], (True,), {"p": 0.5}),
+        ("log_softmax 1000 classes", "log_softmax", [classes], (True,), {"dim": 1}),
+        ("nll_loss 1000 classes", "nll_loss", [classes], (True,), {"target": _classes(classes)}),
+        *[(f"cross_entropy {c} classes b{n}", "cross_entropy", [(n, c)], (True,), {"target": _classes((n, c))})
+          for n, c in (logits, classes)],
+        ("mse_loss LeNet seed b256", "mse_loss", [logits], (True,), {"target": lambda d: torch.rand(logits, device=d)}),
+        ("mse_loss 784 pixels b256", "mse_loss", [(logits[0], 784)], (True,),
+         {"target": lambda d: torch.rand(logits[0], 784, device=d)}),
+    ]  # fmt: skip
     return cases
+
+
+def _classes(shape):
+    return lambda device: torch.randint(0, shape[1], shape[:1], device=device)
 
 
 def bench_functions(device, args) -> list[Row]:
@@ -147,6 +168,7 @@ def bench_functions(device, args) -> list[Row]:
             continue
         tensors = [torch.randn(s, device=device) for s in shapes]
         params = [t.requires_grad_() for t, n in zip(tensors, needs) if n]
+        options = {k: v(device) if callable(v) else v for k, v in options.items()}
         grad_out = torch.randn_like(OPS["native"][op](*tensors, **options))
 
         def run(fn, tensors=tensors, options=options, params=params, grad_out=grad_out):

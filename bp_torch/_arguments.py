@@ -211,3 +211,41 @@ def check_linear(input, weight, bias) -> None:
         raise RuntimeError(
             f"linear: expected bias of size {list(out_shape)} (out_features), but got bias of size {list(bias.shape)}"
         )
+
+
+# activations, dropout, softmax and the losses
+
+
+def check_tensor(value, name: str, op: str) -> None:
+    """A TypeError naming ``name`` unless ``value`` is a Tensor."""
+    _check_tensor(value, name, op)
+
+
+def check_inplace(input: torch.Tensor) -> None:
+    """torch's error for an in-place operation on a leaf that requires grad (with grad mode on)."""
+    if input.is_leaf and input.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
+
+
+def reduction_of(reduction: str, size_average=None, reduce=None) -> str:
+    """``"none"``, ``"mean"`` or ``"sum"``, by torch's own rules: the deprecated size_average/reduce override
+    ``reduction`` (with torch's warning), ``"elementwise_mean"`` is ``"mean"``, anything else a ValueError."""
+    from torch.nn import _reduction
+
+    if size_average is not None or reduce is not None:
+        reduction = _reduction.legacy_get_string(size_average, reduce)
+    return ("none", "mean", "sum")[_reduction.get_enum(reduction)]
+
+
+def check_dropout_probability(p) -> None:
+    if p < 0.0 or p > 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+
+
+def check_weight_not_differentiable(weight, op: str = "nll_loss_forward") -> None:
+    """torch's error for a class weight that requires grad where the loss has no gradient for it (class indices)."""
+    if weight is not None and weight.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError(
+            f"The function '{op}' is not differentiable with respect to argument 'weight'. "
+            "This input cannot have requires_grad True."
+        )

@@ -40,14 +40,25 @@ def with_direct_call(cls: type[Function]) -> type[Function]:
     if "jvp" in vars(cls):
         namespace["jvp"] = staticmethod(cls.jvp)
     cls._direct = type(cls.__name__, (Function,), namespace)
+    if "jvp" in vars(cls):
+        names = ("forward", "setup_context", "backward", "vmap", "generate_vmap_rule", "__module__", "__qualname__")
+        _TRACED[id(cls)] = type(cls.__name__, (Function,), {k: vars(cls)[k] for k in names if k in vars(cls)})
     return cls
+
+
+# Dynamo refuses to trace a Function that defines jvp, and a compiled graph runs no forward-mode AD: under
+# torch.compile each such Function runs as its copy without jvp (the same forward, setup_context and backward).
+# Keyed by id: Dynamo can neither read an attribute of a Function class nor hash one, but it can take its id.
+_TRACED: dict[int, type[Function]] = {}
 
 
 def apply(function: type[Function], *args):
     """``function.apply(*args)``, through its direct Function unless a torch.func transform (vmap, grad, jacrev ...)
     is active or torch.compile is tracing (which compiles the binding away, and traces ``apply`` but not the direct
-    Function); both run the same code, so results and gradients are identical."""
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+    Function; it runs the copy without jvp); all run the same code, so results and gradients are identical."""
+    if torch.compiler.is_compiling():
+        return _TRACED.get(id(function), function).apply(*args)
+    if torch._C._are_functorch_transforms_active():
         return function.apply(*args)
     return function._direct.apply(*args)
 

@@ -21,17 +21,25 @@ from bp_torch import functional as BF
 
 @dataclass(frozen=True)
 class Case:
-    """One configuration: ``make(device, dtype)`` returns the tensor arguments; ``options`` the rest."""
+    """One configuration: ``make(device, dtype)`` returns the tensor arguments; ``options`` the rest; ``grads`` the
+    positions of the arguments that are differentiated (all, if None; class indices and a loss's class weight not)."""
 
     name: str
     manual: Callable
     native: Callable
     make: Callable[[torch.device, torch.dtype], tuple]
     options: dict = field(default_factory=dict)
+    grads: tuple[int, ...] | None = None
 
     def inputs(self, device, dtype, requires_grad=True) -> tuple:
         args = self.make(torch.device(device), dtype)
-        return tuple(a.requires_grad_(requires_grad) if isinstance(a, torch.Tensor) else a for a in args)
+        return tuple(
+            a.requires_grad_(requires_grad) if isinstance(a, torch.Tensor) and self.differentiated(i) else a
+            for i, a in enumerate(args)
+        )
+
+    def differentiated(self, i: int) -> bool:
+        return self.grads is None or i in self.grads
 
 
 def _randn(*shape):
@@ -62,6 +70,61 @@ def _linear(name, x, w, bias=True) -> Case:
     return Case(f"linear {name}", BF.linear, F.linear, make)
 
 
+def _on_copy(f: Callable) -> Callable:
+    """``f`` on a copy of its first argument: an in-place op may not overwrite a leaf that requires grad."""
+    return lambda x, *args, **kw: f(x.clone(), *args, **kw)
+
+
+def _seeded(f: Callable) -> Callable:
+    """``f`` after reseeding: the same dropout mask on every call (gradcheck calls many times) and on both sides."""
+    return lambda *args, **kw: (torch.manual_seed(7), f(*args, **kw))[1]
+
+
+def _classes(shape, device, with_ignored=True) -> torch.Tensor:
+    """Class indices for logits of ``shape`` (classes along dim 1, or dim 0 unbatched), one of them ignored (-100)."""
+    C = shape[1] if len(shape) > 1 else shape[0]
+    target = torch.randint(0, C, (shape[0], *shape[2:]) if len(shape) > 1 else (), device=device)
+    if with_ignored and target.dim():
+        target.view(-1)[1] = -100
+    return target
+
+
+def _nll(name, shape, weight=False, **options) -> Case:
+    def make(device, dtype):
+        C = shape[1] if len(shape) > 1 else shape[0]
+        log_p = torch.randn(*shape, device=device, dtype=dtype).log_softmax(1 if len(shape) > 1 else 0)
+        w = (torch.rand(C, device=device, dtype=dtype) + 0.5,) if weight else ()
+        return (log_p, _classes(shape, device), *w)
+
+    return Case(f"nll_loss {name}", BF.nll_loss, F.nll_loss, make, options, grads=(0,))
+
+
+def _cross_entropy(name, shape, probabilities=False, weight=False, **options) -> Case:
+    def make(device, dtype):
+        C = shape[1] if len(shape) > 1 else shape[0]
+        x = torch.randn(*shape, device=device, dtype=dtype)
+        if probabilities:
+            target = torch.randn(*shape, device=device, dtype=dtype).softmax(1 if len(shape) > 1 else 0)
+        else:
+            target = _classes(shape, device, with_ignored=len(shape) > 1)
+        return (x, target, *((torch.rand(C, device=device, dtype=dtype) + 0.5,) if weight else ()))
+
+    # class probabilities and their weight are differentiated too; class indices and their weight are not
+    grads = (0, 1, 2) if probabilities else (0,)
+    return Case(f"cross_entropy {name}", BF.cross_entropy, F.cross_entropy, make, options, grads=grads)
+
+
+def _mse(name, **options) -> Case:
+    """A weighted squared error: input, target and weight all differentiated."""
+
+    def make(device, dtype):
+        return (*(torch.randn(3, 4, device=device, dtype=dtype) for _ in range(2)),
+                torch.rand(3, 4, device=device, dtype=dtype) + 0.5)  # fmt: skip
+
+    return Case(f"mse_loss {name}", lambda x, y, w, **o: BF.mse_loss(x, y, weight=w, **o),
+                lambda x, y, w, **o: F.mse_loss(x, y, weight=w, **o), make, options)  # fmt: skip
+
+
 # Small shapes so float64 gradcheck stays quick; between them they cover every option.
 CASES: list[Case] = [
     _conv("LeNet C1", (2, 1, 9, 9), (3, 1, 5, 5)),
@@ -85,6 +148,33 @@ CASES: list[Case] = [
     _linear("LeNet FC", (4, 192), (10, 192)),
     _linear("leading dims, no bias", (2, 3, 5), (4, 5), bias=False),
     _linear("unbatched", (5,), (3, 5)),
+    # beyond the notes (docs/derivation.md eq. D1–D12)
+    Case("relu", BF.relu, F.relu, lambda d, t: (_randn(3, 4, 5)(d, t),)),
+    Case("relu inplace", _on_copy(BF.relu), _on_copy(F.relu), lambda d, t: (_randn(4, 5)(d, t),), {"inplace": True}),
+    Case("leaky_relu", BF.leaky_relu, F.leaky_relu, lambda d, t: (_randn(3, 4, 5)(d, t),), {"negative_slope": 0.2}),
+    Case("leaky_relu inplace", _on_copy(BF.leaky_relu), _on_copy(F.leaky_relu), lambda d, t: (_randn(4, 5)(d, t),),
+         {"negative_slope": 0.1, "inplace": True}),
+    Case("tanh", BF.tanh, torch.tanh, lambda d, t: (_randn(3, 4, 5)(d, t),)),
+    # native in place draws its mask as out-of-place dropout does on the CPU, and on CUDA too (no fused kernel)
+    Case("dropout", _seeded(BF.dropout), _seeded(_on_copy(F.dropout)), lambda d, t: (_randn(3, 4, 5)(d, t),),
+         {"p": 0.3}),
+    Case("dropout inplace", _seeded(_on_copy(BF.dropout)), _seeded(_on_copy(F.dropout)),
+         lambda d, t: (_randn(4, 5)(d, t),), {"p": 0.5, "inplace": True}),
+    Case("softmax", BF.softmax, F.softmax, lambda d, t: (_randn(3, 4, 5)(d, t),), {"dim": 1}),
+    Case("log_softmax", BF.log_softmax, F.log_softmax, lambda d, t: (_randn(3, 4, 5)(d, t),), {"dim": -1}),
+    _nll("weight, ignore_index", (4, 5), weight=True),
+    _nll("2-D maps, none", (2, 3, 4, 4), reduction="none"),
+    _cross_entropy("class indices, weight, ignore_index", (4, 5), weight=True),
+    _cross_entropy("label smoothing, weight, sum", (4, 5), weight=True, reduction="sum", label_smoothing=0.2),
+    _cross_entropy("2-D maps, smoothing, none", (2, 3, 4, 4), reduction="none", label_smoothing=0.1),
+    _cross_entropy("unbatched", (5,)),
+    _cross_entropy("probabilities, weight, smoothing", (4, 5), probabilities=True, weight=True, label_smoothing=0.3),
+    _cross_entropy("probabilities, 2-D maps, none", (2, 3, 4, 4), probabilities=True, reduction="none"),
+    Case("mse_loss", BF.mse_loss, F.mse_loss, lambda d, t: (_randn(3, 4)(d, t), _randn(3, 4)(d, t))),
+    _mse("weight, sum", reduction="sum"),
+    _mse("weight, mean"),
+    Case("mse_loss none", BF.mse_loss, F.mse_loss, lambda d, t: (_randn(3, 4)(d, t), _randn(3, 4)(d, t)),
+         {"reduction": "none"}),
 ]  # fmt: skip
 
 
@@ -95,14 +185,14 @@ def compare_with_native(case: Case, device="cpu", dtype=torch.float32, grad_outp
     ``grad_output_transform`` may reshape the layout of the upstream gradient (e.g. make it non-contiguous).
     """
     manual_inputs = case.inputs(device, dtype)
-    native_inputs = tuple(a.detach().clone().requires_grad_() for a in manual_inputs)
+    native_inputs = tuple(a.detach().clone().requires_grad_(a.requires_grad) for a in manual_inputs)
     manual_out = case.manual(*manual_inputs, **case.options)
     native_out = case.native(*native_inputs, **case.options)
     grad_output = torch.randn_like(native_out)
     if grad_output_transform is not None:
         grad_output = grad_output_transform(grad_output)
-    manual_grads = torch.autograd.grad(manual_out, manual_inputs, grad_output)
-    native_grads = torch.autograd.grad(native_out, native_inputs, grad_output)
+    manual_grads = torch.autograd.grad(manual_out, [a for a in manual_inputs if a.requires_grad], grad_output)
+    native_grads = torch.autograd.grad(native_out, [a for a in native_inputs if a.requires_grad], grad_output)
     forward_error = (manual_out - native_out).abs().max().item() if native_out.numel() else 0.0
     grad_errors = {
         i: ((m - n).abs().max().item() if n.numel() else 0.0)

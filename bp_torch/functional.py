@@ -1,4 +1,5 @@
-"""``torch.nn.functional``'s conv2d, avg_pool2d, sigmoid and linear, with hand-derived backward passes.
+"""``torch.nn.functional``'s conv2d, avg_pool2d, sigmoid and linear (the notes' operations); relu, leaky_relu, tanh,
+dropout, softmax, log_softmax, nll_loss, cross_entropy and mse_loss (eq. D1–D12, ours): hand-derived backward passes.
 
 Same signatures, defaults, shapes (unbatched inputs too), dtypes, devices and memory formats as
 ``torch.nn.functional``; bad arguments raise the exception type torch raises, with a message naming the argument.
@@ -17,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import warnings
 from contextlib import nullcontext
 
 import torch
@@ -25,15 +27,36 @@ from torch.overrides import handle_torch_function, has_torch_function_unary, has
 
 from bp_torch._arguments import (
     check_conv2d,
+    check_dropout_probability,
+    check_inplace,
     check_linear,
     check_pool_input,
     check_same_dtype_and_device,
+    check_tensor,
+    check_weight_not_differentiable,
     pool2d_arguments,
+    reduction_of,
 )
 from bp_torch._function import apply
-from bp_torch.autograd import AvgPool2dFunction, Conv2dFunction, LinearFunction, SigmoidFunction
+from bp_torch.autograd import (
+    AvgPool2dFunction,
+    Conv2dFunction,
+    CrossEntropyFunction,
+    DropoutFunction,
+    LeakyReluFunction,
+    LinearFunction,
+    LogSoftmaxFunction,
+    MSELossFunction,
+    NllLossFunction,
+    ReluFunction,
+    SigmoidFunction,
+    SoftmaxFunction,
+    TanhFunction,
+)
 
 __all__ = ["conv2d", "avg_pool2d", "sigmoid", "linear"]
+__all__ += ["relu", "relu_", "leaky_relu", "leaky_relu_", "tanh", "dropout"]
+__all__ += ["softmax", "log_softmax", "nll_loss", "cross_entropy", "mse_loss"]
 
 
 def _autocast_lower_precision(*tensors: torch.Tensor | None):
@@ -194,3 +217,319 @@ def linear(input, weight, bias=None) -> torch.Tensor:
     with autocast_off:
         out = apply(LinearFunction, input, weight, bias)
     return out.squeeze(-1) if vector_weight else out
+
+
+# --- activations and dropout (docs/derivation.md eq. D1–D4) --------------------------------------------------------
+
+
+def _maybe_inplace(function, input: torch.Tensor, *args, inplace: bool) -> torch.Tensor:
+    """``function(input, *args, inplace)``. In place, torch's leaf check first; under torch.func or torch.compile,
+    which cannot save an input a setup_context Function returns as-is, the Function runs out of place on a copy
+    (which it may save: ``input`` is overwritten next) and its output is copied back into ``input``."""
+    if not inplace:
+        return apply(function, input, *args, False)
+    check_inplace(input)
+    if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
+        return input.copy_(apply(function, input.clone(), *args, False))
+    return apply(function, input, *args, True)
+
+
+def relu(input, inplace=False) -> torch.Tensor:
+    """max(0, x), as :func:`torch.nn.functional.relu`; backward δ ⊙ 1[x > 0] from the saved output (eq. D1).
+
+    Args:
+        input: any shape.
+        inplace: overwrite ``input`` (its backward reads the output, which then is ``input``).
+
+    Example::
+
+        >>> relu(torch.tensor([-1.0, 0.0, 2.0]))
+        tensor([0., 0., 2.])
+    """
+    if has_torch_function_unary(input):
+        return handle_torch_function(relu, (input,), input, inplace=inplace)
+    check_tensor(input, "input", "relu")
+    return _maybe_inplace(ReluFunction, input, inplace=bool(inplace))
+
+
+def relu_(input) -> torch.Tensor:
+    """In-place :func:`relu`, as :func:`torch.nn.functional.relu_`."""
+    return relu(input, inplace=True)
+
+
+def leaky_relu(input, negative_slope=0.01, inplace=False) -> torch.Tensor:
+    """x if x > 0 else negative_slope·x, as :func:`torch.nn.functional.leaky_relu`; backward δ where x > 0,
+    negative_slope·δ elsewhere (eq. D2).
+
+    Args:
+        input: any shape.
+        negative_slope: α, the slope for x ≤ 0.
+        inplace: overwrite ``input``; its backward then reads the sign of the output, so (as in torch) a negative
+            slope raises when the backward runs.
+
+    Example::
+
+        >>> leaky_relu(torch.tensor([-1.0, 2.0]), 0.1)
+        tensor([-0.1000,  2.0000])
+    """
+    if has_torch_function_unary(input):
+        return handle_torch_function(leaky_relu, (input,), input, negative_slope=negative_slope, inplace=inplace)
+    check_tensor(input, "input", "leaky_relu")
+    return _maybe_inplace(LeakyReluFunction, input, float(negative_slope), inplace=bool(inplace))
+
+
+def leaky_relu_(input, negative_slope=0.01) -> torch.Tensor:
+    """In-place :func:`leaky_relu`, as :func:`torch.nn.functional.leaky_relu_`."""
+    return leaky_relu(input, negative_slope, inplace=True)
+
+
+def tanh(input) -> torch.Tensor:
+    """tanh, as :func:`torch.tanh` (complex too); backward δ·(1 − y²) from the saved output, conjugated for complex
+    inputs (eq. D3).
+
+    Example::
+
+        >>> tanh(torch.zeros(2))
+        tensor([0., 0.])
+    """
+    if has_torch_function_unary(input):
+        return handle_torch_function(tanh, (input,), input)
+    check_tensor(input, "input", "tanh")
+    return apply(TanhFunction, input)
+
+
+def dropout(input, p=0.5, training=True, inplace=False) -> torch.Tensor:
+    """Zero each element with probability p and scale the rest by 1/(1 − p), as :func:`torch.nn.functional.dropout`;
+    backward δ times the same scaled mask (eq. D4).
+
+    The mask is drawn as torch's dropout draws it on the CPU (and in place on any device): ``bernoulli_(1 − p)`` on
+    an ``empty_like(input)``, divided by 1 − p. So with the same seed a CPU run gives native's very mask, and under
+    ``torch.func.vmap`` the ``randomness`` argument rules the draw as it rules torch's. (torch's out-of-place CUDA
+    dropout draws in a fused kernel that also computes the output; there the masks differ from native's, not their
+    distribution.)
+
+    Args:
+        input: any shape.
+        p: the probability of an element to be zeroed, in [0, 1].
+        training: apply dropout; if False (or p = 0, or no elements) the input is returned as it is, as by torch.
+        inplace: overwrite ``input``.
+
+    Example::
+
+        >>> dropout(torch.ones(4), p=0.5, training=False)
+        tensor([1., 1., 1., 1.])
+    """
+    if has_torch_function_unary(input):
+        return handle_torch_function(dropout, (input,), input, p=p, training=training, inplace=inplace)
+    check_dropout_probability(p)
+    check_tensor(input, "input", "dropout")
+    if not training or p == 0 or input.numel() == 0:
+        return input
+    if p == 1:
+        noise = torch.zeros((), dtype=input.dtype, device=input.device)  # torch multiplies by a zero scalar too
+    else:
+        noise = torch.empty_like(input).bernoulli_(1 - p).div_(1 - p)  # eq. D4: m / (1 − p), drawn as torch draws it
+    return _maybe_inplace(DropoutFunction, input, noise, inplace=bool(inplace))
+
+
+# --- softmax and the losses (Note B eq. 13–16; docs/derivation.md eq. D5–D12) -------------------------------------
+
+# Autocast's float32 policy for these ops (torch's cast lists, aten/src/ATen/autocast_mode.cpp): the losses run in
+# float32 on CPU and CUDA; softmax and log_softmax only on CUDA (its fp32_set_opt_dtype, when no dtype is given).
+# On CUDA torch's cross_entropy keeps its log_softmax in the half dtype and casts for nll_loss; ours casts the logits
+# first: the same float32 loss, a little more precise.
+_FLOAT32_UNDER_AUTOCAST = {
+    "mse_loss": ("cpu", "cuda"),
+    "nll_loss": ("cpu", "cuda"),
+    "cross_entropy": ("cpu", "cuda"),
+    "softmax": ("cuda",),
+    "weighted mse_loss": ("cuda",),  # torch composes it of ops of which CUDA's list holds pow
+}
+
+
+def _autocast_float32(op: str, *tensors: torch.Tensor | None):
+    """Cast as autocast casts an op on its float32 list, then run with autocast off (the casts are recorded by
+    autograd; gradients come back in each argument's own dtype). float64 and non-float tensors are left alone."""
+    device_type = tensors[0].device.type
+    if device_type not in _FLOAT32_UNDER_AUTOCAST[op] or not torch.is_autocast_enabled(device_type):
+        return tensors, nullcontext()
+    low = (torch.float16, torch.bfloat16)
+    cast = tuple(t.float() if t is not None and t.dtype in low else t for t in tensors)
+    return cast, torch.autocast(device_type, enabled=False)
+
+
+def _softmax_input(name: str, input, dim, stacklevel: int, dtype):
+    """The input cast to ``dtype`` (or float32 as CUDA autocast does) and the dimension, by torch's rules."""
+    check_tensor(input, "input", name)
+    if dim is None:
+        dim = F._get_softmax_dim(name, input.dim(), stacklevel + 1)
+    if dtype is not None:
+        return input.to(dtype), dim, nullcontext()
+    (input,), autocast_off = _autocast_float32("softmax", input)
+    return input, dim, autocast_off
+
+
+def softmax(input, dim=None, _stacklevel=3, dtype=None) -> torch.Tensor:
+    """e^x / Σ e^x along ``dim``, as :func:`torch.nn.functional.softmax`; backward p ⊙ δ − p Σ p ⊙ δ from the saved
+    output (eq. D5).
+
+    Args:
+        input: any shape.
+        dim: the dimension that sums to 1 (torch's deprecated default if None).
+        dtype: cast the input to this dtype first.
+
+    Example::
+
+        >>> softmax(torch.zeros(1, 4), dim=1)
+        tensor([[0.2500, 0.2500, 0.2500, 0.2500]])
+    """
+    if has_torch_function_unary(input):
+        return handle_torch_function(softmax, (input,), input, dim=dim, _stacklevel=_stacklevel, dtype=dtype)
+    input, dim, autocast_off = _softmax_input("softmax", input, dim, _stacklevel, dtype)
+    with autocast_off:
+        return apply(SoftmaxFunction, input, dim)
+
+
+def log_softmax(input, dim=None, _stacklevel=3, dtype=None) -> torch.Tensor:
+    """x − log Σ e^x along ``dim``, as :func:`torch.nn.functional.log_softmax`; backward δ − p Σ δ with p = e^y from
+    the saved output (eq. D6).
+
+    Args:
+        input: any shape.
+        dim: the dimension normalised over (torch's deprecated default if None).
+        dtype: cast the input to this dtype first.
+
+    Example::
+
+        >>> log_softmax(torch.zeros(1, 2), dim=1)
+        tensor([[-0.6931, -0.6931]])
+    """
+    if has_torch_function_unary(input):
+        return handle_torch_function(log_softmax, (input,), input, dim=dim, _stacklevel=_stacklevel, dtype=dtype)
+    input, dim, autocast_off = _softmax_input("log_softmax", input, dim, _stacklevel, dtype)
+    with autocast_off:
+        return apply(LogSoftmaxFunction, input, dim)
+
+
+def _class_inputs(input, target):
+    """An unbatched ``(C,)`` input as a batch of one (its target too): the Functions read classes along dim 1."""
+    if input.dim() == 1 and (target.dim() == 0 or target.shape == input.shape):
+        return input.unsqueeze(0), target.unsqueeze(0), True
+    return input, target, False
+
+
+def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
+             reduction="mean") -> torch.Tensor:  # fmt: skip
+    """Negative log-likelihood of class indices, as :func:`torch.nn.functional.nll_loss`; backward −w_t/D at each
+    target class and zero elsewhere (eq. D9).
+
+    Args:
+        input: log-probabilities ``(N, C)``, ``(N, C, d1, ...)`` or unbatched ``(C,)``.
+        target: class indices (int64 or uint8) ``(N)``, ``(N, d1, ...)`` or ``()``.
+        weight: optional ``(C,)`` weight of each class.
+        ignore_index: targets equal to it add nothing, not even to the mean's denominator.
+        reduction: ``"none"``, ``"mean"`` (over Σ w_t of the kept targets) or ``"sum"``.
+
+    Example::
+
+        >>> nll_loss(torch.log(torch.tensor([[0.5, 0.5]])), torch.tensor([1]))
+        tensor(0.6931)
+    """
+    if has_torch_function_variadic(input, target, weight):
+        return handle_torch_function(nll_loss, (input, target, weight), input, target, weight=weight,
+                                     size_average=size_average, ignore_index=ignore_index, reduce=reduce,
+                                     reduction=reduction)  # fmt: skip
+    for name, t in (("input", input), ("target", target)):
+        check_tensor(t, name, "nll_loss")
+    reduction = reduction_of(reduction, size_average, reduce)
+    check_weight_not_differentiable(weight)
+    input, target, unbatched = _class_inputs(input, target)
+    (input, weight), autocast_off = _autocast_float32("nll_loss", input, weight)
+    with autocast_off:
+        out = apply(NllLossFunction, input, target, weight, reduction, int(ignore_index))
+    return out.squeeze(0) if unbatched and reduction == "none" else out
+
+
+def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
+                  label_smoothing=0.0) -> torch.Tensor:  # fmt: skip
+    """Softmax cross-entropy of logits, as :func:`torch.nn.functional.cross_entropy`; backward (s·p − a)/D: the
+    softmax minus the (weighted, smoothed) targets over the mean's denominator (eq. D10–D12).
+
+    Args:
+        input: logits ``(N, C)``, ``(N, C, d1, ...)`` or unbatched ``(C,)``.
+        target: class indices (int64 or uint8) of shape ``(N)``, ``(N, d1, ...)`` or ``()``; or class probabilities
+            of the input's shape (then differentiable too).
+        weight: optional ``(C,)`` weight of each class.
+        ignore_index: class-index targets equal to it add nothing, not even to the mean's denominator.
+        reduction: ``"none"``, ``"mean"`` (class indices: over Σ w_t of the kept targets; probabilities: over the
+            positions) or ``"sum"``.
+        label_smoothing: ε in [0, 1]: the targets become (1 − ε)·targets + ε/C.
+
+    Example::
+
+        >>> cross_entropy(torch.zeros(1, 4), torch.tensor([2]))
+        tensor(1.3863)
+    """
+    if has_torch_function_variadic(input, target, weight):
+        return handle_torch_function(cross_entropy, (input, target, weight), input, target, weight=weight,
+                                     size_average=size_average, ignore_index=ignore_index, reduce=reduce,
+                                     reduction=reduction, label_smoothing=label_smoothing)  # fmt: skip
+    for name, t in (("input", input), ("target", target)):
+        check_tensor(t, name, "cross_entropy")
+    reduction = reduction_of(reduction, size_average, reduce)
+    if target.shape != input.shape:  # class indices: no gradient for the weight, as in torch
+        check_weight_not_differentiable(weight)
+    input, target, unbatched = _class_inputs(input, target)
+    probabilities = target.shape == input.shape
+    (input, weight, *soft), autocast_off = _autocast_float32(
+        "cross_entropy", input, weight, *((target,) if probabilities else ())
+    )
+    target = soft[0] if probabilities else target
+    # torch ignores a negative smoothing and refuses one above 1 (in its forward, which our forward is)
+    smoothing = float(label_smoothing) if label_smoothing > 0 else 0.0
+    with autocast_off:
+        out = apply(CrossEntropyFunction, input, target, weight, reduction, int(ignore_index), smoothing)
+    return out.squeeze(0) if unbatched and reduction == "none" else out
+
+
+def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None) -> torch.Tensor:
+    """Mean squared error Σ w(ŷ − y)²/D, as :func:`torch.nn.functional.mse_loss` (no ½: Note B's L = ½Σ(ŷ − y)² is
+    half its ``"sum"``); backward 2w(ŷ − y)/D for ŷ, its negative for y (Note B eq. 13–16, eq. D7), and the
+    weight's (eq. D8).
+
+    Args:
+        input, target: ŷ and y, broadcast against each other (with torch's warning if their sizes differ).
+        reduction: ``"none"``, ``"mean"`` (over the elements, or over Σw with a weight) or ``"sum"``.
+        weight: optional, of the input's size: each squared error's weight.
+
+    Example::
+
+        >>> mse_loss(torch.tensor([1.0, 3.0]), torch.tensor([0.0, 0.0]))
+        tensor(5.)
+    """
+    if has_torch_function_variadic(input, target, weight):
+        return handle_torch_function(mse_loss, (input, target, weight), input, target, size_average=size_average,
+                                     reduce=reduce, reduction=reduction, weight=weight)  # fmt: skip
+    for name, t in (("input", input), ("target", target)):
+        check_tensor(t, name, "mse_loss")
+    if target.size() != input.size():
+        warnings.warn(
+            f"Using a target size ({target.size()}) that is different to the input size ({input.size()}). "
+            "This will likely lead to incorrect results due to broadcasting. "
+            "Please ensure they have the same size.",
+            stacklevel=2,
+        )
+    if weight is None or size_average is not None or reduce is not None:  # torch's weighted form checks its own
+        reduction = reduction_of(reduction, size_average, reduce)
+    input, target = torch.broadcast_tensors(input, target)
+    if weight is not None:
+        check_tensor(weight, "weight", "mse_loss")
+        if weight.size() != input.size():
+            raise ValueError("Weights and input must have the same size.")
+        if reduction not in ("none", "mean", "sum"):
+            raise ValueError(f"Invalid reduction mode: {reduction}. Expected one of 'none', 'mean', 'sum'.")
+    (input, target, weight), autocast_off = _autocast_float32(
+        "mse_loss" if weight is None else "weighted mse_loss", input, target, weight
+    )
+    with autocast_off:
+        return apply(MSELossFunction, input, target, weight, reduction)

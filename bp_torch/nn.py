@@ -1,4 +1,5 @@
-"""``torch.nn``'s Conv2d, AvgPool2d, Sigmoid and Linear with the hand-derived backward, and ``convert()``.
+"""``torch.nn``'s Conv2d, AvgPool2d, Sigmoid and Linear, and ReLU, LeakyReLU, Tanh, Dropout, Softmax, LogSoftmax,
+MSELoss, NLLLoss and CrossEntropyLoss, with the hand-derived backward; and ``convert()``.
 
 Each class subclasses its ``torch.nn`` twin and keeps torch's ``__init__`` untouched: constructor arguments,
 defaults, parameter initialisation, ``state_dict`` keys, ``repr`` and ``isinstance`` checks are torch's own. Only
@@ -25,6 +26,7 @@ from torch import nn
 from bp_torch import functional as BF
 
 __all__ = ["Conv2d", "AvgPool2d", "Sigmoid", "Linear", "convert", "to_native", "Conversion"]
+__all__ += ["ReLU", "LeakyReLU", "Tanh", "Dropout", "Softmax", "LogSoftmax", "MSELoss", "NLLLoss", "CrossEntropyLoss"]
 
 
 class Conv2d(nn.Conv2d):
@@ -71,6 +73,81 @@ class Linear(nn.Linear):
         return BF.linear(input, self.weight, self.bias)
 
 
+# activations, dropout, softmax and the losses (docs/derivation.md eq. D1–D12; the squared error is Note B eq. 13–16)
+
+
+class ReLU(nn.ReLU):
+    """:class:`torch.nn.ReLU` whose forward is :func:`bp_torch.functional.relu` (eq. D1)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return BF.relu(input, inplace=self.inplace)
+
+
+class LeakyReLU(nn.LeakyReLU):
+    """:class:`torch.nn.LeakyReLU` whose forward is :func:`bp_torch.functional.leaky_relu` (eq. D2)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return BF.leaky_relu(input, self.negative_slope, self.inplace)
+
+
+class Tanh(nn.Tanh):
+    """:class:`torch.nn.Tanh` whose forward is :func:`bp_torch.functional.tanh` (eq. D3)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return BF.tanh(input)
+
+
+class Dropout(nn.Dropout):
+    """:class:`torch.nn.Dropout` whose forward is :func:`bp_torch.functional.dropout` (eq. D4): the same masks as
+    torch's on the CPU for the same seed; identity in eval mode."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return BF.dropout(input, self.p, self.training, self.inplace)
+
+
+class Softmax(nn.Softmax):
+    """:class:`torch.nn.Softmax` whose forward is :func:`bp_torch.functional.softmax` (eq. D5)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return BF.softmax(input, self.dim, _stacklevel=5)
+
+
+class LogSoftmax(nn.LogSoftmax):
+    """:class:`torch.nn.LogSoftmax` whose forward is :func:`bp_torch.functional.log_softmax` (eq. D6)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return BF.log_softmax(input, self.dim, _stacklevel=5)
+
+
+class MSELoss(nn.MSELoss):
+    """:class:`torch.nn.MSELoss` whose forward is :func:`bp_torch.functional.mse_loss` (Note B eq. 13–16, eq. D7)."""
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return BF.mse_loss(input, target, reduction=self.reduction)
+
+
+class NLLLoss(nn.NLLLoss):
+    """:class:`torch.nn.NLLLoss` whose forward is :func:`bp_torch.functional.nll_loss` (eq. D9)."""
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return BF.nll_loss(input, target, weight=self.weight, ignore_index=self.ignore_index, reduction=self.reduction)
+
+
+class CrossEntropyLoss(nn.CrossEntropyLoss):
+    """:class:`torch.nn.CrossEntropyLoss` whose forward is :func:`bp_torch.functional.cross_entropy` (eq. D10–D12):
+    backward the softmax minus the (weighted, smoothed) targets."""
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return BF.cross_entropy(
+            input,
+            target,
+            weight=self.weight,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
+        )
+
+
 # The one table both directions read. Matching is by exact type: a user's subclass of nn.Conv2d (weight
 # standardisation, a parametrized layer's generated class ...) has its own forward, which a swap would silently drop,
 # so it is left native and listed in the summary.
@@ -79,6 +156,16 @@ TWINS: dict[type[nn.Module], type[nn.Module]] = {
     nn.AvgPool2d: AvgPool2d,
     nn.Sigmoid: Sigmoid,
     nn.Linear: Linear,
+    # activations, dropout, softmax and the losses
+    nn.ReLU: ReLU,
+    nn.LeakyReLU: LeakyReLU,
+    nn.Tanh: Tanh,
+    nn.Dropout: Dropout,
+    nn.Softmax: Softmax,
+    nn.LogSoftmax: LogSoftmax,
+    nn.MSELoss: MSELoss,
+    nn.NLLLoss: NLLLoss,
+    nn.CrossEntropyLoss: CrossEntropyLoss,
 }
 
 
@@ -118,7 +205,8 @@ def _swap(model: nn.Module, table: dict[type[nn.Module], type[nn.Module]]) -> tu
 
 
 def convert(model: nn.Module) -> tuple[nn.Module, Conversion]:
-    """Swap, in place, every ``torch.nn`` Conv2d, AvgPool2d, Sigmoid and Linear in ``model`` for its bp_torch twin.
+    """Swap, in place, every ``torch.nn`` module of ``TWINS`` in ``model`` (Conv2d, AvgPool2d, Sigmoid, Linear, ReLU,
+    LeakyReLU, Tanh, Dropout, Softmax, LogSoftmax and the losses) for its bp_torch twin.
 
     The modules stay the same objects, so parameters and buffers are shared, not copied: an optimizer built before
     the conversion trains the converted model. Only exact types are swapped; subclasses and every other layer stay
@@ -130,9 +218,9 @@ def convert(model: nn.Module) -> tuple[nn.Module, Conversion]:
     Example::
 
         >>> import torch
-        >>> model, summary = convert(torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.ReLU()))
+        >>> model, summary = convert(torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.GELU()))
         >>> type(model[0]).__module__, summary.swapped, summary.left
-        ('bp_torch.nn', {'Linear': ['0']}, {'ReLU': ['1']})
+        ('bp_torch.nn', {'Linear': ['0']}, {'GELU': ['1']})
     """
     return _swap(model, TWINS)
 

@@ -8,6 +8,7 @@ from bp_torch import functional as BF
 
 x4 = torch.randn(2, 4, 8, 8)
 w = torch.randn(6, 4, 3, 3)
+logits, classes = torch.randn(4, 5), torch.tensor([0, 4, 2, 1])
 
 # (name, call with module `f`, words our message must contain)
 CASES = [
@@ -37,6 +38,27 @@ CASES = [
     ("linear dtype", lambda f: f.linear(torch.randn(3, 4), torch.randn(5, 4).double()), ["dtype", "float64"]),
     ("linear bias", lambda f: f.linear(torch.randn(3, 4), torch.randn(5, 4), torch.randn(4)), ["bias", "[4]"]),
     ("linear weight rank", lambda f: f.linear(torch.randn(3, 4), torch.randn(1, 5, 4)), ["weight", "[1, 5, 4]"]),
+    # beyond the notes: torch's own checks, raised before or in the Function's forward
+    ("dropout p", lambda f: f.dropout(x4, 1.5), ["1.5"]),
+    ("dropout negative p", lambda f: f.dropout(x4, -0.1), ["-0.1"]),
+    ("relu complex", lambda f: f.relu(torch.randn(3, dtype=torch.cfloat)), ["complex"]),
+    ("ce reduction", lambda f: f.cross_entropy(logits, classes, reduction="avg"), ["avg"]),
+    ("ce smoothing", lambda f: f.cross_entropy(logits, classes, label_smoothing=1.5), ["label_smoothing", "1.5"]),
+    ("ce weight size", lambda f: f.cross_entropy(logits, classes, torch.ones(3)), ["weight", "[3]"]),
+    ("ce target dtype", lambda f: f.cross_entropy(logits, classes.int()), ["target", "Int"]),
+    ("ce batch sizes", lambda f: f.cross_entropy(logits, classes[:3]), ["batch_size", "(4)", "(3)"]),
+    ("ce class out of range", lambda f: f.cross_entropy(logits, classes + 5), ["Target", "out of bounds"]),
+    ("ce probabilities ignore_index", lambda f: f.cross_entropy(logits, logits.softmax(1), ignore_index=1),
+     ["ignore_index"]),
+    ("ce weight requires grad", lambda f: f.cross_entropy(logits, classes, torch.ones(5, requires_grad=True)),
+     ["weight", "requires_grad"]),
+    ("nll weight size", lambda f: f.nll_loss(logits, classes, torch.ones(6)), ["weight", "[6]"]),
+    ("nll input rank", lambda f: f.nll_loss(torch.randn(()), classes), ["dimensions"]),
+    ("mse weight size", lambda f: f.mse_loss(logits, logits, weight=torch.ones(5)), ["Weights"]),
+    ("mse shapes", lambda f: f.mse_loss(logits, torch.randn(3, 5)), ["size"]),
+    ("mse reduction", lambda f: f.mse_loss(logits, logits, reduction="avg"), ["avg"]),
+    ("mse weighted reduction", lambda f: f.mse_loss(logits, logits, reduction="avg", weight=logits), ["avg"]),
+    ("softmax dim", lambda f: f.softmax(logits, dim=2), ["Dimension out of range", "2"]),
 ]  # fmt: skip
 
 
@@ -64,6 +86,10 @@ def test_pool_rank_error():
         (lambda: BF.conv2d(x4, w, groups=1.5), "groups"),
         (lambda: BF.linear(x4, None), "weight"),
         (lambda: BF.sigmoid(0.5), "input"),
+        (lambda: BF.relu([1.0]), "input"),
+        (lambda: BF.tanh(1.0), "input"),
+        (lambda: BF.cross_entropy(logits, [0, 1, 2, 3]), "target"),
+        (lambda: BF.mse_loss(1.0, logits), "input"),
     ],
 )
 def test_wrong_types_raise_type_error_naming_the_argument(call, name):

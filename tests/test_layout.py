@@ -11,7 +11,8 @@ import pytest
 
 import bp_torch
 
-LIBRARY = ["bp_torch", "bp_torch.functional", "bp_torch.nn", "bp_torch.models", "bp_torch.check", "bp_torch.dense"]
+LIBRARY = ["bp_torch", "bp_torch.functional", "bp_torch.nn", "bp_torch.models", "bp_torch.check", "bp_torch.dense",
+           "bp_torch.audit"]  # fmt: skip
 APPLICATION_DEPENDENCIES = ["torchvision", "tensorboard", "tqdm", "matplotlib"]
 
 

@@ -56,6 +56,13 @@ MODULES = [
     ("Sigmoid", (), {}, (2, 3, 4)),
     ("Linear", (5, 3), {}, (4, 5)),
     ("Linear", (5, 3), {"bias": False}, (2, 4, 5)),
+    # beyond the notes (eq. D1–D6)
+    ("ReLU", (), {}, (2, 3, 4)),
+    ("LeakyReLU", (0.2,), {}, (2, 3, 4)),
+    ("Tanh", (), {}, (3, 4)),
+    ("Dropout", (0.3,), {}, (2, 3, 4)),  # train mode; forward_backward reseeds: the same mask both ways
+    ("Softmax", (1,), {}, (2, 3, 4)),
+    ("LogSoftmax", (), {"dim": -1}, (2, 5)),
 ]
 
 
@@ -75,6 +82,33 @@ def test_module_matches_torch(name, args, kwargs, shape, dtype, device):
         assert torch.equal(p, q)
     x = torch.randn(shape, device=device, dtype=dtype)
     assert_same(forward_backward(native, x), forward_backward(manual, x))  # assert_close's per-dtype defaults
+
+
+CLASS_WEIGHT = torch.linspace(0.5, 1.5, 5)
+LOSSES = [
+    ("MSELoss", {}, lambda: (torch.randn(4, 3), torch.randn(4, 3))),
+    ("MSELoss", {"reduction": "sum"}, lambda: (torch.randn(4, 3), torch.randn(4, 3))),
+    ("NLLLoss", {"weight": CLASS_WEIGHT, "ignore_index": 2}, lambda: (torch.randn(6, 5), torch.randint(0, 5, (6,)))),
+    ("CrossEntropyLoss", {}, lambda: (torch.randn(6, 5), torch.randint(0, 5, (6,)))),
+    ("CrossEntropyLoss", {"weight": CLASS_WEIGHT, "ignore_index": 1, "label_smoothing": 0.2, "reduction": "none"},
+     lambda: (torch.randn(2, 5, 3, 3), torch.randint(0, 5, (2, 3, 3)))),
+    ("CrossEntropyLoss", {"label_smoothing": 0.1}, lambda: (torch.randn(6, 5), torch.rand(6, 5).softmax(1))),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "kwargs", "make"), LOSSES, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(LOSSES)])
+def test_loss_module_matches_torch(name, kwargs, make):
+    native, manual = getattr(nn, name)(**kwargs), getattr(bnn, name)(**kwargs)
+    assert isinstance(manual, getattr(nn, name)) and repr(manual) == repr(native)
+    assert manual.state_dict().keys() == native.state_dict().keys()  # the class weight is a buffer in both
+    x, target = make()
+    results = []
+    for module in (native, manual):
+        leaf = x.clone().requires_grad_()
+        out = module(leaf, target)
+        results.append((out, torch.autograd.grad(out, leaf, torch.ones_like(out))[0]))
+    torch.testing.assert_close(results[1], results[0])
+    assert type(results[1][0].grad_fn).__name__.endswith("FunctionBackward")
 
 
 def test_manual_modules_use_our_backward():
@@ -124,14 +158,21 @@ def test_convert_swaps_in_place_and_shares_everything():
         bnn.Conv2d,
         bnn.Sigmoid,
         bnn.AvgPool2d,
+        bnn.ReLU,
         bnn.Conv2d,
         bnn.Linear,
     ]
     assert all(p is params[name] for name, p in model.named_parameters())
     assert all(b is buffers[name] for name, b in model.named_buffers())
     assert not any(m.training for m in model.modules())
-    assert summary.swapped == {"Conv2d": ["0", "5.0"], "Sigmoid": ["1"], "AvgPool2d": ["2"], "Linear": ["6"]}
-    assert summary.left == {"BatchNorm2d": ["3"], "ReLU": ["4"], "Flatten": ["5.2"]}
+    assert summary.swapped == {
+        "Conv2d": ["0", "5.0"],
+        "Sigmoid": ["1"],
+        "AvgPool2d": ["2"],
+        "ReLU": ["4"],
+        "Linear": ["6"],
+    }
+    assert summary.left == {"BatchNorm2d": ["3"], "Flatten": ["5.2"]}
     assert "Conv2d x2: 0, 5.0" in str(summary)
 
     model.train()
@@ -151,7 +192,13 @@ def test_to_native_round_trip():
     native, summary = bnn.to_native(model)
     assert native is model
     assert [type(m) for m in model.modules()] == [type(m) for m in reference.modules()]
-    assert summary.swapped == {"Conv2d": ["0", "5.0"], "Sigmoid": ["1"], "AvgPool2d": ["2"], "Linear": ["6"]}
+    assert summary.swapped == {
+        "Conv2d": ["0", "5.0"],
+        "Sigmoid": ["1"],
+        "AvgPool2d": ["2"],
+        "ReLU": ["4"],
+        "Linear": ["6"],
+    }
     assert repr(model) == repr(reference)
     assert_same(forward_backward(reference, x), forward_backward(model, x), rtol=0, atol=0)
     model.load_state_dict(reference.state_dict())  # same keys, both ways
@@ -176,12 +223,13 @@ def test_convert_leaves_subclasses_native():
 
 TORCHVISION = [
     # (constructor, input size, what convert must swap): weights=None, small inputs; the adaptive pools, batch
-    # norms, max pools and activations other than sigmoid stay native. VGG adds nothing AlexNet lacks but time.
-    (tvm.alexnet, 64, {"Conv2d": 5, "Linear": 3}),
-    (tvm.resnet18, 32, {"Conv2d": 20, "Linear": 1}),
-    (tvm.mobilenet_v2, 32, {"Conv2d": 52, "Linear": 1}),  # 17 depthwise convolutions
+    # norms, max pools and ReLU6 stay native (resnet's blocks each use one ReLU module twice: 9 modules). VGG adds
+    # nothing AlexNet lacks but time.
+    (tvm.alexnet, 64, {"Conv2d": 5, "ReLU": 7, "Dropout": 2, "Linear": 3}),  # dropout: the same masks both ways
+    (tvm.resnet18, 32, {"Conv2d": 20, "ReLU": 9, "Linear": 1}),
+    (tvm.mobilenet_v2, 32, {"Conv2d": 52, "Dropout": 1, "Linear": 1}),  # 17 depthwise convolutions
     # DenseNet's transitions are nn.AvgPool2d(2); a two-block DenseNet keeps the test quick
-    (lambda **kw: tvm.DenseNet(8, (2, 2), 16, **kw), 32, {"Conv2d": 10, "AvgPool2d": 1, "Linear": 1}),
+    (lambda **kw: tvm.DenseNet(8, (2, 2), 16, **kw), 32, {"Conv2d": 10, "ReLU": 10, "AvgPool2d": 1, "Linear": 1}),
 ]
 
 

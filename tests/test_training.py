@@ -27,7 +27,7 @@ from bp_torch.train import cli as train
 from bp_torch.train.config import PRESETS, Config, Loss
 from bp_torch.train.monitor import grad_check
 from bp_torch.train.resume import load_training_checkpoint
-from bp_torch.train.tensorboard import confusion_image, digits_image, filters_image
+from bp_torch.train.tensorboard import confusion_image, digits_image, error_map_images, filters_image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,6 +88,46 @@ def test_dry_run_trains_logs_and_checkpoints(fake_data, tmp_path, capsys):
     ckpt = load_training_checkpoint(tmp_path / "dry-run" / "dry" / "checkpoint.pt")  # apart from real runs
     assert ckpt["state"]["epoch"] == 1 and ckpt["state"]["step"] == 2
     assert list((tmp_path / "dry-run" / "dry").glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(tmp_path / "dry-run" / "dry"))
+    events.Reload()
+    assert {f"error_maps/{k}" for k in ("C1", "S1", "C2", "S2")} <= set(events.Tags()["images"])
+    assert "backward_graph/text_summary" in events.Tags()["tensors"]
+
+
+@pytest.mark.parametrize(
+    "impl, preset, expected",
+    [
+        ("manual", "default", "backward graph: 15 nodes, all hand-derived (8 derived, 7 structural); no aten"),
+        ("manual", "seed", "backward graph: 16 nodes, all hand-derived (9 derived, 7 structural); no aten"),
+        ("native", "default", "native: NllLossBackward0, LogSoftmaxBackward0, AddmmBackward0 (fc)"),
+    ],
+)
+def test_the_run_starts_with_the_audit_of_its_backward_graph(fake_data, tmp_path, capsys, impl, preset, expected):
+    args = _args(fake_data, tmp_path, "--dry-run", "--impl", impl, "--preset", preset, "--grad-check-interval", "0")
+    assert train.main(args) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("backward graph:")]
+    assert len(lines) == 1 and expected in lines[0]
+
+
+def test_error_maps_are_note_b_deltas(fake_data):
+    """The error maps show δ = ∂L/∂(layer output) of each probe digit: the S2 map equals autograd's gradient."""
+    torch.manual_seed(0)
+    model = LeNet("manual")
+    digits, labels = torch.rand(3, 1, 28, 28), torch.tensor([0, 5, 9])
+    loss_fn = Loss("ce", "manual")
+    images = error_map_images(model, digits, labels, loss_fn)
+    assert set(images) == {"C1", "S1", "C2", "S2"}
+    assert images["C1"].shape == (3, 3 * 58 + 2, 7 * 58 + 2) and images["S2"].shape == (3, 3 * 58 + 2, 13 * 58 + 2)
+    assert all(p.grad is None for p in model.parameters()) and model.training
+    S2 = model.pool2(model.act2(model.conv2(model.pool1(model.act1(model.conv1(digits))))))
+    (delta,) = torch.autograd.grad(loss_fn(model.fc(S2.flatten(1)), labels), S2)
+    # digit 0's row, map 0 (column 1; the digit is column 0): each tile 56 pixels and a 2-pixel gap; in a tile the
+    # 4x4 map is scaled by 6 and centred in 28 pixels (offset 2), then the tile by 2: δ[0, 0, 2, 2] covers 28..39
+    for digit, (i, j) in ((0, (2, 2)), (2, (0, 3))):
+        value = (delta[digit, 0, i, j] / delta[digit].abs().max()).item()  # each digit's layer on its own scale
+        pixel = images["S2"][:, 2 + digit * 58 + 2 * (2 + 6 * i) + 1, 2 + 58 + 2 * (2 + 6 * j) + 1]
+        expected = (1 - max(value, 0), 1 - abs(value), 1 - max(-value, 0))  # white 0, blue > 0, red < 0
+        torch.testing.assert_close(pixel, torch.tensor(expected), atol=1e-5, rtol=0)
 
 
 def test_runs_are_never_overwritten(fake_data, tmp_path, capsys):
@@ -283,6 +323,7 @@ def test_tensorboard_server_shows_the_run(fake_data, tmp_path, capsys):
         assert {"filters/C1", "filters/C2", "feature_maps/C1", "test/misclassified", "test/confusion_matrix"} <= set(
             images
         )
+        assert {"error_maps/C1", "error_maps/S1", "error_maps/C2", "error_maps/S2"} <= set(images)
     finally:
         server.kill()
         server.communicate(timeout=30)

@@ -6,15 +6,22 @@ convolutional layers) and Note B (Zhang, backpropagation in the LeNet CNN). One 
 - ``conv``: ``Conv2dFunction`` (Note A eq. 10, 14, 17, 35; Note B eq. 40, 45, 51) and its two gradients as
   Functions, ``Conv2dInputGradFunction`` and ``Conv2dWeightGradFunction``, so every order of derivative is ours;
 - ``pool``: ``AvgPool2dFunction`` (Note B eq. 32, 52);
-- ``activation``: ``SigmoidFunction`` (Note B eq. 37, 57);
-- ``linear``: ``LinearFunction`` (Note A eq. 5, 7, 8; Note B eq. 19, 24, 30).
+- ``activation``: ``SigmoidFunction`` (Note B eq. 37, 57); ``ReluFunction``, ``LeakyReluFunction``, ``TanhFunction``
+  (eq. D1–D3);
+- ``linear``: ``LinearFunction`` (Note A eq. 5, 7, 8; Note B eq. 19, 24, 30);
+- ``dropout``: ``DropoutFunction`` (eq. D4);
+- ``softmax``: ``SoftmaxFunction``, ``LogSoftmaxFunction`` (eq. D5, D6);
+- ``loss``: ``MSELossFunction`` (Note B eq. 13–16, eq. D7, D8), ``NllLossFunction`` (eq. D9),
+  ``CrossEntropyFunction`` (eq. D10–D12).
+
+Equations "D n" are ours, for the operations beyond the notes, derived in ``docs/derivation.md``.
 
 Every backward is written with forward tensor ops only (conv2d, matmul, pad, flip, sum ...): never autograd,
 ``torch.nn.grad``, ``torch.func`` or an ``aten.*_backward`` op. Arguments arrive validated and normalised by
 ``bp_torch.functional``.
 """
 
-from bp_torch.autograd.activation import SigmoidFunction
+from bp_torch.autograd.activation import LeakyReluFunction, ReluFunction, SigmoidFunction, TanhFunction
 from bp_torch.autograd.conv import (
     Conv2dFunction,
     Conv2dInputGradFunction,
@@ -22,8 +29,11 @@ from bp_torch.autograd.conv import (
     conv2d_input_grad,
     conv2d_weight_grad,
 )
+from bp_torch.autograd.dropout import DropoutFunction
 from bp_torch.autograd.linear import LinearFunction
+from bp_torch.autograd.loss import CrossEntropyFunction, MSELossFunction, NllLossFunction
 from bp_torch.autograd.pool import AvgPool2dFunction, avg_pool2d_divisor
+from bp_torch.autograd.softmax import LogSoftmaxFunction, SoftmaxFunction
 
 __all__ = [
     "Conv2dFunction",
@@ -35,4 +45,14 @@ __all__ = [
     "conv2d_input_grad",
     "conv2d_weight_grad",
     "avg_pool2d_divisor",
+    # beyond the notes (eq. D1–D12)
+    "ReluFunction",
+    "LeakyReluFunction",
+    "TanhFunction",
+    "DropoutFunction",
+    "SoftmaxFunction",
+    "LogSoftmaxFunction",
+    "MSELossFunction",
+    "NllLossFunction",
+    "CrossEntropyFunction",
 ]

@@ -1,8 +1,10 @@
-"""The sigmoid with the backward of Note B eq. 37/57: δ·σ(1−σ), from the saved output."""
+"""Activations: the sigmoid with the backward of Note B eq. 37/57, δ·σ(1−σ) from the saved output; ReLU, leaky ReLU
+and tanh with the backward of docs/derivation.md eq. D1–D3."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch.autograd import Function
 
 from bp_torch._formulas import is_literal
@@ -31,3 +33,115 @@ class SigmoidFunction(Function):
         # the same product as t − t·C with t = ΔC ⊙ C: two passes over memory, not three
         t = grad_output * out
         return torch.addcmul(t, t, out, value=-1)  # Note B eq. 37/57: ΔC ⊙ C(1−C) = t − t·C
+
+
+@with_direct_call
+class ReluFunction(Function):
+    """max(0, x); backward δ ⊙ 1[x > 0], read from the saved output (eq. D1). ``inplace`` overwrites x, as
+    ``torch.relu_`` does."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, inplace: bool):
+        return torch.relu_(input) if inplace else torch.relu(input)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, inplace = inputs
+        if inplace:
+            ctx.mark_dirty(input)
+        ctx.inplace = inplace
+        # y > 0 exactly where x > 0, so the output serves (in place, it is all that is left of x)
+        ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (out,) = ctx.saved_tensors
+        if is_literal():
+            return grad_output * (out > 0), None  # eq. D1: δ ⊙ 1[x > 0]
+        # y ≥ 0, so 1[y > 0] is sign(y): two float passes, where a boolean mask costs several times more on the CPU
+        # (a NaN input gives NaN here; torch's threshold_backward passes δ there)
+        return grad_output * out.sign(), None  # eq. D1: δ ⊙ 1[x > 0] = δ ⊙ sign(y)
+
+    @staticmethod
+    def jvp(ctx, input_t, _):
+        (out,) = ctx.saved_tensors
+        if ctx.inplace:  # an input changed in place has its tangent changed in place
+            return input_t.masked_fill_(out <= 0, 0)  # eq. D1, forward mode: ẋ ⊙ 1[x > 0]
+        return torch.where(out <= 0, 0, input_t)  # eq. D1, forward mode: ẋ ⊙ 1[x > 0]
+
+
+@with_direct_call
+class LeakyReluFunction(Function):
+    """x if x > 0 else α·x; backward δ where x > 0, α·δ elsewhere (eq. D2). In place, x is read back from the
+    output, which keeps its sign only for α ≥ 0 (torch refuses α < 0 there too)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, negative_slope: float, inplace: bool):
+        return F.leaky_relu_(input, negative_slope) if inplace else F.leaky_relu(input, negative_slope)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, negative_slope, inplace = inputs
+        if inplace:
+            ctx.mark_dirty(input)
+        ctx.negative_slope, ctx.inplace = negative_slope, inplace
+        ctx.save_for_backward(output if inplace else input)
+        ctx.save_for_forward(output if inplace else input)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        if ctx.inplace and ctx.negative_slope < 0:
+            raise RuntimeError(
+                "In-place leakyReLu backward calculation is triggered with a negative slope which is not supported. "
+                "This is caused by calling in-place forward function with a negative slope, please call "
+                "out-of-place version instead."
+            )
+        alpha = ctx.negative_slope
+        if is_literal():
+            return torch.where(x > 0, grad_output, grad_output * alpha), None, None  # eq. D2: δ or α·δ
+        # f'(x) = α + (1 − α)·1[x > 0], 1[x > 0] = max(sign(x), 0): float passes, as for ReLU (eq. D1)
+        slope = torch.clamp(x.sign(), min=0).mul_(1 - alpha).add_(alpha)  # (vmap batches no in-place clamp)
+        return grad_output * slope, None, None  # eq. D2: δ ⊙ (α + (1 − α)·1[x > 0])
+
+    @staticmethod
+    def jvp(ctx, input_t, _, __):
+        (x,) = ctx.saved_tensors
+        if ctx.inplace:  # an input changed in place has its tangent changed in place
+            return input_t.mul_(torch.where(x > 0, 1.0, ctx.negative_slope).to(input_t.dtype))  # eq. D2, fwd mode
+        return torch.where(x > 0, input_t, input_t * ctx.negative_slope)  # eq. D2, forward mode: ẋ or α·ẋ
+
+
+@with_direct_call
+class TanhFunction(Function):
+    """tanh(x); backward δ·(1 − y²) from the saved output, conjugated for complex x as torch does (eq. D3)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input):
+        return torch.tanh(input)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)  # tanh' = 1 − tanh²: the output is all the backward reads
+        ctx.save_for_forward(output)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (out,) = ctx.saved_tensors
+        if is_literal():
+            return grad_output * (1 - out * out).conj()  # eq. D3: δ ⊙ conj(1 − y²)
+        # the same product as δ − t·ȳ with t = δ ⊙ ȳ: two passes over memory, not four
+        y = out.conj()
+        return torch.addcmul(grad_output, grad_output * y, y, value=-1)  # eq. D3: δ ⊙ (1 − ȳ²) = δ − t·ȳ
+
+    @staticmethod
+    def jvp(ctx, input_t):
+        (out,) = ctx.saved_tensors
+        return input_t * (1 - out * out)  # eq. D3, forward mode: ẋ ⊙ (1 − y²), tanh being holomorphic

@@ -39,7 +39,7 @@ from bp_torch.train.checkpoint import CheckpointError
 from bp_torch.train.config import PRESETS, RUNTIME_FIELDS, Config, build, config_from_dict, steps_per_epoch, validate
 from bp_torch.train.data import DATASETS, DatasetNotFoundError, make_loaders, resolve_data_root
 from bp_torch.train.loop import fit
-from bp_torch.train.monitor import Interrupted, Watch
+from bp_torch.train.monitor import Interrupted, Watch, report_backward_graph
 from bp_torch.train.resume import TrainState, load_training_checkpoint, restore
 from bp_torch.train.signals import StopOnSignal
 
@@ -168,11 +168,12 @@ def new_run_dir(logdir: str, name: str | None, cfg: Config) -> Path:
     raise FileExistsError(f"no free run folder named {base}[-N] in {logdir}")
 
 
-def probe_digits(test_loader) -> torch.Tensor:
-    """The first test digit of each class, as fed to the model: fixed digits for the feature-map images."""
+def probe_digits(test_loader) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first test digit of each class, as fed to the model, and their labels: fixed digits for the feature-map
+    and error-map images."""
     x, y = next(iter(test_loader))
     first = [int((y == k).nonzero()[0]) for k in range(10) if (y == k).any()]
-    return x[first]
+    return x[first], y[first]
 
 
 def environment(device: torch.device, run_dir: Path, world_size: int) -> dict:
@@ -340,6 +341,7 @@ def run(args: argparse.Namespace, ctx: distributed.Context, should_stop=None) ->
             # a dry run stays out of TensorBoard's hparams table, where real runs are compared
             logger.log_start(dataclasses.asdict(cfg), environment(device, run_dir, ctx.world_size), not args.dry_run)
         announce(cfg, distributed.unwrap(model), device, ctx, state, run_dir, resumed)
+        report_backward_graph(distributed.unwrap(model), cfg, test_loader, logger)  # "backward graph: N nodes, ..."
     stop = StopOnSignal(escalate=not distributed.under_torchrun())
     try:
         with stop:

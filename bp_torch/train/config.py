@@ -147,12 +147,16 @@ class Loss:
     """The training loss on LeNet's logits, as a batch mean.
 
     ``"ce"``: cross-entropy. ``"mse"``: Note B eq. 13, L = ½Σ(ŷ − y)² with ŷ = σ(z) and y one-hot, averaged over
-    the batch as DeepLearnToolbox does; ``impl="manual"`` takes σ from bp_torch (its backward ŷ(1−ŷ), eq. 17).
+    the batch as DeepLearnToolbox does. ``impl="manual"`` takes the loss and σ from bp_torch, so that the whole
+    backward is derived: the loss gradient ŷ − y (eq. 13–16, or the softmax minus the one-hot target for "ce") and
+    σ's ŷ(1−ŷ) (eq. 17).
     """
 
     def __init__(self, kind: str = "ce", impl: str = "manual", label_smoothing: float = 0.0) -> None:
         self.kind, self.label_smoothing = kind, label_smoothing
+        functional = BF if impl == "manual" else F
         self.sigmoid = BF.sigmoid if impl == "manual" else torch.sigmoid
+        self.cross_entropy, self.mse_loss = functional.cross_entropy, functional.mse_loss
 
     @classmethod
     def of(cls, cfg: Config, impl: str | None = None) -> Loss:
@@ -161,9 +165,10 @@ class Loss:
 
     def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.kind == "ce":
-            return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+            return self.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
         y = F.one_hot(target, logits.shape[-1]).to(logits.dtype)
-        return 0.5 * (self.sigmoid(logits) - y).pow(2).sum(1).mean()  # Note B eq. 13, averaged over the batch
+        half_mean = torch.full_like(y, 0.5 / len(target))  # ½ per image, averaged over the batch: ½/N each
+        return self.mse_loss(self.sigmoid(logits), y, reduction="sum", weight=half_mean)  # Note B eq. 13: ½Σ(ŷ − y)²
 
 
 def steps_per_epoch(loader: DeviceLoader, cfg: Config) -> int:

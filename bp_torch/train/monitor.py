@@ -1,5 +1,6 @@
-"""Watching a run: running metrics, the hand-derived-vs-native gradient check, and everything the loop reports
-(TensorBoard scalars, the progress bar, the epoch line, stop requests) in one object the loop calls per step."""
+"""Watching a run: running metrics, the hand-derived-vs-native gradient check, the audit of the backward graph at
+the start, and everything the loop reports (TensorBoard scalars and images, the progress bar, the epoch line, stop
+requests) in one object the loop calls per step."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from bp_torch.audit import Audit, audit, backward_kernels, label_modules
 from bp_torch.models import LeNet
 from bp_torch.train.config import Config, Loss
 from bp_torch.train.distributed import all_reduce_sum, rank
 from bp_torch.train.resume import TrainState
 
-__all__ = ["Running", "grad_check", "Watch", "Interrupted"]
+__all__ = ["Running", "grad_check", "Watch", "Interrupted", "audit_backward", "report_backward_graph"]
 
 
 class Interrupted(Exception):
@@ -71,6 +73,39 @@ def grad_check(
     }
 
 
+def audit_backward(model: nn.Module, loss_fn: Loss, x: torch.Tensor, y: torch.Tensor) -> tuple[Audit, list[str]]:
+    """The audit of one training step's backward graph, and the aten ``*_backward`` kernels its backward ran.
+
+    The step runs in training mode on ``x``, ``y`` with the random state saved and restored, and its backward
+    through ``autograd.grad``: no ``.grad``, no random draw and no mode of the run is changed.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        model.train()
+        try:
+            with label_modules(model):
+                loss = loss_fn(model(x), y)
+            with backward_kernels() as kernels:
+                torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
+        finally:
+            model.train(was_training)
+    return audit(loss), kernels.seen
+
+
+def report_backward_graph(model: nn.Module, cfg: Config, loader, logger=None, echo=print) -> Audit:
+    """Audit the training step on a few images of ``loader``'s first batch; print one line (``backward graph: N
+    nodes, all hand-derived ...`` or the native nodes) and log it with its table to TensorBoard."""
+    x, y = next(iter(loader))
+    report, kernels = audit_backward(model, Loss.of(cfg), x[:8], y[:8])
+    ran = f"{len(kernels)} aten *_backward kernels ran" if kernels else "no aten *_backward kernel ran"
+    line = f"{report}; {ran}"
+    echo(line)
+    if logger is not None:
+        logger.log_backward_graph(line, report.table())
+    return report
+
+
 class Watch:
     """What the training loop reports and obeys, step by step; on ranks other than 0 it only counts and obeys.
 
@@ -102,9 +137,10 @@ class Watch:
         self.interval, self.epoch = Running(device), Running(device)  # since the last log; the epoch so far
         self.in_epoch, self.carried = False, 0
         self.reference = None
+        self.loss_fn = Loss.of(cfg)
         if logger is not None and cfg.grad_check_interval and cfg.impl == "manual":
             self.reference = LeNet("native").to(next(model.parameters()).device)
-            self.loss_fn, self.reference_loss_fn = Loss.of(cfg), Loss.of(cfg, "native")
+            self.reference_loss_fn = Loss.of(cfg, "native")
         self.bar = None
 
     def check_stop(self, state: TrainState) -> None:
@@ -159,6 +195,7 @@ class Watch:
         self.in_epoch, state.train_sums = False, [0.0, 0.0, 0.0]
         if self.logger is not None:
             self.logger.log_epoch(state.step, state.epoch, result, train_time, self.model)
+            self.logger.log_error_maps(state.step, self.model, self.loss_fn)
         self.echo(
             f"epoch {state.epoch:>{len(str(self.cfg.epochs))}}/{self.cfg.epochs}  "
             f"train loss {loss:.4f} acc {accuracy:.2%}  "

@@ -7,10 +7,12 @@ Tags (step = optimizer steps taken):
   interval: max|g_manual − g_native| / max|g_native| on the same batch;
 - histograms: ``weights/<parameter>``, ``grads/<parameter>`` per epoch;
 - images: ``filters/C1``, ``filters/C2``, ``feature_maps/C1``, ``feature_maps/C2`` (one test digit of each
-  class), ``test/misclassified`` (predicted label in red, true in green), ``test/confusion_matrix`` (rows true,
-  columns predicted, each row normalised);
-- text: ``config``, ``environment``, ``test/confusion_counts``; and hparams (the config, with ``test/accuracy``
-  and ``test/loss`` as metrics), but for dry runs, which are kept out of the hparams table.
+  class), ``error_maps/C1``, ``error_maps/S1``, ``error_maps/C2``, ``error_maps/S2`` (Note B's δ of those digits:
+  ΔC¹, ΔS¹, ΔC², ΔS², blue positive, red negative), ``test/misclassified`` (predicted label in red, true in green),
+  ``test/confusion_matrix`` (rows true, columns predicted, each row normalised);
+- text: ``config``, ``environment``, ``backward_graph`` (the audit of the backward graph: which nodes are
+  hand-derived), ``test/confusion_counts``; and hparams (the config, with ``test/accuracy`` and ``test/loss`` as
+  metrics), but for dry runs, which are kept out of the hparams table.
 
 Images are drawn as tensors; digits are written with a 3x5 pixel font.
 """
@@ -23,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["TensorBoardLogger", "digits_image", "confusion_image", "filters_image", "grid"]
+__all__ = ["TensorBoardLogger", "digits_image", "confusion_image", "filters_image", "grid", "error_map_images"]
 
 # 3x5 bitmaps of 0-9, row by row
 _FONT = (
@@ -134,20 +136,69 @@ def feature_map_images(model: nn.Module, probe: torch.Tensor) -> dict[str, torch
     return out
 
 
+# Note B's layers, the LeNet's module whose output each is, and the scale that brings its maps to about 24 pixels
+ERROR_MAPS = (("C1", "act1", 1), ("S1", "pool1", 2), ("C2", "act2", 3), ("S2", "pool2", 6))
+
+
+def error_map_images(model: nn.Module, probe: torch.Tensor, labels: torch.Tensor, loss_fn) -> dict[str, torch.Tensor]:
+    """Note B's error maps of the ``probe`` digits: δ = ∂L/∂C¹, ∂L/∂S¹, ∂L/∂C², ∂L/∂S² (ΔC¹, ΔS¹, ΔC², ΔS²), one
+    row per digit (the digit first), blue where δ > 0, red where δ < 0, white at 0.
+
+    Tensor hooks on the layers' outputs catch each δ as the backward passes them (the model's own backward: the
+    hand-derived one for ``impl="manual"``); parameters' ``.grad`` are not touched. Each digit's maps of one layer
+    share one scale, its largest |δ|, so that the maps of a layer compare.
+    """
+    deltas: dict[str, torch.Tensor] = {}
+
+    def catch(key):
+        def hook(module, inputs, output):
+            output.register_hook(lambda grad: deltas.__setitem__(key, grad.detach().float().cpu()))
+
+        return hook
+
+    hooks = [getattr(model, name).register_forward_hook(catch(key)) for key, name, _ in ERROR_MAPS]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            loss = loss_fn(model(probe), labels)
+            torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    digits = _unit(probe.detach().float().cpu()).expand(-1, 3, -1, -1)  # (D, 3, 28, 28)
+    out = {}
+    for key, _, scale in ERROR_MAPS:
+        delta = deltas[key]  # (D, C, h, w)
+        D, C = delta.shape[:2]
+        signed = delta / delta.flatten(1).abs().max(1).values.clamp_min(1e-30).view(D, 1, 1, 1)  # in [-1, 1]
+        red, blue = signed.clamp(max=0).abs(), signed.clamp(min=0)
+        rgb = torch.stack([1 - blue, 1 - red - blue, 1 - red], 2)  # (D, C, 3, h, w): white 0, blue +, red −
+        m = _upscale(rgb.flatten(0, 1), scale)
+        h, w = m.shape[2:]
+        top, left = (28 - h) // 2, (28 - w) // 2
+        tiles = torch.nn.functional.pad(m, (left, 28 - w - left, top, 28 - h - top), value=0.5).view(D, C, 3, 28, 28)
+        rows = torch.cat([digits.unsqueeze(1), tiles], 1).reshape(D * (C + 1), 3, 28, 28)
+        out[key] = grid(_upscale(rows, 2), ncols=C + 1)
+    return out
+
+
 class TensorBoardLogger:
     """Writes one run's TensorBoard events into ``run_dir``; only the main process makes one.
 
     Args:
         run_dir: the run's folder.
-        probe: (D, 1, 28, 28) fixed test digits whose feature maps are drawn each epoch.
+        probe: (D, 1, 28, 28) fixed test digits whose feature maps are drawn each epoch, or ``(digits, labels)``:
+            then their error maps too.
         purge_step: hide the events at steps >= purge_step that an interrupted session wrote before.
     """
 
-    def __init__(self, run_dir, probe: torch.Tensor | None = None, purge_step: int | None = None) -> None:
+    def __init__(self, run_dir, probe=None, purge_step: int | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(run_dir), purge_step=purge_step)
-        self.probe = probe
+        self.probe, self.probe_labels = probe if isinstance(probe, tuple) else (probe, None)
 
     def log_start(self, config: dict[str, Any], environment: dict[str, Any], hparams: bool = True) -> None:
         """The config and environment as text, and the config as hparams unless ``hparams`` is False."""
@@ -192,6 +243,17 @@ class TensorBoardLogger:
         w.add_image("test/confusion_matrix", confusion_image(result.confusion), step)
         w.add_text("test/confusion_counts", _confusion_table(result.confusion), step)
         w.flush()
+
+    def log_backward_graph(self, summary: str, table: str) -> None:
+        """The audit of the training step's backward graph (``bp_torch.audit``): its line and its table."""
+        self.writer.add_text("backward_graph", f"{summary}\n\n{table}", 0)
+
+    def log_error_maps(self, step: int, model: nn.Module, loss_fn) -> None:
+        """Note B's δ at C1, S1, C2, S2 for the probe digits (needs their labels)."""
+        if self.probe is None or self.probe_labels is None:
+            return
+        for key, image in error_map_images(model, self.probe, self.probe_labels, loss_fn).items():
+            self.writer.add_image(f"error_maps/{key}", image, step)
 
     def close(self) -> None:
         self.writer.close()

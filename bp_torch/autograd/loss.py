@@ -1,0 +1,267 @@
+"""The losses: mean squared error (Note B eq. 13–16, docs/derivation.md eq. D7, D8), negative log-likelihood (eq. D9)
+and softmax cross-entropy (eq. D10–D12), each backward the derived formula.
+
+Arguments arrive validated and normalised by ``bp_torch.functional``: same-shaped input and target for the squared
+error; a batch dimension, classes along dimension 1, for the other two.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.autograd import Function
+
+from bp_torch._formulas import is_literal
+from bp_torch._function import nested_apply, with_direct_call
+from bp_torch.autograd.softmax import LogSoftmaxFunction, SoftmaxFunction
+
+
+def _reduce(per_element: torch.Tensor, reduction: str, denominator=None) -> torch.Tensor:
+    if reduction == "none":
+        return per_element
+    total = per_element.sum()
+    return total if reduction == "sum" else total / (per_element.numel() if denominator is None else denominator)
+
+
+@with_direct_call
+class MSELossFunction(Function):
+    """L = Σ w (ŷ − y)² / D, torch's ``mse_loss`` (no ½; D = the element count, or Σw with a weight, for ``"mean"``);
+    backward ∂L/∂ŷ = 2w(ŷ − y)/D = −∂L/∂y (Note B eq. 13–16, eq. D7), ∂L/∂w (eq. D8)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, target, weight, reduction: str):
+        if weight is None:
+            return F.mse_loss(input, target, reduction=reduction)
+        loss = torch.pow(input - target, 2) * weight  # torch's weighted form, operation for operation
+        return loss.sum() / weight.sum() if reduction == "mean" else _reduce(loss, reduction)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, target, weight, reduction = inputs
+        ctx.reduction = reduction
+        ctx.save_for_backward(input, target, weight, output if weight is not None and reduction == "mean" else None)
+        ctx.save_for_forward(input, target, weight, output)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, target, weight, loss = ctx.saved_tensors
+        grad_input = grad_target = grad_weight = None
+        diff = input - target
+        # D: the element count ("mean"), Σw ("mean" with a weight), 1 ("sum", "none")
+        if ctx.reduction != "mean":
+            scale = grad_output
+        else:
+            scale = grad_output / (weight.sum() if weight is not None else diff.numel())
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            weighted = diff if weight is None else diff * weight
+            # with Note B's ½ (w = ½, D = 1 per image) this is its ŷ − y, the first factor of eq. 17's Δŷ
+            delta = weighted * (2 * scale)  # Note B eq. 13/17, eq. D7: ∂L/∂ŷ = 2w(ŷ − y)/D
+            grad_input = delta if ctx.needs_input_grad[0] else None
+            grad_target = -delta if ctx.needs_input_grad[1] else None  # eq. D7: ∂L/∂y = −∂L/∂ŷ
+        if ctx.needs_input_grad[2]:
+            squared = diff * diff
+            if ctx.reduction == "mean":
+                grad_weight = (squared - loss) * scale  # eq. D8: ∂L/∂w = ((ŷ − y)² − L)/Σw
+            else:
+                grad_weight = squared * scale  # eq. D8: ∂L/∂w = (ŷ − y)²
+        return grad_input, grad_target, grad_weight, None
+
+    @staticmethod
+    def jvp(ctx, input_t, target_t, weight_t, _):
+        input, target, weight, loss = ctx.saved_tensors
+        diff = input - target
+        diff_t = (input_t if input_t is not None else 0) - (target_t if target_t is not None else 0)
+        rate = 2 * diff * diff_t * (weight if weight is not None else 1)  # eq. D7, forward mode: 2w(ŷ − y)(ŷ̇ − ẏ)
+        if weight_t is not None:
+            rate = rate + diff * diff * weight_t  # eq. D8, forward mode: (ŷ − y)² ẇ
+        if weight is None or ctx.reduction != "mean":
+            return _reduce(rate, ctx.reduction)
+        weight_rate = weight_t.sum() if weight_t is not None else 0
+        return (rate.sum() - loss * weight_rate) / weight.sum()  # eq. D8, forward mode: (Ṡ − L Σẇ)/Σw
+
+
+def _safe_targets(target: torch.Tensor, ignore_index: int):
+    """The kept positions and the class indices with ignored ones made 0, a valid index (their rows weigh 0)."""
+    kept = target != ignore_index
+    return kept, target.long().masked_fill(~kept, 0)
+
+
+def _per_element(t: torch.Tensor) -> torch.Tensor:
+    """(N, d...) -> (N, 1, d...): broadcast along the class dimension (a scalar broadcasts as it is)."""
+    return t.unsqueeze(1) if t.dim() else t
+
+
+def _class_weight(weight: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    """(C,) -> (1, C, 1, ...): broadcast over the batch and the extra dimensions."""
+    return None if weight is None else weight.view(1, -1, *([1] * (like.dim() - 2)))
+
+
+@with_direct_call
+class NllLossFunction(Function):
+    """L = −Σ_n w_{t_n} ℓ_{n, t_n} / D over the log-probabilities ℓ (torch's ``nll_loss``; D = Σ_n w_{t_n} over the
+    targets kept, for ``"mean"``); backward −w_{t_n}/D at each target class, zero elsewhere (eq. D9)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, target, weight, reduction: str, ignore_index: int):
+        return F.nll_loss(input, target, weight, reduction=reduction, ignore_index=ignore_index)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, target, weight, reduction, ignore_index = inputs
+        ctx.reduction, ctx.ignore_index, ctx.input_shape = reduction, ignore_index, input.shape
+        ctx.save_for_backward(target, weight)
+        ctx.save_for_forward(target, weight)
+
+    @staticmethod
+    def _coefficients(ctx, target, weight, like) -> tuple[torch.Tensor, torch.Tensor]:
+        """The target classes (ignored ones made 0) and −w_{t_n}/D there, zero where ignored."""
+        kept, classes = _safe_targets(target, ctx.ignore_index)
+        w = (weight[classes] if weight is not None else torch.ones_like(classes, dtype=like.dtype)) * kept
+        denominator = w.sum() if ctx.reduction == "mean" else 1
+        return classes, torch.where(kept, -w / denominator, 0)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        target, weight = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None
+        classes, coefficient = NllLossFunction._coefficients(ctx, target, weight, grad_output)
+        zeros, index = grad_output.new_zeros(ctx.input_shape), _per_element(classes)
+        # times the incoming δ (one per position for "none"); under torch.func out of place (vmap batches no
+        # in-place scatter without a loop)
+        scatter = zeros.scatter if torch._C._are_functorch_transforms_active() else zeros.scatter_
+        grad_input = scatter(1, index, _per_element(coefficient * grad_output))  # eq. D9: −w_{t_n}/D at t_n
+        return grad_input, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, input_t, target_t, weight_t, _, __):
+        target, weight = ctx.saved_tensors
+        classes, coefficient = NllLossFunction._coefficients(ctx, target, weight, input_t)
+        picked = input_t.gather(1, _per_element(classes)).squeeze(1)
+        return _reduce(coefficient * picked, "sum" if ctx.reduction == "mean" else ctx.reduction)  # eq. D9, fwd
+
+
+@with_direct_call
+class CrossEntropyFunction(Function):
+    """Softmax cross-entropy on logits x, torch's ``cross_entropy`` (class-index or class-probability targets,
+    weight, ignore_index, label_smoothing, reduction): L = −Σ_n Σ_c a_nc ℓ_nc / D with ℓ = log_softmax(x) and a the
+    weighted, smoothed targets (eq. D10, D11); backward (s_n p_n − a_n)/D, p = softmax(x), s_n = Σ_c a_nc — for plain
+    class indices, the softmax minus the one-hot target.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, target, weight, reduction: str, ignore_index: int, label_smoothing: float):
+        return F.cross_entropy(
+            input, target, weight, reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing
+        )
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, target, weight, reduction, ignore_index, label_smoothing = inputs
+        ctx.reduction, ctx.ignore_index, ctx.label_smoothing = reduction, ignore_index, label_smoothing
+        ctx.probabilities = target.shape == input.shape  # torch's rule: the same shape means class probabilities
+        # the backward recomputes p = softmax(x): one fused pass, cheaper on the CPU than e^ℓ from a saved ℓ
+        ctx.save_for_backward(input, target, weight)
+        ctx.save_for_forward(input, target, weight)
+
+    @staticmethod
+    def _terms(ctx, input, target, weight, scale):
+        """eq. D11 with its normaliser: the dense targets a, s_n = Σ_c a_nc (N, 1, d...) and the factor δ/D. Class
+        indices: a_nc = m_n((1 − ε) w_{t_n} 1[c = t_n] + ε w_c/C), D = Σ_n m_n w_{t_n}; probabilities:
+        a_nc = w_c((1 − ε) q_nc + ε/C), D = N·d (the positions)."""
+        eps, C, w = ctx.label_smoothing, input.shape[1], _class_weight(weight, input)
+        if ctx.probabilities:
+            smoothed = target * (1 - eps) + eps / C if eps > 0 else target  # eq. D11: q̃ = (1 − ε) q + ε/C
+            a = smoothed * w if w is not None else smoothed  # eq. D11: a_nc = w_c q̃_nc
+            positions = input.numel() // C if input.numel() else float("nan")  # torch's mean of nothing is NaN
+            factor = scale / positions if ctx.reduction == "mean" else scale
+            return a, a.sum(1, keepdim=True), _per_element(factor) if ctx.reduction == "none" else factor
+        kept, classes, w_t, factor = CrossEntropyFunction._indices(ctx, target, weight, scale, input.dtype)
+        a = torch.zeros_like(input).scatter_(1, _per_element(classes), _per_element(w_t * (1 - eps)))  # eq. D11
+        if eps > 0:
+            spread = _per_element(kept.to(a.dtype) * (eps / C))
+            a = torch.addcmul(a, w if w is not None else torch.ones_like(a), spread)  # eq. D11: + m_n ε w_c / C
+        return a, a.sum(1, keepdim=True), _per_element(factor) if ctx.reduction == "none" else factor
+
+    @staticmethod
+    def _indices(ctx, target, weight, scale, dtype):
+        """The kept positions m, the classes (ignored made 0), m·w_t and δ/D (δ per position for "none")."""
+        kept, classes = _safe_targets(target, ctx.ignore_index)
+        w_t = weight[classes] * kept if weight is not None else kept.to(dtype)
+        if ctx.reduction != "mean":
+            return kept, classes, w_t, scale
+        # every target ignored: D = 0, torch's loss NaN and its gradient zero (as every a_n and s_n is): a positive
+        # floor keeps δ/D finite, and no real D is below it
+        return kept, classes, w_t, scale / w_t.sum().clamp_min(torch.finfo(dtype).tiny)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, target, weight = ctx.saved_tensors
+        grad_input = grad_target = grad_weight = None
+        eps, C = ctx.label_smoothing, input.shape[1]
+        scale = grad_output if ctx.reduction == "none" else grad_output.reshape(())
+        if ctx.needs_input_grad[0]:
+            p = nested_apply(SoftmaxFunction, input, 1)
+            if is_literal() or ctx.probabilities:
+                a, s, factor = CrossEntropyFunction._terms(ctx, input, target, weight, scale)
+                grad_input = (s * p - a) * factor  # eq. D10: ∂L/∂x = (s p − a)/D, the softmax minus the targets
+            else:
+                grad_input = CrossEntropyFunction._index_grad(ctx, p, target, weight, scale)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:  # probability targets only: indices have none
+            log_p = nested_apply(LogSoftmaxFunction, input, 1)
+            factor = scale / (input.numel() // C) if ctx.reduction == "mean" else scale
+            factor = _per_element(factor) if ctx.reduction == "none" else factor
+            w = _class_weight(weight, input)
+            if ctx.needs_input_grad[1]:
+                weighted = log_p * w if w is not None else log_p
+                grad_target = weighted * (factor * -(1 - eps))  # eq. D12: ∂L/∂q = −(1 − ε) w ℓ / D
+            if ctx.needs_input_grad[2]:
+                smoothed = target * (1 - eps) + eps / C if eps > 0 else target
+                dims = [d for d in range(input.dim()) if d != 1]
+                grad_weight = -(smoothed * log_p * factor).sum(dims)  # eq. D12: ∂L/∂w_c = −Σ_n q̃_nc ℓ_nc / D
+        return grad_input, grad_target, grad_weight, None, None, None
+
+    @staticmethod
+    def _index_grad(ctx, p, target, weight, scale):
+        """eq. D10 for class indices without the dense a: p scaled by s_n/D, then −(1 − ε) w_{t_n}/D added at each
+        target class and, with smoothing, −ε w_c/(C·D) at every class of the kept positions."""
+        eps, C = ctx.label_smoothing, p.shape[1]
+        kept, classes, w_t, factor = CrossEntropyFunction._indices(ctx, target, weight, scale, p.dtype)
+        at_target = w_t * factor  # w_{t_n}/D, zero where ignored
+        s = (
+            at_target
+            if eps == 0
+            else at_target * (1 - eps) + kept * factor * (eps * (weight.sum() if weight is not None else C) / C)
+        )
+        grad = p * _per_element(s)  # eq. D10: s p / D
+        index = _per_element(classes)
+        grad.scatter_add_(1, index, _per_element(at_target * (eps - 1)))  # eq. D10: − a/D at the targets
+        if eps > 0:
+            w = _class_weight(weight, p) if weight is not None else 1
+            grad -= _per_element(kept * factor) * (w * (eps / C))  # eq. D10: − a/D, what smoothing spreads
+        return grad
+
+    @staticmethod
+    def jvp(ctx, input_t, target_t, weight_t, _, __, ___):
+        input, target, weight = ctx.saved_tensors
+        eps, log_p = ctx.label_smoothing, torch.log_softmax(input, 1)
+        one = torch.ones((), dtype=input.dtype, device=input.device)
+        a, s, factor = CrossEntropyFunction._terms(ctx, input, target, weight, one)
+        rate = ((s * log_p.exp() - a) * input_t).sum(1)  # eq. D10, forward mode: Σ_c (s p − a) ẋ
+        if ctx.probabilities and (target_t is not None or weight_t is not None):  # indices: x alone has a tangent
+            C = input.shape[1]
+            if target_t is not None:
+                w = _class_weight(weight, input)
+                q_rate = target_t * (1 - eps) * (w if w is not None else 1)
+                rate = rate - (q_rate * log_p).sum(1)  # eq. D12, forward mode: −(1 − ε) Σ_c w_c q̇_c ℓ_c
+            if weight_t is not None:
+                smoothed = target * (1 - eps) + eps / C if eps > 0 else target
+                rate = rate - (smoothed * _class_weight(weight_t, input) * log_p).sum(1)  # eq. D12, fwd: −Σ ẇ q̃ ℓ
+        per_position = rate * (factor.squeeze(1) if factor.dim() else factor)  # δ/D, zero where ignored
+        return per_position if ctx.reduction == "none" else per_position.sum()
