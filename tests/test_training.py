@@ -27,7 +27,7 @@ from bp_torch.train import cli as train
 from bp_torch.train.config import PRESETS, Config, Loss
 from bp_torch.train.monitor import grad_check
 from bp_torch.train.resume import load_training_checkpoint
-from bp_torch.train.tensorboard import confusion_image, digits_image, error_map_images, filters_image
+from bp_torch.train.tensorboard import confusion_figure, error_map_images, filters_image, misclassified_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,11 +71,27 @@ def test_grad_check_finds_the_derivation_equal_to_autograd(loss):
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_pictures_have_the_right_shapes():
+def test_filters_are_laid_out_one_row_per_output_map():
     assert filters_image(torch.randn(6, 1, 5, 5)).shape == (3, 44, 6 * 42 + 2)  # 40-px tiles, 2-px gaps
-    assert digits_image(torch.rand(3, 1, 28, 28), torch.tensor([1, 2, 3]), torch.tensor([7, 8, 9]))[0].shape[0] > 56
-    image = confusion_image(torch.eye(10, dtype=torch.long) * 5)
-    assert image.shape == (3, 176, 176) and 0 <= image.min() and image.max() <= 1
+    assert filters_image(torch.randn(12, 6, 5, 5), scale=6).shape == (3, 12 * 32 + 2, 6 * 32 + 2)
+
+
+def test_confusion_matrix_shows_counts_and_class_labels():
+    confusion = torch.eye(10, dtype=torch.long) * 98
+    confusion[3, 5], confusion[9, 4] = 2, 1  # at 99% accuracy the mistakes must still be readable
+    fig = confusion_figure(confusion)
+    fig.canvas.draw()  # it renders
+    ax = fig.axes[0]
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    assert cells[(3, 5)] == "2" and cells[(9, 4)] == "1" and cells[(0, 0)] == "98" and (1, 2) not in cells
+    assert [t.get_text() for t in ax.get_xticklabels()] == [str(k) for k in range(10)]
+    assert ax.get_xlabel() == "predicted" and ax.get_ylabel() == "true" and "99.69%" in ax.get_title()
+
+
+def test_misclassified_digits_are_titled_with_both_labels():
+    fig = misclassified_figure(torch.rand(3, 1, 28, 28), torch.tensor([1, 2, 3]), torch.tensor([7, 8, 9]))
+    fig.canvas.draw()
+    assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["1 (true 7)", "2 (true 8)", "3 (true 9)"]
 
 
 # --- the CLI, in process -------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""What a run shows in TensorBoard, and the pictures it draws, with no plotting library.
+"""What a run shows in TensorBoard, its pictures laid out by torchvision and drawn by matplotlib.
 
 Tags (step = optimizer steps taken):
 
@@ -6,15 +6,14 @@ Tags (step = optimizer steps taken):
   ``test/loss``, ``test/accuracy``, ``perf/epoch_time_s`` per epoch; ``gradcheck/<parameter>`` every grad-check
   interval: max|g_manual − g_native| / max|g_native| on the same batch;
 - histograms: ``weights/<parameter>``, ``grads/<parameter>`` per epoch;
-- images: ``filters/C1``, ``filters/C2``, ``feature_maps/C1``, ``feature_maps/C2`` (one test digit of each
-  class), ``error_maps/C1``, ``error_maps/S1``, ``error_maps/C2``, ``error_maps/S2`` (Note B's δ of those digits:
-  ΔC¹, ΔS¹, ΔC², ΔS², blue positive, red negative), ``test/misclassified`` (predicted label in red, true in green),
-  ``test/confusion_matrix`` (rows true, columns predicted, each row normalised);
+- images (``torchvision.utils.make_grid``): ``filters/C1``, ``filters/C2``, ``feature_maps/C1``,
+  ``feature_maps/C2`` (one test digit of each class), ``error_maps/C1``, ``error_maps/S1``, ``error_maps/C2``,
+  ``error_maps/S2`` (Note B's δ of those digits: ΔC¹, ΔS¹, ΔC², ΔS², blue positive, red negative);
+- figures (matplotlib): ``test/confusion_matrix`` (counts in every cell, the mistakes shaded by their number, class
+  labels on both axes) and ``test/misclassified`` (each digit titled with its predicted and true label);
 - text: ``config``, ``environment``, ``backward_graph`` (the audit of the backward graph: which nodes are
   hand-derived), ``test/confusion_counts``; and hparams (the config, with ``test/accuracy`` and ``test/loss`` as
   metrics), but for dry runs, which are kept out of the hparams table.
-
-Images are drawn as tensors; digits are written with a 3x5 pixel font.
 """
 
 from __future__ import annotations
@@ -23,34 +22,18 @@ import json
 from typing import Any
 
 import torch
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 from torch import nn
+from torchvision.utils import make_grid
 
-__all__ = ["TensorBoardLogger", "digits_image", "confusion_image", "filters_image", "grid", "error_map_images"]
+__all__ = ["TensorBoardLogger", "filters_image", "confusion_figure", "misclassified_figure", "error_map_images"]
 
-# 3x5 bitmaps of 0-9, row by row
-_FONT = (
-    "111101101101111 010110010010111 111001111100111 111001111001111 101101111001001 "
-    "111100111001111 111100111101111 111001001001001 111101111101111 111101111001111"
-).split()
-RED, GREEN, BLACK = (1.0, 0.25, 0.25), (0.3, 1.0, 0.3), (0.0, 0.0, 0.0)
-
-
-def _glyph(digit: int, scale: int) -> torch.Tensor:
-    """(5·scale, 3·scale) mask of a digit."""
-    mask = torch.tensor([int(c) for c in _FONT[digit]], dtype=torch.float32).view(5, 3)
-    return _upscale(mask, scale)
+CLASSES = tuple(str(k) for k in range(10))
 
 
 def _upscale(x: torch.Tensor, scale: int) -> torch.Tensor:
     return x.repeat_interleave(scale, -2).repeat_interleave(scale, -1)
-
-
-def _stamp(canvas: torch.Tensor, digit: int, top: int, left: int, color, scale: int = 2) -> None:
-    """Write ``digit`` onto the (3, H, W) ``canvas`` in ``color``, its top-left corner at (top, left)."""
-    mask = _glyph(digit, scale)
-    h, w = mask.shape
-    region = canvas[:, top : top + h, left : left + w]
-    region.mul_(1 - mask).add_(mask * torch.tensor(color).view(3, 1, 1))
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -60,15 +43,9 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return ((flat - lo) / (hi - lo).clamp_min(1e-12)).view_as(x)
 
 
-def grid(tiles: torch.Tensor, ncols: int, pad: int = 2, pad_value: float = 0.5) -> torch.Tensor:
-    """Lay (N, C, H, W) tiles out row by row, ``ncols`` to a row: a (C, H', W') image."""
-    N, C, H, W = tiles.shape
-    nrows = -(-N // ncols)
-    out = torch.full((C, nrows * (H + pad) + pad, ncols * (W + pad) + pad), pad_value)
-    for i, tile in enumerate(tiles):
-        r, c = divmod(i, ncols)
-        out[:, pad + r * (H + pad) : pad + r * (H + pad) + H, pad + c * (W + pad) : pad + c * (W + pad) + W] = tile
-    return out
+def grid(tiles: torch.Tensor, ncols: int) -> torch.Tensor:
+    """(N, C, H, W) tiles, ``ncols`` to a row, 2-pixel grey gaps: a (3, H', W') image."""
+    return make_grid(tiles, nrow=ncols, padding=2, pad_value=0.5)
 
 
 def filters_image(weight: torch.Tensor, scale: int = 8) -> torch.Tensor:
@@ -76,35 +53,45 @@ def filters_image(weight: torch.Tensor, scale: int = 8) -> torch.Tensor:
     w = weight.detach().float().cpu()
     C_out, C_in, kh, kw = w.shape
     w = 0.5 + 0.5 * w / w.abs().max().clamp_min(1e-12)
-    tiles = _upscale(w.reshape(C_out * C_in, 1, kh, kw), scale).expand(-1, 3, -1, -1)
-    return grid(tiles, ncols=C_in if C_in > 1 else C_out)
+    return grid(_upscale(w.reshape(C_out * C_in, 1, kh, kw), scale), ncols=C_in if C_in > 1 else C_out)
 
 
-def digits_image(images: torch.Tensor, pred: torch.Tensor, true: torch.Tensor, ncols: int = 8) -> torch.Tensor:
-    """Digits, each with its predicted label (red, left) and true label (green, right) beneath it."""
-    x = _upscale(_unit(images.detach().float().cpu()), 2).expand(-1, 3, -1, -1)  # (N, 3, 56, 56)
-    N, _, H, W = x.shape
-    tiles = torch.zeros(N, 3, H + 14, W)
-    tiles[:, :, :H] = x
-    for tile, p, t in zip(tiles, pred.tolist(), true.tolist()):
-        _stamp(tile, p, H + 2, 8, RED)
-        _stamp(tile, t, H + 2, W - 14, GREEN)
-    return grid(tiles, ncols)
+def confusion_figure(confusion: torch.Tensor, classes=CLASSES) -> Figure:
+    """The confusion matrix (rows true, columns predicted) with its count in every cell: the mistakes off the
+    diagonal shaded by their number, the correct answers on it plain, so the mistakes stand out at any accuracy."""
+    counts = confusion.cpu()
+    mistakes = counts.double().fill_diagonal_(float("nan"))
+    worst = max(float(mistakes.nan_to_num(0).max()), 1.0)
+    cmap = colormaps["Reds"].with_extremes(bad="#e3ebf3")  # bad: the diagonal
+    fig = Figure(figsize=(6.4, 5.6), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(mistakes.numpy(), cmap=cmap, vmin=0, vmax=worst)
+    fig.colorbar(image, ax=ax, label="misclassified images")
+    K = len(classes)
+    for i in range(K):
+        for j in range(K):
+            if (n := int(counts[i, j])) or i == j:
+                dark = i != j and n > 0.6 * worst
+                ax.text(j, i, str(n), ha="center", va="center", fontsize=8, color="white" if dark else "black")
+    ax.set(xticks=range(K), yticks=range(K), xticklabels=classes, yticklabels=classes, xlabel="predicted",
+           ylabel="true")  # fmt: skip
+    accuracy = counts.trace().item() / max(counts.sum().item(), 1)
+    ax.set_title(f"test accuracy {accuracy:.2%} on {int(counts.sum()):,} images")
+    return fig
 
 
-def confusion_image(confusion: torch.Tensor, cell: int = 16) -> torch.Tensor:
-    """A heat map of the row-normalised confusion matrix, white (0) to dark blue (1), labelled with digits."""
-    K = confusion.shape[0]
-    rates = confusion.double() / confusion.sum(1, keepdim=True).clamp_min(1)
-    blue = torch.tensor([0.05, 0.2, 0.55]).view(3, 1, 1)
-    heat = 1 - rates.float().unsqueeze(0) * (1 - blue)  # (3, K, K)
-    canvas = torch.ones(3, (K + 1) * cell, (K + 1) * cell)
-    canvas[:, cell:, cell:] = _upscale(heat, cell)
-    off = (cell - 10) // 2, (cell - 6) // 2  # centre a 10x6 glyph in a cell
-    for k in range(K):
-        _stamp(canvas, k, (k + 1) * cell + off[0], off[1], BLACK)  # true class, left column
-        _stamp(canvas, k, off[0], (k + 1) * cell + off[1], BLACK)  # predicted class, top row
-    return canvas
+def misclassified_figure(images: torch.Tensor, pred: torch.Tensor, true: torch.Tensor, ncols: int = 8) -> Figure:
+    """The misclassified digits, each titled with its predicted and its true label."""
+    n = len(images)
+    nrows = -(-n // ncols)
+    fig = Figure(figsize=(ncols * 1.1, nrows * 1.3), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(images[i, 0].float().cpu().numpy(), cmap="gray")
+            ax.set_title(f"{int(pred[i])} (true {int(true[i])})", fontsize=8, color="tab:red")
+    return fig
 
 
 def feature_map_images(model: nn.Module, probe: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -132,7 +119,7 @@ def feature_map_images(model: nn.Module, probe: torch.Tensor) -> dict[str, torch
         top, left = (28 - h) // 2, (28 - w) // 2
         rows = torch.nn.functional.pad(m, (left, 28 - w - left, top, 28 - h - top), value=0.5)
         tiles = torch.cat([digits, rows], 1).reshape(D * (C + 1), 1, 28, 28)
-        out[key] = grid(_upscale(tiles, 2).expand(-1, 3, -1, -1), ncols=C + 1)
+        out[key] = grid(_upscale(tiles, 2), ncols=C + 1)
     return out
 
 
@@ -238,9 +225,9 @@ class TensorBoardLogger:
             for key, image in feature_map_images(model, self.probe).items():
                 w.add_image(f"feature_maps/{key}", image, step)
         if len(result.wrong_true):
-            wrong = digits_image(result.wrong_images, result.wrong_pred, result.wrong_true)
-            w.add_image("test/misclassified", wrong, step)
-        w.add_image("test/confusion_matrix", confusion_image(result.confusion), step)
+            wrong = misclassified_figure(result.wrong_images, result.wrong_pred, result.wrong_true)
+            w.add_figure("test/misclassified", wrong, step)
+        w.add_figure("test/confusion_matrix", confusion_figure(result.confusion), step)
         w.add_text("test/confusion_counts", _confusion_table(result.confusion), step)
         w.flush()
 
