@@ -7,6 +7,7 @@ the manual/native ratio (below 1: ours is faster). Writes ``bench-<device>.json`
     python benchmarks/bench.py --device cuda
     python benchmarks/bench.py --quick --out /tmp  # tiny shapes, a few steps: a smoke test, not a measurement
     python benchmarks/bench.py --profile           # torch.profiler tables of one LeNet training step, both ways
+    python benchmarks/bench.py --profile resnet18  # the same for a torchvision model's training step
     python benchmarks/bench.py --parts models      # only the torchvision models' training steps (parts: below)
     python benchmarks/bench.py --only resnet18     # only the rows whose name contains "resnet18"
 
@@ -494,13 +495,19 @@ def markdown(rows: list[Row], info: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def profile_step(device, batch: int) -> None:
-    """Print torch.profiler's top operators for one LeNet training step, manual then native."""
+def profile_step(device, batch: int, model: str = "lenet") -> None:
+    """Print torch.profiler's top operators for 20 training steps, manual then native: the LeNet's at ``batch``, or
+    (``model``: a torchvision name) that model's at the benchmark's batch 16, 64x64."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     for impl in IMPLS:
-        step = lenet_step(impl, batch, device)[0]
+        if model == "lenet":
+            step, what = lenet_step(impl, batch, device)[0], f"LeNet training step, batch {batch}"
+        else:
+            from models import BATCH, SIZE
+
+            step, what = model_step(model, impl, BATCH, SIZE, device)[0], f"{model} training step, batch {BATCH}"
         for _ in range(5):
             step()
         sync(device)
@@ -509,7 +516,7 @@ def profile_step(device, batch: int) -> None:
                 step()
             sync(device)
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        print(f"== {impl}, LeNet training step, batch {batch}, 20 steps ==")
+        print(f"== {impl}, {what}, 20 steps ==")
         print(prof.key_averages().table(sort_by=sort, row_limit=18, max_name_column_width=48))
 
 
@@ -527,7 +534,10 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default="", help="run only the rows whose name contains this (default: all)")
     parser.add_argument("--parts", default="", help=f"comma-separated parts to run (default: all): {','.join(PARTS)}")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip (default: none; --quick: compiled)")
-    parser.add_argument("--profile", action="store_true", help="print torch.profiler tables of a training step")
+    parser.add_argument(
+        "--profile", nargs="?", const="lenet", default=None,
+        help="print torch.profiler tables of a training step: the LeNet's, or a model's (--profile resnet18)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.repeats is None:
         args.repeats = 3 if args.quick else 15
@@ -541,7 +551,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.profile:
-        profile_step(device, 4 if args.quick else 256)
+        profile_step(device, 4 if args.quick else 256, args.profile)
         return 0
 
     info = machine_info(device)

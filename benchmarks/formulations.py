@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from bench import interleaved, machine_info  # noqa: E402
+from bench import _load, interleaved, machine_info  # noqa: E402
 from models import MODELS, distinct_calls  # noqa: E402
 
 from bp_torch import _conv  # noqa: E402
@@ -126,6 +126,7 @@ def main(argv=None) -> int:
     print(summary)
     command = "python benchmarks/formulations.py " + " ".join(argv if argv is not None else sys.argv[1:])
     machine = f"{info['cpu']}, {info['cores']} cores, {info['torch_threads']} torch threads, torch {info['torch']}"
+    machine += f"; load average (1, 5, 15 min) {info['load_average']} before, {_load()} after"
     header = [
         f"Device `{info['device']}` — {machine}. Command: `{command.strip()}`. Times in ms (medians).",
         "",
