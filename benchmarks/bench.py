@@ -7,6 +7,17 @@ the manual/native ratio (below 1: ours is faster). Writes ``bench-<device>.json`
     python benchmarks/bench.py --device cuda
     python benchmarks/bench.py --quick --out /tmp  # tiny shapes, a few steps: a smoke test, not a measurement
     python benchmarks/bench.py --profile           # torch.profiler tables of one LeNet training step, both ways
+    python benchmarks/bench.py --profile resnet18  # the same for a torchvision model's training step
+    python benchmarks/bench.py --parts models      # only the torchvision models' training steps (parts: below)
+    python benchmarks/bench.py --only resnet18     # only the rows whose name contains "resnet18"
+
+Parts: ``functions`` (each function's forward + backward, LeNet's shapes and ResNet-like ones), ``steps`` and
+``compiled`` (a LeNet training step, eager and both sides torch.compile'd), ``memory`` (its peak), ``literal`` (the
+LeNet step and layers with ``bp_torch.formulas("literal")``), ``layers`` (every distinct conv2d, pooling and linear
+call of torchvision's resnet18, resnet50, vgg11, mobilenet_v2 and alexnet at batch 16, 64x64: forward and every
+gradient the model needs), ``models`` (each of those models' SGD training step after ``convert()``, and its peak
+memory), ``epochs`` (a full MNIST epoch). ``--parts`` writes ``bench-<device>-<parts>.{json,md}``, so a part's
+table is regenerated alone.
 
 Peak memory of a training step: on CUDA ``torch.cuda.max_memory_allocated``; on CPU (where tracemalloc does not
 see torch's allocator) the peak of the running sum of the allocations ``torch.profiler(profile_memory=True)``
@@ -30,7 +41,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # models.py beside it
 
+import bp_torch  # noqa: E402
 from bp_torch import functional as BF  # noqa: E402
 from bp_torch._function import apply, with_direct_call  # noqa: E402
 from bp_torch.models import LeNet  # noqa: E402
@@ -161,36 +174,48 @@ def _classes(shape):
     return lambda device: torch.randint(0, shape[1], shape[:1], device=device)
 
 
-def bench_functions(device, args) -> list[Row]:
+def bench_functions(device, args, mode: str = "fast", lenet_only: bool = False) -> list[Row]:
     rows = []
+    suffix = f", {mode} formulas" if mode != "fast" else ""
     for label, op, shapes, needs, options in function_cases(args.quick):
-        if args.only and args.only not in label:
+        if lenet_only and "LeNet" not in label:
+            continue
+        label += suffix
+        if not selected(label, args):
             continue
         tensors = [torch.randn(s, device=device) for s in shapes]
         params = [t.requires_grad_() for t, n in zip(tensors, needs) if n]
         options = {k: v(device) if callable(v) else v for k, v in options.items()}
         grad_out = torch.randn_like(OPS["native"][op](*tensors, **options))
 
-        def run(fn, tensors=tensors, options=options, params=params, grad_out=grad_out):
-            return torch.autograd.grad(fn(*tensors, **options), params, grad_out)
+        def run(fn, impl, tensors=tensors, options=options, params=params, grad_out=grad_out):
+            with bp_torch.formulas(mode if impl == "manual" else "fast"):
+                return torch.autograd.grad(fn(*tensors, **options), params, grad_out)
 
-        fns = {impl: (lambda f=OPS[impl][op]: run(f)) for impl in IMPLS}
+        fns = {impl: (lambda f=OPS[impl][op], impl=impl: run(f, impl)) for impl in IMPLS}
         times = interleaved(fns, device, args.repeats, args.warmup, args.min_time)
         shape = " ".join("x".join(map(str, s)) for s, n in zip(shapes, needs) if s)
-        rows.append(Row("fwd+bwd", label, shape, times["manual"] * 1e3, times["native"] * 1e3))
+        group = "literal" if mode == "literal" else "fwd+bwd"
+        rows.append(Row(group, label, shape, times["manual"] * 1e3, times["native"] * 1e3))
         print(_line(rows[-1]), flush=True)
     return rows
+
+
+def selected(name: str, args) -> bool:
+    """Whether a row of this name runs under ``--only``."""
+    return not args.only or args.only in name
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # the LeNet training step and its peak memory
 
 
-def lenet_step(impl: str, batch: int, device, compile: bool = False):
+def lenet_step(impl: str, batch: int, device, compile: bool = False, mode: str = "fast"):
     """One training step of the LeNet (forward, cross-entropy, backward, Adam step) as a closure, same seed both.
 
     ``compile``: the model under ``torch.compile`` (default inductor), which traces the Functions' forward and
-    hand-written backward into its graph, as it traces native autograd's.
+    hand-written backward into its graph, as it traces native autograd's. ``mode``: the formulas the manual
+    backward runs (``bp_torch.formulas``).
     """
     torch.manual_seed(0)
     model = LeNet(impl).to(device)
@@ -200,30 +225,39 @@ def lenet_step(impl: str, batch: int, device, compile: bool = False):
     y = torch.randint(0, 10, (batch,), device=device)
 
     def step():
-        loss = F.cross_entropy(forward(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        with bp_torch.formulas(mode):
+            loss = F.cross_entropy(forward(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
 
     return step, model, x
 
 
-def bench_steps(device, args, compile: bool = False) -> list[Row]:
+def bench_steps(device, args, compile: bool = False, mode: str = "fast") -> list[Row]:
     rows = []
-    label = ", both torch.compile'd" if compile else ""
+    label = ", both torch.compile'd" if compile else f", manual with {mode} formulas" if mode != "fast" else ""
     for B in (4,) if args.quick else (64, 256):
-        steps = {impl: lenet_step(impl, B, device, compile)[0] for impl in IMPLS}
+        name = f"LeNet training step b{B}{label}"
+        if not selected(name, args):
+            continue
+        steps = {impl: lenet_step(impl, B, device, compile, mode if impl == "manual" else "fast")[0] for impl in IMPLS}
         # compiled, the warm-up also compiles (tens of seconds on a CPU) and settles recompilation before timing
         warmup = max(args.warmup, 3) if compile else args.warmup
         times = interleaved(steps, device, args.repeats, warmup, args.min_time)
-        name = f"LeNet training step b{B}{label}"
-        rows.append(Row("train step", name, f"{B}x1x28x28", *(times[i] * 1e3 for i in IMPLS)))
+        group = "literal" if mode == "literal" else "train step"
+        rows.append(Row(group, name, f"{B}x1x28x28", *(times[i] * 1e3 for i in IMPLS)))
         print(_line(rows[-1]), flush=True)
     return rows
 
 
 def bench_compiled_steps(device, args) -> list[Row]:
     return bench_steps(device, args, compile=True)
+
+
+def bench_literal(device, args) -> list[Row]:
+    """The LeNet's training step and its layers with the manual backward in literal mode, against native."""
+    return bench_steps(device, args, mode="literal") + bench_functions(device, args, "literal", lenet_only=True)
 
 
 def saved_bytes(model, x) -> int:
@@ -264,6 +298,8 @@ def peak_bytes(step, device) -> int:
 def bench_memory(device, args) -> list[Row]:
     rows = []
     for B in (4,) if args.quick else (64, 256):
+        if not selected(f"peak of a training step b{B}", args):
+            continue
         peak, saved = {}, {}
         for impl in IMPLS:
             step, model, x = lenet_step(impl, B, device)
@@ -282,6 +318,84 @@ def _mib(values: dict[str, int]):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# torchvision's models: every distinct layer call, each model's training step after convert() and its peak memory
+
+
+def _models_and_input(args):
+    from models import BATCH, MODELS, SIZE
+
+    return (("resnet18",), 2, 32) if args.quick else (MODELS, BATCH, SIZE)
+
+
+def bench_layers(device, args) -> list[Row]:
+    """Each distinct conv2d, pooling and linear call of the models' forwards, forward and the gradients the model
+    needs (not the image's), manual against native; calls bp_torch has no twin for get a row saying so."""
+    from models import distinct_calls
+
+    rows = []
+    for call, models in distinct_calls(*_models_and_input(args)):
+        name = f"{call.label()} [{', '.join(models)}]"
+        if not selected(name, args):
+            continue
+        if call.manual is None:
+            rows.append(Row("layer", f"{name}: no bp_torch twin yet, native in convert()-ed models", "", 0.0, 0.0))
+            print(rows[-1].name, flush=True)
+            continue
+        args_, params = call.inputs(device)
+        kwargs = dict(call.kwargs)
+        grad_out = torch.randn_like(call.native(*args_, **kwargs))
+
+        def run(fn, args_=args_, kwargs=kwargs, params=params, grad_out=grad_out):
+            return torch.autograd.grad(fn(*args_, **kwargs), params, grad_out)
+
+        fns = {"manual": lambda f=call.manual: run(f), "native": lambda f=call.native: run(f)}
+        times = interleaved(fns, device, args.repeats, args.warmup, args.min_time)
+        rows.append(Row("layer", name, call.shape_text(), times["manual"] * 1e3, times["native"] * 1e3))
+        print(_line(rows[-1]), flush=True)
+    return rows
+
+
+def model_step(name: str, impl: str, batch: int, size: int, device):
+    """One SGD training step (forward, cross-entropy, backward, step) of torchvision's ``name`` as a closure; the
+    manual model is the native one's weights, ``convert()``-ed."""
+    from models import build
+
+    model = build(name, impl, device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=gen).to(device)
+    y = torch.randint(0, 10, (batch,), generator=gen).to(device)
+
+    def step():
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step, model, x
+
+
+def bench_models(device, args) -> list[Row]:
+    """Each model's training step, manual (convert()-ed) against native, interleaved; then its peak memory."""
+    models, batch, size = _models_and_input(args)
+    rows = []
+    for name in models:
+        label = f"{name} training step (SGD)"
+        if not selected(label, args):
+            continue
+        shape = f"{batch}x3x{size}x{size}"
+        steps = {impl: model_step(name, impl, batch, size, device) for impl in IMPLS}
+        times = interleaved({i: steps[i][0] for i in IMPLS}, device, args.repeats, args.warmup, args.min_time)
+        rows.append(Row("model step", label, shape, *(times[i] * 1e3 for i in IMPLS)))
+        peak = {impl: peak_bytes(steps[impl][0], device) for impl in IMPLS}
+        how = "max_memory_allocated" if device.type == "cuda" else "profiler"
+        rows.append(Row("model memory", f"{name} peak of a training step ({how})", shape, *_mib(peak), unit="MiB"))
+        print(_line(rows[-2]), _line(rows[-1]), sep="\n", flush=True)
+        del steps
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # a full MNIST epoch
 
 
@@ -293,6 +407,8 @@ def bench_epochs(device, args) -> list[Row]:
     recipes = [("default", PRESETS["default"]), ("seed at b256", _replace(PRESETS["seed"], batch_size=256))]
     limit = 5 if args.quick else 0
     for label, recipe in recipes:
+        if not selected(f"MNIST epoch, {label} recipe", args):
+            continue
         cfg = _replace(recipe, data_dir=args.data, limit_train_batches=limit)
         try:
             train, _ = make_loaders(cfg, device)
@@ -363,6 +479,7 @@ def machine_info(device) -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": str(device),
+        "load_average": _load(),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -383,6 +500,9 @@ def markdown(rows: list[Row], info: dict, command: str) -> str:
     machine = f"{info['cpu']}, {info['cores']} cores, {info['torch_threads']} torch threads, torch {info['torch']}"
     if "gpu" in info:
         machine += f", {info['gpu']}"
+    load = info.get("load_average")
+    if isinstance(load, dict):
+        machine += f"; load average (1, 5, 15 min) {load['before']} before, {load['after']} after"
     lines = [
         f"Device `{info['device']}` — {machine}. Command: `{command}`.",
         "",
@@ -397,13 +517,19 @@ def markdown(rows: list[Row], info: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def profile_step(device, batch: int) -> None:
-    """Print torch.profiler's top operators for one LeNet training step, manual then native."""
+def profile_step(device, batch: int, model: str = "lenet") -> None:
+    """Print torch.profiler's top operators for 20 training steps, manual then native: the LeNet's at ``batch``, or
+    (``model``: a torchvision name) that model's at the benchmark's batch 16, 64x64."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     for impl in IMPLS:
-        step = lenet_step(impl, batch, device)[0]
+        if model == "lenet":
+            step, what = lenet_step(impl, batch, device)[0], f"LeNet training step, batch {batch}"
+        else:
+            from models import BATCH, SIZE
+
+            step, what = model_step(model, impl, BATCH, SIZE, device)[0], f"{model} training step, batch {BATCH}"
         for _ in range(5):
             step()
         sync(device)
@@ -412,7 +538,7 @@ def profile_step(device, batch: int) -> None:
                 step()
             sync(device)
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        print(f"== {impl}, LeNet training step, batch {batch}, 20 steps ==")
+        print(f"== {impl}, {what}, 20 steps ==")
         print(prof.key_averages().table(sort_by=sort, row_limit=18, max_name_column_width=48))
 
 
@@ -427,12 +553,13 @@ def main(argv=None) -> int:
     parser.add_argument("--min-time", type=float, default=None, help="seconds per sample (default: 0.05, quick 0)")
     parser.add_argument("--epoch-repeats", type=int, default=2, help="timed MNIST epochs per side (default: 2)")
     parser.add_argument("--data", default=None, help="MNIST folder (default: $BP_TORCH_DATA, else ./data)")
-    parser.add_argument("--only", default="", help="run only the function rows whose name contains this")
+    parser.add_argument("--only", default="", help="run only the rows whose name contains this (default: all)")
+    parser.add_argument("--parts", default="", help=f"comma-separated parts to run (default: all): {','.join(PARTS)}")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip (default: none; --quick: compiled)")
     parser.add_argument(
-        "--skip", default="",
-        help="comma-separated parts to skip: functions,steps,compiled,memory,epochs (--quick skips compiled)",
+        "--profile", nargs="?", const="lenet", default=None,
+        help="print torch.profiler tables of a training step: the LeNet's, or a model's (--profile resnet18)",
     )  # fmt: skip
-    parser.add_argument("--profile", action="store_true", help="print torch.profiler tables of a training step")
     args = parser.parse_args(argv)
     if args.repeats is None:
         args.repeats = 3 if args.quick else 15
@@ -446,40 +573,58 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.profile:
-        profile_step(device, 4 if args.quick else 256)
+        profile_step(device, 4 if args.quick else 256, args.profile)
         return 0
 
     info = machine_info(device)
     print(json.dumps(info), flush=True)
+    parts = [p for p in args.parts.split(",") if p] or list(PARTS)
     skip = set(filter(None, args.skip.split(",")))
-    if args.quick:
+    if unknown := (set(parts) | skip) - set(PARTS):
+        parser.error(f"unknown parts {sorted(unknown)}; the parts are {', '.join(PARTS)}")
+    if args.quick and not args.parts:
         skip.add("compiled")  # a smoke test has no minute to spend compiling
+    print(f"load average before: {_load()}", flush=True)
     rows = []
-    for part, bench in [
-        ("functions", bench_functions),
-        ("steps", bench_steps),
-        ("compiled", bench_compiled_steps),
-        ("memory", bench_memory),
-        ("epochs", bench_epochs),
-    ]:
+    for part in parts:
         if part not in skip:
-            rows += bench(device, args)
+            rows += PARTS[part](device, args)
+    info["load_average"] = {"before": info.pop("load_average"), "after": _load()}
 
     command = "python benchmarks/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "data")}
-    (out / f"bench-{device.type}.json").write_text(
+    stem = f"bench-{device.type}" + (f"-{'-'.join(parts)}" if args.parts else "")
+    (out / f"{stem}.json").write_text(
         json.dumps(
             {"machine": info, "settings": settings, "command": command.strip(), "rows": [asdict(r) for r in rows]},
             indent=1,
         )
         + "\n"  # fmt: skip
     )
-    (out / f"bench-{device.type}.md").write_text(markdown(rows, info, command.strip()))
-    print(f"wrote {out / f'bench-{device.type}.json'} and .md")
+    (out / f"{stem}.md").write_text(markdown(rows, info, command.strip()))
+    print(f"wrote {out / f'{stem}.json'} and .md; load average after: {info['load_average']['after']}")
     return 0
 
+
+def _load() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+PARTS = {
+    "functions": bench_functions,
+    "steps": bench_steps,
+    "compiled": bench_compiled_steps,
+    "memory": bench_memory,
+    "literal": bench_literal,
+    "layers": bench_layers,
+    "models": bench_models,
+    "epochs": bench_epochs,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

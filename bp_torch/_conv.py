@@ -3,26 +3,37 @@
 Plain tensor code, no autograd: ``bp_torch.autograd.conv`` wraps :func:`input_grad` and :func:`weight_grad` in
 Functions whose backward is again one of these equations, so every order of derivative is hand-written. Every
 formulation computes the same sum; they differ in speed only (benchmarks/README.md), and the tests check each one
-against native autograd, gradcheck and gradgradcheck.
+against native autograd, gradcheck and gradgradcheck, on a grid of options and on the shapes where it is chosen.
 
-What runs (mode from :func:`bp_torch.formulas`; *fast* is the default):
+What runs (mode from :func:`bp_torch.formulas`; *fast* is the default). C_in_g, C_out_g: channels per group;
+L = H_out·W_out, the positions of the output map.
 
-============  ==============================  =====================================  ===================================
-gradient      formulation                     equation, as computed                  runs when
-============  ==============================  =====================================  ===================================
-∂e/∂x         ``flipped_correlation``         Note A eq. 17/35: δ, zeros inserted    *literal*: always. *fast*: stride 1
-                                              for the stride, fully padded,          and padding p = d·(k−1) − p, i.e.
-                                              correlated with rot180(k), channels    'same' (3x3 pad 1, 1x1): no zeros,
-                                              swapped                                no extra padding to insert
-∂e/∂x         ``transposed_convolution``      Note A eq. 14: each δ_pq scattered     *fast*: every other shape — LeNet's
-                                              onto the inputs its window read        C2 (5x5 'valid'), any stride
-∂e/∂k         ``batch_as_channels``           Note B eq. 40: one correlation of x    *literal*: always. *fast*: under
-                                              with δ, the batch as channels          2^22 multiply-adds per kernel tap
-                                                                                     — LeNet's C1 and C2
-∂e/∂k         ``per_tap``                     Note B eq. 40, one tap (u, v) at a     *fast*: the larger shapes (ResNet's
-                                              time: δ @ x_uv over stride phases      3x3 and 1x1 layers)
-∂e/∂k         ``depthwise``                   Note B eq. 40 per (sample, channel)    *fast*: C_in = C_out = groups
-============  ==============================  =====================================  ===================================
+========  ==========================  ==========================================  ======================================
+gradient  formulation                 equation, as computed                       runs when
+========  ==========================  ==========================================  ======================================
+∂e/∂x     ``flipped_correlation``     Note A eq. 17/35: δ, zeros inserted for     *literal*: always
+                                      the stride, fully padded, correlated with
+                                      rot180(k), channels swapped
+∂e/∂x     ``transposed_convolution``  Note A eq. 14: each δ_pq scattered onto     *fast*: always — no zeros to insert,
+                                      the inputs its window read                  no flipped copy of the kernel
+∂e/∂k     ``depthwise``               Note B eq. 40 per (sample, channel)         *fast*: C_in = C_out = groups
+∂e/∂k     ``unfold_per_sample``       Note A eq. 7 on each window (section 3.3)   *fast*: 1x1 with C_out_g·C_in_g <
+                                      = Note B eq. 40: per sample one product     L·(C_in_g + C_out_g) (the partial sums
+                                      (C_out × L)·(L × C_in_g·k²) of δ and the    are the smaller copy); k > 1 with
+                                      im2col columns, summed over the batch       8·C_in_g ≤ C_out_g (stems)
+∂e/∂k     ``unfold_gemm``             the same sum as one product (C_out ×        *fast*: every other 1x1 (small maps,
+                                      N·L)·(N·L × C_in_g·k²)                      many channels); k > 1 with a stride
+                                                                                  and C_out_g ≥ 128
+∂e/∂k     ``batch_as_channels``       Note B eq. 40: one correlation of x with    *literal*: always. *fast*: every other
+                                      δ, the batch as channels                    k > 1 — LeNet's C1 and C2, VGG's and
+                                                                                  ResNet's 3x3 stride 1
+========  ==========================  ==========================================  ======================================
+
+*autotune* times every formulation of the gradient (``depthwise`` only where it applies) at the first call with
+each shape, on the device at hand, and caches the fastest in :data:`TUNED`; under torch.compile or a torch.func
+transform it runs *fast*'s choice. The fast mode's rules are a cost model measured on a CPU
+(``benchmarks/formulations.py`` times every formulation on every layer of the benchmark's models, with the rule's
+pick and the fastest); on another device, autotune measures instead of assuming.
 
 LeNet's C1 (1→6, 5x5, input 28x28) needs only ∂e/∂k (the image needs no gradient): ``batch_as_channels``.
 LeNet's C2 (6→12, 5x5, input 12x12): ``transposed_convolution`` and ``batch_as_channels`` (*fast*),
@@ -31,47 +42,102 @@ LeNet's C2 (6→12, 5x5, input 12x12): ``transposed_convolution`` and ``batch_as
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 
 from bp_torch._arguments import Pair
-from bp_torch._formulas import is_literal
-
-# Below this many multiply-adds per kernel tap, one convolution over all taps beats a matmul per tap on CPU
-# (benchmarks/README.md, "Profile evidence").
-TAP_MATMUL_MIN_MACS = 1 << 22
+from bp_torch._formulas import is_autotune, is_literal
 
 
 def input_grad(delta, weight, input_size: Pair, stride: Pair, padding: Pair, dilation: Pair, groups: int):
     """∂e/∂x (Note A eq. 14/17/35, Note B eq. 51) for δ of shape (N, C_out, H_out, W_out): the formulation the
     table above names."""
-    name = choose_input_grad(weight.shape[2:], stride, padding, dilation)
-    return INPUT_GRAD[name](delta, weight, input_size, stride, padding, dilation, groups)
+    args = (delta, weight, input_size, stride, padding, dilation, groups)
+    return INPUT_GRAD[choose_input_grad(*args)](*args)
 
 
 def weight_grad(input, delta, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, groups: int):
     """∂e/∂k (Note B eq. 40/59): Δk[o, i, u, v] = Σ_n Σ_pq x[n, i, p·s + u·d − p, q·s + v·d − p] δ[n, o, p, q]."""
     if delta.shape[0] == 0:
         return input.new_zeros((delta.shape[1], input.shape[1] // groups, *kernel_size))
-    name = choose_weight_grad(input.shape, delta.shape, kernel_size, groups)
-    return WEIGHT_GRAD[name](input, delta, kernel_size, stride, padding, dilation, groups)
+    args = (input, delta, kernel_size, stride, padding, dilation, groups)
+    return WEIGHT_GRAD[choose_weight_grad(*args)](*args)
 
 
-def choose_input_grad(kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair) -> str:
+def choose_input_grad(delta, weight, input_size, stride, padding, dilation, groups) -> str:
     if is_literal():
         return "flipped_correlation"
-    full = [d * (k - 1) - p for k, p, d in zip(kernel_size, padding, dilation)]  # a 'full' correlation's padding
-    return "flipped_correlation" if stride == (1, 1) and list(padding) == full else "transposed_convolution"
+    if is_autotune() and timeable(delta):
+        return autotuned("input", INPUT_GRAD, (delta, weight, input_size, stride, padding, dilation, groups))
+    return "transposed_convolution"
 
 
-def choose_weight_grad(input_shape, delta_shape, kernel_size: Pair, groups: int) -> str:
+def choose_weight_grad(input, delta, kernel_size, stride, padding, dilation, groups) -> str:
     if is_literal():
         return "batch_as_channels"
-    N, C_in = input_shape[:2]
-    C_out, H_out, W_out = delta_shape[1:]
-    if C_in == C_out == groups:
+    depthwise = input.shape[1] == delta.shape[1] == groups
+    if is_autotune() and timeable(input):
+        args = (input, delta, kernel_size, stride, padding, dilation, groups)
+        return autotuned("weight", WEIGHT_GRAD, args, exclude=() if depthwise else ("depthwise",))
+    if depthwise:
         return "depthwise"
-    return "batch_as_channels" if N * H_out * W_out * C_out * (C_in // groups) < TAP_MATMUL_MIN_MACS else "per_tap"
+    return cheapest_weight_grad(input.shape, delta.shape, kernel_size, stride, groups)
+
+
+def cheapest_weight_grad(input_shape, delta_shape, kernel_size, stride, groups) -> str:
+    """The fast mode's fixed choice of ∂e/∂k's formulation for these shapes (the table above; its validation over
+    the benchmark's layers: benchmarks/README.md, "How each gradient is computed")."""
+    C_in_g, (C_out, H_out, W_out) = input_shape[1] // groups, delta_shape[1:]
+    C_out_g, L = C_out // groups, H_out * W_out
+    if kernel_size == (1, 1):
+        # both sum products over the positions: per sample, N partial sums of C_out_g x C_in_g are written and
+        # added; as one product, x and δ are first copied into (channels x N·L) matrices. Fewer elements wins.
+        return "unfold_per_sample" if C_out_g * C_in_g < L * (C_in_g + C_out_g) else "unfold_gemm"
+    if 8 * C_in_g <= C_out_g:
+        # a stem (3 input channels): the batch-as-channels correlation would have a batch of 3; per sample, the
+        # im2col columns are few (C_in_g·k²) and the products short
+        return "unfold_per_sample"
+    if stride != (1, 1) and C_out_g >= 128:
+        # a strided correlation of x with δ spreads δ by the stride (a dilated kernel); one product over the im2col
+        # matrix instead copies each window once, 1/C_out_g of an element per multiply-add
+        return "unfold_gemm"
+    return "batch_as_channels"
+
+
+# The autotuner's choices: (gradient, each operand's shape, strides, dtype and device, the options) -> formulation
+TUNED: dict[tuple, str] = {}
+
+
+def timeable(t: torch.Tensor) -> bool:
+    """Whether timing means anything here: not while torch.compile traces or a torch.func transform runs."""
+    return not (torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active() or t.is_meta)
+
+
+def autotuned(kind: str, table: dict, args: tuple, exclude: tuple[str, ...] = ()) -> str:
+    """The fastest formulation in ``table`` for these operands: timed at the first call with their shapes, then
+    cached in :data:`TUNED`."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    key = (kind, *((t.shape, t.stride(), t.dtype, t.device) for t in tensors), *args[len(tensors) :])
+    if key not in TUNED:
+        TUNED[key] = min((n for n in table if n not in exclude), key=lambda n: seconds(table[n], args))
+    return TUNED[key]
+
+
+def seconds(function, args, repeats: int = 3) -> float:
+    """The best of ``repeats`` timed calls, after one untimed call (allocations, caches, lazy initialisation)."""
+    device = next(a for a in args if isinstance(a, torch.Tensor)).device
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda *a: None)
+    function(*args)
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        function(*args)
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def flipped_correlation(delta, weight, input_size, stride, padding, dilation, groups):
@@ -151,42 +217,53 @@ def depthwise(input, delta, kernel_size, stride, padding, dilation, groups):
     return grad[..., :kh, :kw] if grad.shape[2:] != (kh, kw) else grad
 
 
-def per_tap(input, delta, kernel_size, stride, padding, dilation, groups):
-    """Note B eq. 40 one tap (u, v) at a time: the sum over (n, p, q) is a matrix product δ (C_out, ·) @ x_uv (·, C_in).
-
-    No im2col copy: with x padded to a whole number of strides and split into its stride phases, every tap reads
-    a phase at a fixed offset, and on a δ padded to the phase's width that read is one slice of the flattened map.
-    """
-    N, C_out, H_out, W_out = delta.shape
-    (sh, sw), (dh, dw), G = stride, dilation, groups
-    phases, Wq = stride_phases(input, stride, padding, groups)
-    # δ on the phase grid: padded to width Wq, flattened, cut after its last real position
-    d = F.pad(delta, (0, Wq - W_out)) if Wq != W_out else delta
-    M = (H_out - 1) * Wq + W_out
-    d = d.reshape(N, G, C_out // G, H_out * Wq)[..., :M]
-    taps = []
-    for u in range(kernel_size[0]):
-        a, r = divmod(u * dh, sh)  # row p·s + u·d = (p + a)·s + r: phase r, shifted a rows
-        for v in range(kernel_size[1]):
-            b, t = divmod(v * dw, sw)
-            x_uv = phases[r, t, ..., a * Wq + b : a * Wq + b + M]  # (N, G, C_in_g, M)
-            taps.append(d @ x_uv.transpose(-1, -2))  # Note B eq. 40 at tap (u, v): Σ_pq δ x_uv, (N, G, C_out_g, C_in_g)
-    grad = torch.stack(taps, -1).sum(0)  # (G, C_out_g, C_in_g, kh·kw), summed over the batch
-    return grad.reshape(C_out, input.shape[1] // G, *kernel_size)
+def unfold_gemm(input, delta, kernel_size, stride, padding, dilation, groups):
+    """Note A section 3.3 with eq. 7: every output position is a fully connected layer whose input is its window of
+    x (C_in_g·kh·kw values, one im2col column) and whose weight is the kernel, so ∂e/∂k = Σ δ·windowᵀ over every
+    position sharing the kernel (Note B eq. 40) — one matrix product (C_out × N·L)·(N·L × C_in_g·kh·kw) per group."""
+    N, C_in = input.shape[:2]
+    C_out, H_out, W_out = delta.shape[1:]
+    G, (kh, kw) = groups, kernel_size
+    win = windows(input, kernel_size, stride, padding, dilation)  # (N, C_in, H_out, W_out, kh, kw), a view
+    # im2col, positions last: (G, C_in_g·kh·kw, N·H_out·W_out)
+    cols = win.reshape(N, G, C_in // G, H_out, W_out, kh, kw).permute(1, 2, 5, 6, 0, 3, 4)
+    cols = cols.reshape(G, C_in // G * kh * kw, N * H_out * W_out)
+    d = delta.reshape(N, G, C_out // G, H_out * W_out).permute(1, 2, 0, 3).reshape(G, C_out // G, -1)
+    grad = d @ cols.transpose(1, 2)  # Note A eq. 7 / Note B eq. 40: Σ over positions of δ xᵀ, (G, C_out_g, C_in_g·k²)
+    return grad.reshape(C_out, C_in // G, kh, kw)
 
 
-def stride_phases(input, stride: Pair, padding: Pair, groups: int) -> tuple[torch.Tensor, int]:
-    """x zero-padded to a whole number of strides and split into its stride phases, with each phase's width Wq:
-    (N, C_in, H, W) -> (sh, sw, N, G, C_in_g, Hq·Wq), where phase (r, t) holds the padded rows r::sh, columns t::sw."""
-    N, C_in, H, W = input.shape
-    (sh, sw), (ph, pw), G = stride, padding, groups
-    Hq, Wq = -(-(H + 2 * ph) // sh), -(-(W + 2 * pw) // sw)  # each stride phase is (Hq, Wq)
-    extra_h, extra_w = Hq * sh - H - ph, Wq * sw - W - pw
-    x = F.pad(input, (pw, extra_w, ph, extra_h)) if (ph, pw, extra_h, extra_w) != (0, 0, 0, 0) else input
-    return x.reshape(N, G, C_in // G, Hq, sh, Wq, sw).permute(4, 6, 0, 1, 2, 3, 5).flatten(-2), Wq
+def unfold_per_sample(input, delta, kernel_size, stride, padding, dilation, groups):
+    """Note A eq. 7 on the unfolded input as :func:`unfold_gemm`, the sum over positions taken per sample first —
+    N products (C_out × L)·(L × C_in_g·kh·kw), then summed over the batch: short reductions with many partial sums,
+    where one long product would have a small output to share among threads."""
+    N, C_in = input.shape[:2]
+    C_out, H_out, W_out = delta.shape[1:]
+    G, (kh, kw) = groups, kernel_size
+    win = windows(input, kernel_size, stride, padding, dilation)  # (N, C_in, H_out, W_out, kh, kw), a view
+    # im2col per sample, positions last: (N, G, C_in_g·kh·kw, H_out·W_out)
+    cols = win.reshape(N, G, C_in // G, H_out, W_out, kh, kw).permute(0, 1, 2, 5, 6, 3, 4)
+    cols = cols.reshape(N, G, C_in // G * kh * kw, H_out * W_out)
+    d = delta.reshape(N, G, C_out // G, H_out * W_out)
+    grad = (d @ cols.transpose(-1, -2)).sum(0)  # Note A eq. 7 / Note B eq. 40: Σ_n Σ_pq δ xᵀ, (G, C_out_g, C_in_g·k²)
+    return grad.reshape(C_out, C_in // G, kh, kw)
+
+
+def windows(input, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair) -> torch.Tensor:
+    """The window each output reads (Note A eq. 10), as a view of the zero-padded x:
+    (N, C, H, W) -> (N, C, H_out, W_out, kh, kw)."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
+    x = F.pad(input, (pw, pw, ph, ph)) if (ph, pw) != (0, 0) else input
+    win = x.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)
+    return win[..., ::dh, ::dw] if (dh, dw) != (1, 1) else win
 
 
 INPUT_GRAD = {"flipped_correlation": flipped_correlation, "transposed_convolution": transposed_convolution}
-WEIGHT_GRAD = {"batch_as_channels": batch_as_channels, "per_tap": per_tap, "depthwise": depthwise}
+WEIGHT_GRAD = {
+    "batch_as_channels": batch_as_channels,
+    "unfold_gemm": unfold_gemm,
+    "unfold_per_sample": unfold_per_sample,
+    "depthwise": depthwise,
+}
 
-__all__ = ["input_grad", "weight_grad", "INPUT_GRAD", "WEIGHT_GRAD"]
+__all__ = ["input_grad", "weight_grad", "INPUT_GRAD", "WEIGHT_GRAD", "TUNED"]

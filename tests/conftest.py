@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import bp_torch
-from bp_torch._formulas import MODES
 
 # The tests run many tiny ops (gradcheck perturbs one element at a time): extra intra-op threads only contend,
 # above all with pytest-xdist's workers on a 2-core machine.
@@ -20,9 +19,12 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.fixture(params=MODES)
+@pytest.fixture(params=["fast", "literal"])
 def both_formulas(request):
-    """Run the test once with the fast formulations and once with the literal ones (``bp_torch.formulas``)."""
+    """Run the test once with the fast formulations and once with the literal ones (``bp_torch.formulas``).
+
+    The third mode, autotune, runs one of the formulations that tests/test_conv_formulations.py forces one by one.
+    """
     with bp_torch.formulas(request.param):
         yield request.param
 

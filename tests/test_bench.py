@@ -14,18 +14,31 @@ def test_quick_benchmark_writes_json_and_markdown(tmp_path, monkeypatch):
     result = json.loads((tmp_path / "bench-cpu.json").read_text())
     assert {"cpu", "cores", "torch_threads", "torch", "device"} <= set(result["machine"])
     groups = {row["group"] for row in result["rows"]}
-    assert groups == {"fwd+bwd", "train step", "memory", "epoch"}
+    assert groups == {"fwd+bwd", "train step", "memory", "literal", "layer", "model step", "model memory", "epoch"}
     for row in result["rows"]:
         assert {"name", "shape", "manual", "native", "ratio", "unit"} <= set(row)
     names = [row["name"] for row in result["rows"]]
     assert any("conv2d depthwise" in n for n in names) and any("skipped" in n for n in names)
+    assert any(n.startswith("conv2d 64->128 3x3") and "[resnet18]" in n for n in names)  # a model's layer
+    assert any("resnet18 training step" in n for n in names) and any("literal formulas" in n for n in names)
+    assert result["machine"]["load_average"]["before"] and result["machine"]["load_average"]["after"]
     table = (tmp_path / "bench-cpu.md").read_text()
     assert "| benchmark | shape | manual | native | manual/native |" in table
     assert table.count("\n|") == len(result["rows"]) + 2  # header, separator, one line per row
 
 
-def test_conv_parts_runs_on_tiny_shapes(capsys):
-    main = runpy.run_path(str(BENCH.with_name("conv_parts.py")))["main"]
-    assert main(["--quick"]) == 0
-    out = capsys.readouterr().out
-    assert "ours dk: per-tap matmuls" in out and "native dk" in out
+def test_one_part_alone_writes_its_own_table(tmp_path):
+    """--parts reruns one part (the whole-model rows, once more Functions land) into a file of its own."""
+    main = runpy.run_path(str(BENCH))["main"]
+    assert main(["--quick", "--out", str(tmp_path), "--repeats", "1", "--parts", "models", "--only", "resnet18"]) == 0
+    result = json.loads((tmp_path / "bench-cpu-models.json").read_text())
+    assert [row["group"] for row in result["rows"]] == ["model step", "model memory"]
+    assert not (tmp_path / "bench-cpu.json").exists()
+
+
+def test_formulations_times_each_formulation_on_tiny_shapes(tmp_path, capsys):
+    main = runpy.run_path(str(BENCH.with_name("formulations.py")))["main"]
+    assert main(["--quick", "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "formulations-cpu.md").read_text()
+    assert "| conv2d 64->128 3x3" in table and "unfold_gemm" in table and "batch_as_channels" in table
+    assert "Cost model's choice over the fastest formulation" in capsys.readouterr().out

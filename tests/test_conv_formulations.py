@@ -76,33 +76,125 @@ def test_forced_formulation_is_the_one_that_runs(kind, name, force, monkeypatch)
     assert calls == [name]
 
 
-@pytest.mark.parametrize(
-    "x, w, options, fast, literal",
-    [
-        # Note B's C1 and C2 at batch 64, as the table in bp_torch/_conv.py names them
-        ((64, 1, 28, 28), (6, 1, 5, 5), {}, {"weight": "batch_as_channels"}, {"weight": "batch_as_channels"}),
-        ((64, 6, 12, 12), (12, 6, 5, 5), {}, {"input": "transposed_convolution", "weight": "batch_as_channels"},
-         {"input": "flipped_correlation", "weight": "batch_as_channels"}),
-        ((32, 64, 56, 56), (64, 64, 3, 3), {"padding": 1}, {"input": "flipped_correlation", "weight": "per_tap"},
-         {"input": "flipped_correlation", "weight": "batch_as_channels"}),
-        ((2, 8, 9, 9), (8, 1, 3, 3), {"stride": 2, "padding": 1, "groups": 8},
-         {"input": "transposed_convolution", "weight": "depthwise"},
-         {"input": "flipped_correlation", "weight": "batch_as_channels"}),
-    ],
-    ids=["lenet-C1", "lenet-C2", "resnet-3x3", "depthwise-stride-2"],
-)  # fmt: skip
-def test_the_table_says_what_runs(x, w, options, fast, literal):
-    x, w = torch.empty(x), torch.empty(w)
-    stride, padding, dilation = (_pair(options.get(k, v)) for k, v in (("stride", 1), ("padding", 0), ("dilation", 1)))
-    groups = options.get("groups", 1)
-    out = F.conv2d(x, w, None, stride, padding, dilation, groups)
-    for mode, expected in (("fast", fast), ("literal", literal)):
-        with bp_torch.formulas(mode):
-            chosen = {
-                "input": _conv.choose_input_grad(tuple(w.shape[2:]), stride, padding, dilation),
-                "weight": _conv.choose_weight_grad(x.shape, out.shape, tuple(w.shape[2:]), groups),
-            }
-        assert {k: chosen[k] for k in expected} == expected, mode
+# Where the cost model picks each formulation (fast mode): real layers of the benchmark's models at batch 2 (the
+# choice depends on channels, kernel, stride and map size, not on the batch), and small shapes with the same choice
+# for gradcheck. (x shape, w shape, stride, padding, groups) -> {"input": ..., "weight": ...} in fast mode.
+CHOSEN = {
+    "lenet-C1": ((2, 1, 28, 28), (6, 1, 5, 5), 1, 0, 1, {"weight": "batch_as_channels"}),
+    "lenet-C2": ((2, 6, 12, 12), (12, 6, 5, 5), 1, 0, 1, {"weight": "batch_as_channels"}),
+    "vgg-256to512-8x8": ((2, 256, 8, 8), (512, 256, 3, 3), 1, 1, 1, {"weight": "batch_as_channels"}),
+    "resnet-stem-7x7-s2": ((2, 3, 64, 64), (64, 3, 7, 7), 2, 3, 1, {"weight": "unfold_per_sample"}),
+    "mobilenet-16to96-1x1": ((2, 16, 32, 32), (96, 16, 1, 1), 1, 0, 1, {"weight": "unfold_per_sample"}),
+    "resnet-1024to2048-1x1-s2": ((2, 1024, 4, 4), (2048, 1024, 1, 1), 2, 0, 1, {"weight": "unfold_gemm"}),
+    "resnet-256to512-3x3-s2": ((2, 256, 4, 4), (512, 256, 3, 3), 2, 1, 1, {"weight": "unfold_gemm"}),
+    "mobilenet-depthwise-s2": ((2, 96, 32, 32), (96, 1, 3, 3), 2, 1, 96, {"weight": "depthwise"}),
+    "small-1x1-per-sample": ((2, 2, 6, 5), (3, 2, 1, 1), 1, 0, 1, {"weight": "unfold_per_sample"}),
+    "small-stem": ((2, 1, 7, 6), (8, 1, 3, 3), 2, 1, 1, {"weight": "unfold_per_sample"}),
+    "small-1x1-gemm": ((2, 4, 2, 1), (5, 4, 1, 1), 1, 0, 1, {"weight": "unfold_gemm"}),
+    "small-3x3": ((2, 2, 6, 6), (3, 2, 3, 3), 1, 1, 1, {"weight": "batch_as_channels"}),
+    "small-depthwise": ((2, 3, 6, 6), (3, 1, 3, 3), 2, 1, 3, {"weight": "depthwise"}),
+}
+SMALL = [name for name in CHOSEN if name.startswith(("small", "lenet-C2"))]
+LITERAL = {"input": "flipped_correlation", "weight": "batch_as_channels"}
+
+
+def _choices(x, w, stride, padding, groups) -> dict:
+    out = torch.conv2d(x, w, None, stride, padding, 1, groups)
+    options = (_pair(stride), _pair(padding), (1, 1), groups)
+    return {
+        "input": _conv.choose_input_grad(out, w, tuple(x.shape[2:]), *options),
+        "weight": _conv.choose_weight_grad(x, out, tuple(w.shape[2:]), *options),
+    }
+
+
+@pytest.mark.parametrize("name", CHOSEN)
+@pytest.mark.parametrize("mode", ["fast", "literal"])
+def test_each_formulation_where_it_is_chosen(name, mode):
+    """The cost model's pick on the shapes of the table in bp_torch/_conv.py, checked against native autograd there:
+    float32 gradients, and float64 first and second derivatives (the second through our Functions again)."""
+    *shapes, stride, padding, groups, fast = CHOSEN[name]
+    with bp_torch.formulas(mode):
+        x, w = (torch.randn(s, dtype=torch.float64) for s in shapes)
+        chosen = _choices(x, w, stride, padding, groups)
+        assert {k: chosen[k] for k in fast} == (fast if mode == "fast" else {k: LITERAL[k] for k in fast})
+        assert chosen["input"] == ("transposed_convolution" if mode == "fast" else "flipped_correlation")
+        for dtype in (torch.float32, torch.float64):
+            x, w = (torch.randn(s, dtype=dtype, requires_grad=True) for s in shapes)
+            ours = BF.conv2d(x, w, None, stride, padding, 1, groups)
+            native = F.conv2d(x, w, None, stride, padding, 1, groups)
+            delta = torch.randn_like(native)
+            order2 = dtype == torch.float64
+            mine = torch.autograd.grad(ours, (x, w), delta, create_graph=order2)
+            theirs = torch.autograd.grad(native, (x, w), delta, create_graph=order2)
+            tol = {"rtol": 1e-4, "atol": 1e-3} if dtype == torch.float32 else {}  # float32: sums of up to 2·10^4 terms
+            for a, b in zip(mine, theirs):
+                torch.testing.assert_close(a, b, **tol)
+            if order2:  # a second derivative: the gradients' own backward, again hand-written
+                v = [torch.randn_like(g) for g in mine]
+                kw = {"retain_graph": True, "allow_unused": True, "materialize_grads": True}  # ∂(∂e/∂x)/∂x = 0
+                second = [torch.autograd.grad(g, (x, w), u, **kw) for g, u in zip(mine, v)]
+                second_native = [torch.autograd.grad(g, (x, w), u, **kw) for g, u in zip(theirs, v)]
+                for pair, pair_native in zip(second, second_native):
+                    for a, b in zip(pair, pair_native):
+                        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", SMALL)
+@pytest.mark.parametrize("mode", ["fast", "literal"])
+def test_gradcheck_where_it_is_chosen(name, mode):
+    *shapes, stride, padding, groups, _ = CHOSEN[name]
+    x, w = (torch.randn(s, dtype=torch.float64, requires_grad=True) for s in shapes)
+
+    def f(x, w):
+        return BF.conv2d(x, w, None, stride, padding, 1, groups)
+
+    with bp_torch.formulas(mode):
+        assert gradcheck(f, (x, w))
+        assert gradgradcheck(f, (x, w))
+
+
+def test_every_formulation_is_chosen_somewhere():
+    """The table above covers every formulation: one added to _conv without a shape where it runs fails here."""
+    picked = {kind: {LITERAL[kind]} for kind in LITERAL}
+    for *_, fast in CHOSEN.values():
+        for kind, name in fast.items():
+            picked[kind].add(name)
+    picked["input"].add("transposed_convolution")  # fast mode's, on every shape (checked above)
+    assert picked == {"input": set(_conv.INPUT_GRAD), "weight": set(_conv.WEIGHT_GRAD)}
+    assert set(SMALL) and all(CHOSEN[n][-1]["weight"] in _conv.WEIGHT_GRAD for n in SMALL)
+    assert {CHOSEN[n][-1]["weight"] for n in SMALL} == set(_conv.WEIGHT_GRAD)
+
+
+@pytest.mark.parametrize("mode", ["fast", "autotune"])
+def test_autotune_times_each_formulation_once_per_shape(mode, monkeypatch):
+    """Autotune picks the formulation that measured fastest, once per shape, then reuses it; fast never times."""
+    timed = []
+    monkeypatch.setattr(_conv, "TUNED", {})
+    fake = {"unfold_gemm": 1.0, "unfold_per_sample": 3.0, "batch_as_channels": 2.0, "depthwise": 0.5}
+    monkeypatch.setattr(_conv, "seconds", lambda f, args: timed.append(f.__name__) or fake.get(f.__name__, 9.0))
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, requires_grad=True)
+    with bp_torch.formulas(mode):
+        for _ in range(3):
+            BF.conv2d(x, w, None, 1, 1).sum().backward()
+    if mode == "fast":
+        assert timed == [] and _conv.TUNED == {}
+        return
+    assert sorted(timed) == sorted([*_conv.INPUT_GRAD, "batch_as_channels", "unfold_gemm", "unfold_per_sample"])
+    assert sorted(_conv.TUNED.values()) == ["flipped_correlation", "unfold_gemm"]  # input: both 9.0, the first
+
+
+def test_autotune_falls_back_to_the_cost_model_under_vmap(monkeypatch):
+    monkeypatch.setattr(_conv, "TUNED", {})
+    monkeypatch.setattr(_conv, "seconds", lambda *a: pytest.fail("timed under vmap"))
+    x, w = torch.randn(3, 2, 6, 6), torch.randn(4, 2, 3, 3)
+
+    def loss(w, x):
+        return BF.conv2d(x[None], w, None, 1, 1).sum()
+
+    with bp_torch.formulas("autotune"):
+        torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(w, x)
+    assert _conv.TUNED == {}
 
 
 def _pair(v):

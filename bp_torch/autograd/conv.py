@@ -47,12 +47,12 @@ class Conv2dFunction(Function):
         input, weight = ctx.saved_tensors
         grad_input = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            # Note A eq. 17/35, Note B eq. 51 — fast mode: eq. 14's transposed convolution for LeNet's C2 and any
-            # stride, eq. 17's flipped correlation for 'same' padding; literal mode: eq. 17 (_conv's table)
+            # Note A eq. 17/35, Note B eq. 51 — fast mode: eq. 14's transposed convolution; literal mode: eq. 17
+            # (_conv's table)
             grad_input = conv2d_input_grad(grad_output, weight, ctx.input_size, *ctx.options)
             grad_input = in_layout(grad_input, ctx.layouts[0])
         if ctx.needs_input_grad[1]:
-            # Note B eq. 40/59, Δk = rot180(S) * ΔC_σ: x correlated with δ over the batch (_conv's table)
+            # Note B eq. 40/59, Δk = rot180(S) * ΔC_σ: x ⋆ δ over the batch, or Note A eq. 7 on im2col (_conv's table)
             grad_weight = conv2d_weight_grad(input, grad_output, ctx.kernel_size, *ctx.options)
             grad_weight = in_layout(grad_weight, ctx.layouts[1])
         if ctx.needs_input_grad[2]:
