@@ -19,6 +19,10 @@ from torch.autograd import Function
 def with_direct_call(cls: type[Function]) -> type[Function]:
     """Class decorator: gives a forward + setup_context Function ``cls._direct``, its combined-style copy.
 
+    A ``jvp`` defined on ``cls`` moves to ``_direct`` and to ``cls._transformed``, the copy torch.func's
+    transforms run (``cls`` itself otherwise): Dynamo cannot trace a Function that has one, and torch.compile
+    traces ``cls``. Call Functions through :func:`apply`, which picks the right one.
+
     Also caches ``forward``'s signature, which ``inspect.signature`` would otherwise rebuild on every
     ``cls.apply``, for the calls that still go through ``cls.apply`` (under torch.func).
     """
@@ -37,8 +41,15 @@ def with_direct_call(cls: type[Function]) -> type[Function]:
         "__qualname__": cls.__qualname__,  # the same names: its graph nodes read as cls's ("SigmoidFunctionBackward")
         "__doc__": cls.__doc__,
     }
+    cls._transformed = cls
     if "jvp" in vars(cls):
-        namespace["jvp"] = staticmethod(cls.jvp)
+        # Dynamo refuses to trace a Function that has a jvp of its own, so cls keeps none: torch.compile traces cls,
+        # torch.func's transforms run a copy with the jvp (forward + setup_context style), eager calls _direct
+        namespace["jvp"] = vars(cls)["jvp"]
+        methods = {k: vars(cls)[k] for k in ("forward", "setup_context", "backward", "jvp", "generate_vmap_rule")}
+        names = {k: namespace[k] for k in ("__module__", "__qualname__", "__doc__")}
+        cls._transformed = type(cls.__name__, (Function,), {**names, **methods})
+        del cls.jvp
     cls._direct = type(cls.__name__, (Function,), namespace)
     return cls
 
@@ -46,9 +57,11 @@ def with_direct_call(cls: type[Function]) -> type[Function]:
 def apply(function: type[Function], *args):
     """``function.apply(*args)``, through its direct Function unless a torch.func transform (vmap, grad, jacrev ...)
     is active or torch.compile is tracing (which compiles the binding away, and traces ``apply`` but not the direct
-    Function); both run the same code, so results and gradients are identical."""
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+    Function); all run the same code, so results and gradients are identical."""
+    if torch.compiler.is_compiling():
         return function.apply(*args)
+    if torch._C._are_functorch_transforms_active():
+        return function._transformed.apply(*args)
     return function._direct.apply(*args)
 
 

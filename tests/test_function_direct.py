@@ -34,3 +34,22 @@ def test_torch_func_calls_go_through_the_setup_context_function():
     per_row = torch.vmap(torch.func.grad(lambda r: BF.sigmoid(r).sum()))(x)
     s = torch.sigmoid(x)
     torch.testing.assert_close(per_row, s * (1 - s))
+
+
+WITH_JVP = [f for f in FUNCTIONS if f._transformed is not f]
+
+
+@pytest.mark.parametrize("function", WITH_JVP, ids=lambda f: f.__name__)
+def test_a_jvp_lives_on_the_copies_torch_func_and_eager_calls_run(function):
+    """torch.compile traces the Function itself, which Dynamo refuses if it has a jvp: the jvp is on the copy
+    torch.func runs and on the direct one, the same function; forward, setup_context and backward are shared."""
+    assert "jvp" not in vars(function)
+    transformed, direct = function._transformed, function._direct
+    assert vars(transformed)["jvp"] is vars(direct)["jvp"]
+    assert transformed.backward is direct.backward is function.backward
+    assert transformed.forward is function.forward and transformed.setup_context is function.setup_context
+    assert transformed.__qualname__ == function.__qualname__
+
+
+def test_functions_beyond_the_notes_have_a_jvp():
+    assert {f.__name__ for f in WITH_JVP} >= {"MaxPool2dFunction", "AdaptiveAvgPool2dFunction", "BatchNormFunction"}

@@ -56,6 +56,13 @@ MODULES = [
     ("Sigmoid", (), {}, (2, 3, 4)),
     ("Linear", (5, 3), {}, (4, 5)),
     ("Linear", (5, 3), {"bias": False}, (2, 4, 5)),
+    ("MaxPool2d", (3,), {"stride": 2, "padding": 1}, (2, 3, 9, 8)),
+    ("MaxPool2d", ((2, 3),), {"dilation": (2, 1), "ceil_mode": True}, (3, 9, 9)),  # unbatched
+    ("AdaptiveAvgPool2d", (1,), {}, (2, 3, 5, 5)),
+    ("AdaptiveAvgPool2d", ((3, None),), {}, (3, 7, 5)),  # unbatched
+    ("BatchNorm2d", (3,), {}, (4, 3, 5, 5)),
+    ("BatchNorm2d", (3,), {"affine": False, "momentum": None}, (4, 3, 5, 5)),
+    ("BatchNorm2d", (3,), {"track_running_stats": False, "eps": 1e-3}, (4, 3, 5, 5)),
 ]
 
 
@@ -124,14 +131,21 @@ def test_convert_swaps_in_place_and_shares_everything():
         bnn.Conv2d,
         bnn.Sigmoid,
         bnn.AvgPool2d,
+        bnn.BatchNorm2d,
         bnn.Conv2d,
         bnn.Linear,
     ]
     assert all(p is params[name] for name, p in model.named_parameters())
     assert all(b is buffers[name] for name, b in model.named_buffers())
     assert not any(m.training for m in model.modules())
-    assert summary.swapped == {"Conv2d": ["0", "5.0"], "Sigmoid": ["1"], "AvgPool2d": ["2"], "Linear": ["6"]}
-    assert summary.left == {"BatchNorm2d": ["3"], "ReLU": ["4"], "Flatten": ["5.2"]}
+    assert summary.swapped == {
+        "Conv2d": ["0", "5.0"],
+        "Sigmoid": ["1"],
+        "AvgPool2d": ["2"],
+        "BatchNorm2d": ["3"],
+        "Linear": ["6"],
+    }
+    assert summary.left == {"ReLU": ["4"], "Flatten": ["5.2"]}
     assert "Conv2d x2: 0, 5.0" in str(summary)
 
     model.train()
@@ -151,7 +165,13 @@ def test_to_native_round_trip():
     native, summary = bnn.to_native(model)
     assert native is model
     assert [type(m) for m in model.modules()] == [type(m) for m in reference.modules()]
-    assert summary.swapped == {"Conv2d": ["0", "5.0"], "Sigmoid": ["1"], "AvgPool2d": ["2"], "Linear": ["6"]}
+    assert summary.swapped == {
+        "Conv2d": ["0", "5.0"],
+        "Sigmoid": ["1"],
+        "AvgPool2d": ["2"],
+        "BatchNorm2d": ["3"],
+        "Linear": ["6"],
+    }
     assert repr(model) == repr(reference)
     assert_same(forward_backward(reference, x), forward_backward(model, x), rtol=0, atol=0)
     model.load_state_dict(reference.state_dict())  # same keys, both ways
@@ -175,14 +195,15 @@ def test_convert_leaves_subclasses_native():
 
 
 TORCHVISION = [
-    # (constructor, input size, what convert must swap): weights=None, small inputs; the adaptive pools, batch
-    # norms, max pools and activations other than sigmoid stay native. VGG adds nothing AlexNet lacks but time.
-    (tvm.alexnet, 64, {"Conv2d": 5, "Linear": 3}),
-    (tvm.resnet18, 32, {"Conv2d": 20, "Linear": 1}),
-    (tvm.mobilenet_v2, 32, {"Conv2d": 52, "Linear": 1}),  # 17 depthwise convolutions
+    # (constructor, input size, what convert must swap): weights=None, small inputs; activations other than sigmoid
+    # and dropout stay native (tests/test_converted_models.py: vgg11_bn and the backward graphs).
+    (tvm.alexnet, 64, {"Conv2d": 5, "MaxPool2d": 3, "AdaptiveAvgPool2d": 1, "Linear": 3}),
+    (tvm.resnet18, 32, {"Conv2d": 20, "BatchNorm2d": 20, "MaxPool2d": 1, "AdaptiveAvgPool2d": 1, "Linear": 1}),
+    (tvm.mobilenet_v2, 32, {"Conv2d": 52, "BatchNorm2d": 52, "Linear": 1}),  # 17 depthwise convolutions
     # DenseNet's transitions are nn.AvgPool2d(2); a two-block DenseNet keeps the test quick
-    (lambda **kw: tvm.DenseNet(8, (2, 2), 16, **kw), 32, {"Conv2d": 10, "AvgPool2d": 1, "Linear": 1}),
-]
+    (lambda **kw: tvm.DenseNet(8, (2, 2), 16, **kw), 32,
+     {"Conv2d": 10, "BatchNorm2d": 11, "MaxPool2d": 1, "AvgPool2d": 1, "Linear": 1}),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("build", "size", "expected"), TORCHVISION, ids=["alexnet", "resnet18", "mbv2", "densenet"])

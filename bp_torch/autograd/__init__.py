@@ -9,12 +9,21 @@ convolutional layers) and Note B (Zhang, backpropagation in the LeNet CNN). One 
 - ``activation``: ``SigmoidFunction`` (Note B eq. 37, 57);
 - ``linear``: ``LinearFunction`` (Note A eq. 5, 7, 8; Note B eq. 19, 24, 30).
 
+Beyond the notes (equation labels M, derived in docs/derivation.md):
+
+- ``max_pool``: ``MaxPool2dFunction`` (eq. M1, M2) and its gradient's pair of Functions, the scatter
+  ``MaxPool2dInputGradFunction`` and the gather ``MaxPool2dGatherFunction`` (eq. M2, M3), each the other's backward;
+- ``adaptive_pool``: ``AdaptiveAvgPool2dFunction`` (eq. M4, M5) and ``AdaptiveAvgPool2dInputGradFunction``;
+- ``batch_norm``: ``BatchNormFunction`` (eq. M6–M12).
+
 Every backward is written with forward tensor ops only (conv2d, matmul, pad, flip, sum ...): never autograd,
 ``torch.nn.grad``, ``torch.func`` or an ``aten.*_backward`` op. Arguments arrive validated and normalised by
 ``bp_torch.functional``.
 """
 
 from bp_torch.autograd.activation import SigmoidFunction
+from bp_torch.autograd.adaptive_pool import AdaptiveAvgPool2dFunction, AdaptiveAvgPool2dInputGradFunction
+from bp_torch.autograd.batch_norm import BatchNormFunction
 from bp_torch.autograd.conv import (
     Conv2dFunction,
     Conv2dInputGradFunction,
@@ -23,6 +32,7 @@ from bp_torch.autograd.conv import (
     conv2d_weight_grad,
 )
 from bp_torch.autograd.linear import LinearFunction
+from bp_torch.autograd.max_pool import MaxPool2dFunction, MaxPool2dGatherFunction, MaxPool2dInputGradFunction
 from bp_torch.autograd.pool import AvgPool2dFunction, avg_pool2d_divisor
 
 __all__ = [
@@ -35,4 +45,10 @@ __all__ = [
     "conv2d_input_grad",
     "conv2d_weight_grad",
     "avg_pool2d_divisor",
+    "MaxPool2dFunction",
+    "MaxPool2dInputGradFunction",
+    "MaxPool2dGatherFunction",
+    "AdaptiveAvgPool2dFunction",
+    "AdaptiveAvgPool2dInputGradFunction",
+    "BatchNormFunction",
 ]
