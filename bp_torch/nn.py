@@ -112,8 +112,8 @@ class BatchNorm2d(nn.BatchNorm2d):
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
-            # eq. M7's α: momentum=None is the cumulative moving average, α = 1/(batches seen)
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            # momentum=None is the cumulative moving average: α = 1/(batches seen)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum  # eq. M7
         # batch statistics in training, and in eval when there are no running ones
         use_batch = self.training or (self.running_mean is None and self.running_var is None)
         # the running statistics are passed only where they are read (eval) or tracked (training)

@@ -23,8 +23,10 @@ DOC = ROOT / "docs" / "derivation.md"
 
 LINK = re.compile(r"\[(?P<label>[^\]]*)\]\(\.\./(?P<path>bp_torch/[\w/]+\.py)#L(?P<first>\d+)(?:-L(?P<last>\d+))?\)")
 _NOT_CODE = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}
-ROW = re.compile(r"^\|\s*([AB]) (\d+(?:\s*[,–]\s*\d+)*)\s*\|")  # a table row "| B 32, 52 | ..." or "| B 65–70 |"
-CITATION = re.compile(r"Note ([AB])|eq\.\s*(\d+(?:\s*(?:/|,|=)\s*(?:eq\.\s*)?\d+)*)")
+# a table row "| B 32, 52 | ..." or "| B 65–70 |"; "| M 2 |" for our own labels beyond the notes
+ROW = re.compile(r"^\|\s*([A-Z]) (\d+(?:\s*[,–]\s*\d+)*)\s*\|")
+# "Note B eq. 32/52" cites the notes, "eq. M2" (a letter before the number) our own labels
+CITATION = re.compile(r"Note ([AB])|eq\.\s*([A-Z])(\d+)|eq\.\s*(\d+(?:\s*(?:/|,|=)\s*(?:eq\.\s*)?\d+)*)")
 
 
 def _claimed(numbers: str) -> set[int]:
@@ -37,16 +39,20 @@ def _claimed(numbers: str) -> set[int]:
 
 
 def _cited(line: str) -> set[tuple[str | None, int]]:
-    """The (note, equation) pairs a line of code cites: "Note A eq. 8 / Note B eq. 30" -> {(A, 8), (B, 30)}.
+    """The (note, equation) pairs a line of code cites: "Note A eq. 8 / Note B eq. 30" -> {(A, 8), (B, 30)};
+    "eq. M2" -> {(M, 2)}.
 
-    An equation number belongs to the last note named before it on the line (None if none is).
+    An equation number belongs to the last note named before it on the line (None if none is), unless a letter
+    prefixes it.
     """
     cited, note = set(), None
     for match in CITATION.finditer(line):
         if match[1]:
             note = match[1]
+        elif match[2]:
+            cited.add((match[2], int(match[3])))
         else:
-            cited.update((note, int(n)) for n in re.findall(r"\d+", match[2]))
+            cited.update((note, int(n)) for n in re.findall(r"\d+", match[4]))
     return cited
 
 

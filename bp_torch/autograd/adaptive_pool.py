@@ -24,7 +24,7 @@ def pooling_matrix(size: int, out: int, like: torch.Tensor) -> torch.Tensor:
     i, h = torch.arange(out, device=like.device), torch.arange(size, device=like.device)
     start, end = i * size // out, -(-(i + 1) * size // out)
     inside = (start[:, None] <= h) & (h < end[:, None])
-    return inside.to(like.dtype) / (end - start)[:, None].to(like.dtype)
+    return inside.to(like.dtype) / (end - start)[:, None].to(like.dtype)  # eq. M4: A[i, h] = 1/|window i|
 
 
 @with_direct_call
@@ -73,11 +73,11 @@ class AdaptiveAvgPool2dInputGradFunction(Function):
         H_out, W_out = delta.shape[-2:]
         (H, W) = input_size
         if is_literal() or 0 in (H_out, W_out):
-            # eq. M5 as written: each input receives δ_ij / (|window i|·|window j|) from every window holding it
-            return pooling_matrix(H, H_out, delta).mT @ delta @ pooling_matrix(W, W_out, delta)
+            # as written: each input receives δ_ij / (|window i|·|window j|) from every window holding it
+            return pooling_matrix(H, H_out, delta).mT @ delta @ pooling_matrix(W, W_out, delta)  # eq. M5
         if (H_out, W_out) == (1, 1):
             # one window, the whole map (global average pooling): every input receives δ / (H·W)
-            return (delta / (H * W)).expand(*delta.shape[:-2], H, W).contiguous()  # eq. M5 with A = 1/H
+            return (delta / (H * W)).expand(*delta.shape[:-2], H, W).contiguous()  # eq. M5, A_H = 1ᵀ/H
         if H % H_out == 0 and W % W_out == 0:
             # equal, disjoint windows: mean pooling's upsampling (Note B eq. 32/52) with kernel H/H_out × W/W_out
             kernel = (H // H_out, W // W_out)

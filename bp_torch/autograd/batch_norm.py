@@ -35,8 +35,8 @@ class BatchNormFunction(Function):
             # nothing to normalise: torch returns the (empty) input and leaves the running statistics alone
             stats = input.new_zeros(C, dtype=weight.dtype if weight is not None else input.dtype)
             return input.clone(), stats, stats.clone()
-        # eq. M6 (and M7's running-statistics update, in training): torch's kernel
-        out, mean, invstd = torch.native_batch_norm(
+        # torch's kernel: the output, and in training the running statistics' update
+        out, mean, invstd = torch.native_batch_norm(  # eq. M6, eq. M7
             input, weight, bias, running_mean, running_var, training, momentum, eps
         )
         if not training:
@@ -72,20 +72,22 @@ class BatchNormFunction(Function):
             invstd = torch.rsqrt(var + ctx.eps)
         gamma = weight.reshape(-1) if weight is not None else None
         grad_input = grad_weight = grad_bias = None
-        sum_delta = delta.sum(dims) if (needs_bias or needs_weight or (needs_input and ctx.training)) else None
-        if is_literal():
-            x_hat = (x - mean.view(per_channel)) * invstd.view(per_channel) if x is not None else None
-            sum_delta_x_hat = (delta * x_hat).sum(dims) if x_hat is not None else None  # eq. M9: Σ δ·x̂
-        else:
+        needs_sum = needs_bias or needs_weight or (needs_input and ctx.training)
+        sum_delta = delta.sum(dims) if needs_sum else None  # eq. M8: Σ δ
+        x_hat = sum_delta_x_hat = None
+        if x is not None and is_literal():
+            x_hat = (x - mean.view(per_channel)) * invstd.view(per_channel)  # eq. M6: x̂ = (x − μ)/σ̂
+            sum_delta_x_hat = (delta * x_hat).sum(dims)  # eq. M9: Σ δ·x̂
+        elif x is not None:
             # Σ δ·x̂ = (Σ δ·x − μ Σ δ)/σ̂: no x̂ map in memory (cancels digits when |μ| ≫ σ; literal mode does not)
-            sum_delta_x_hat = (dot(delta, x, dims) - mean * sum_delta) * invstd if x is not None else None
+            sum_delta_x_hat = (dot(delta, x, dims) - mean * sum_delta) * invstd  # eq. M9
         if needs_input:
             scale = invstd if gamma is None else gamma * invstd  # γ/σ̂
             if not ctx.training:
                 grad_input = delta * scale.view(per_channel)  # eq. M11: ∂e/∂x = γδ/σ̂, μ and σ̂ constants
             elif is_literal():
-                # eq. M10: ∂e/∂x = γ/(mσ̂)·(mδ − Σδ − x̂·Σδx̂)
-                grad_input = (scale / m).view(per_channel) * (
+                # ∂e/∂x = γ/(mσ̂)·(mδ − Σδ − x̂·Σδx̂)
+                grad_input = (scale / m).view(per_channel) * (  # eq. M10
                     m * delta - sum_delta.view(per_channel) - x_hat * sum_delta_x_hat.view(per_channel)
                 )
             else:
@@ -111,9 +113,9 @@ class BatchNormFunction(Function):
         out_t = torch.zeros_like(x_hat)
         if input_t is not None:
             if ctx.training:
-                # eq. M12: x̂' = (ẋ − mean ẋ − x̂·mean(ẋ·x̂))/σ̂, μ and σ̂ moving with x
-                centred = input_t - input_t.mean(dims, keepdim=True)
-                x_hat_t = (centred - x_hat * (input_t * x_hat).mean(dims, keepdim=True)) * invstd.view(per_channel)
+                # x̂' = (ẋ − mean ẋ − x̂·mean(ẋ·x̂))/σ̂: μ and σ̂ move with x
+                moved = input_t.mean(dims, keepdim=True) + x_hat * (input_t * x_hat).mean(dims, keepdim=True)
+                x_hat_t = (input_t - moved) * invstd.view(per_channel)  # eq. M12
             else:
                 x_hat_t = input_t * invstd.view(per_channel)  # eq. M12 with constant running statistics
             out_t = out_t + (x_hat_t if weight is None else x_hat_t * weight.reshape(per_channel))  # eq. M12: γx̂'

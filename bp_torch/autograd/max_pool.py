@@ -31,8 +31,8 @@ class MaxPool2dFunction(Function):
 
     @staticmethod
     def forward(input, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, ceil_mode: bool):
-        # eq. M1: y_ij = max over window (i, j) = x at its argmax a_ij
-        return F.max_pool2d_with_indices(input, kernel_size, stride, padding, dilation, ceil_mode, True)
+        # y_ij = max over window (i, j) = x at its argmax a_ij, and a_ij: torch's kernel
+        return F.max_pool2d_with_indices(input, kernel_size, stride, padding, dilation, ceil_mode, True)  # eq. M1
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -153,14 +153,15 @@ def scatter_add(delta: torch.Tensor, indices: torch.Tensor, input_size: Pair) ->
         # scattered along the rows of an (N, H·W, C) map, channels innermost as they lie: a channels_last result
         planes = delta.new_zeros((N, H * W, C))
         src, index = (t.permute(0, 2, 3, 1).reshape(N, H_out * W_out, C) for t in (delta, indices))
-        return planes.scatter_add_(1, index, src).view(N, H, W, C).permute(0, 3, 1, 2)
+        return planes.scatter_add_(1, index, src).view(N, H, W, C).permute(0, 3, 1, 2)  # eq. M2, channels last
     planes = delta.new_zeros((N, C, H * W))
     src, index = (t.reshape(N, C, H_out * W_out) for t in (delta, indices))
-    return planes.scatter_add_(2, index, src).view(N, C, H, W)
+    return planes.scatter_add_(2, index, src).view(N, C, H, W)  # eq. M2: δ_ij added at a_ij
 
 
 def take(input: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """``input[n, c]`` read at the flat positions ``indices[n, c]``: an ``indices``-shaped map."""
     N, C, H, W = input.shape
     H_out, W_out = indices.shape[-2:]
-    return input.reshape(N, C, H * W).gather(2, indices.reshape(N, C, H_out * W_out)).view(indices.shape)
+    flat = indices.reshape(N, C, H_out * W_out)
+    return input.reshape(N, C, H * W).gather(2, flat).view(indices.shape)  # eq. M3: x read at a_ij
