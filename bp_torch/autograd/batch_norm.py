@@ -64,7 +64,7 @@ class BatchNormFunction(Function):
         delta = upcast(grad_output)  # half precision: the sums over m values accumulate in float32, as torch's kernel
         dims = [0, *range(2, delta.dim())]
         per_channel = (1, -1) + (1,) * (delta.dim() - 2)
-        m = delta.numel() // max(delta.shape[1], 1)
+        m = max(delta.numel() // max(delta.shape[1], 1), 1)  # values per channel (an empty batch has no gradient)
         x = upcast(input) if input is not None else None
         if ctx.training and torch.is_grad_enabled():
             # a graph of this backward is being built (double backward): μ and σ̂ as the functions of x they are
@@ -80,7 +80,7 @@ class BatchNormFunction(Function):
             sum_delta_x_hat = (delta * x_hat).sum(dims)  # eq. M9: Σ δ·x̂
         elif x is not None:
             # Σ δ·x̂ = (Σ δ·x − μ Σ δ)/σ̂: no x̂ map in memory (cancels digits when |μ| ≫ σ; literal mode does not)
-            sum_delta_x_hat = (dot(delta, x, dims) - mean * sum_delta) * invstd  # eq. M9
+            sum_delta_x_hat = torch.addcmul((delta * x).sum(dims), mean, sum_delta, value=-1) * invstd  # eq. M9
         if needs_input:
             scale = invstd if gamma is None else gamma * invstd  # γ/σ̂
             if not ctx.training:
@@ -91,11 +91,11 @@ class BatchNormFunction(Function):
                     m * delta - sum_delta.view(per_channel) - x_hat * sum_delta_x_hat.view(per_channel)
                 )
             else:
-                # eq. M10 as one affine map per channel, a·δ + b·x + c: two passes over memory, no x̂ map
-                b = -scale * invstd * sum_delta_x_hat / m
-                c = -scale * sum_delta / m - b * mean
-                grad_input = torch.addcmul(c.view(per_channel), delta, scale.view(per_channel))
-                grad_input = grad_input.addcmul_(x, b.view(per_channel))  # eq. M10: a·δ + b·x + c
+                # eq. M10 as one affine map per channel, c + a·δ + b·x with a = γ/σ̂: no x̂ map in memory
+                b = scale * invstd * sum_delta_x_hat * (-1 / m)
+                c = torch.addcmul(scale * sum_delta * (-1 / m), b, mean, value=-1)
+                grad_input = torch.empty_like(delta).copy_(c.view(per_channel)).addcmul_(delta, scale.view(per_channel))
+                grad_input = grad_input.addcmul_(x, b.view(per_channel))  # eq. M10: c + a·δ + b·x
             grad_input = in_layout(grad_input.to(dtype), ctx.channels_last)
         if needs_weight:
             grad_weight = sum_delta_x_hat.to(weight.dtype).reshape(weight.shape)  # eq. M9: ∂e/∂γ = Σ δ·x̂
@@ -129,12 +129,3 @@ class BatchNormFunction(Function):
 def upcast(t: torch.Tensor) -> torch.Tensor:
     """float16/bfloat16 as float32 (the precision torch's kernels accumulate in); other dtypes unchanged."""
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
-
-
-def dot(delta: torch.Tensor, x: torch.Tensor, dims: list[int]) -> torch.Tensor:
-    """Σ δ·x per channel (the sum over ``dims``)."""
-    if delta.dim() > 2 and delta.numel() > 0 and delta.is_contiguous() and x.is_contiguous():
-        # one batched dot product per (n, c) plane, read in place: no δ·x map in memory
-        N, C = delta.shape[:2]
-        return torch.bmm(delta.reshape(N * C, 1, -1), x.reshape(N * C, -1, 1)).view(N, C).sum(0)
-    return (delta * x).sum(dims)
