@@ -29,3 +29,10 @@ def test_conv_parts_runs_on_tiny_shapes(capsys):
     assert main(["--quick"]) == 0
     out = capsys.readouterr().out
     assert "ours dk: per-tap matmuls" in out and "native dk" in out
+
+
+def test_convert_layers_runs_on_tiny_shapes(capsys):
+    main = runpy.run_path(str(BENCH.with_name("convert_layers.py")))["main"]
+    assert main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "BatchNorm2d x20, MaxPool2d x1, AdaptiveAvgPool2d x1" in out and "manual/native" in out
