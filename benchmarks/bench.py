@@ -78,6 +78,20 @@ for _name in ("relu", "leaky_relu", "tanh", "dropout", "log_softmax", "nll_loss"
     OPS["manual"][_name], OPS["native"][_name] = getattr(BF, _name), getattr(F, _name)
 
 
+def _batch_norm(f):
+    """batch_norm as a BatchNorm2d runs it: with running statistics (updated in training)."""
+
+    def run(x, weight, bias, training=True):
+        stats = torch.zeros(x.shape[1], device=x.device), torch.ones(x.shape[1], device=x.device)
+        return f.batch_norm(x, *stats, weight, bias, training)
+
+    return run
+
+
+for _impl, _f in (("manual", BF), ("native", F)):
+    OPS[_impl].update(max_pool2d=_f.max_pool2d, adaptive_avg_pool2d=_f.adaptive_avg_pool2d, batch_norm=_batch_norm(_f))
+
+
 @dataclass
 class Row:
     group: str
@@ -167,6 +181,17 @@ def function_cases(quick: bool):
         ("mse_loss 784 pixels b256", "mse_loss", [(logits[0], 784)], (True,),
          {"target": lambda d: torch.rand(logits[0], 784, device=d)}),
     ]  # fmt: skip
+    # the layers of a resnet18 beyond the notes (docs/derivation.md, eq. M)
+    head, alex = (big_n, 8 * big_c, 7, 7), (big_n, 4 * big_c, 13, 13)
+    bn = [x, (big_c,), (big_c,)]
+    cases += [
+        ("max_pool2d 3x3 stride 2 pad 1", "max_pool2d", [x], (True,), {"kernel_size": 3, "stride": 2, "padding": 1}),
+        ("max_pool2d 2x2", "max_pool2d", [x], (True,), {"kernel_size": 2}),
+        ("batch_norm training", "batch_norm", bn, (True, True, True), {}),
+        ("batch_norm eval", "batch_norm", bn, (True, True, True), {"training": False}),
+        ("adaptive_avg_pool2d 7x7 to 1x1", "adaptive_avg_pool2d", [head], (True,), {"output_size": 1}),
+        ("adaptive_avg_pool2d 13x13 to 6x6", "adaptive_avg_pool2d", [alex], (True,), {"output_size": 6}),
+    ]
     return cases
 
 

@@ -249,3 +249,101 @@ def check_weight_not_differentiable(weight, op: str = "nll_loss_forward") -> Non
             f"The function '{op}' is not differentiable with respect to argument 'weight'. "
             "This input cannot have requires_grad True."
         )
+
+
+# pooling and normalisation beyond the notes: max_pool2d, adaptive_avg_pool2d, batch_norm
+
+
+def check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode) -> tuple[Pair, Pair, Pair, Pair]:
+    """Validate max_pool2d's input and options as torch does; return kernel_size, stride, padding, dilation as pairs."""
+    op = "max_pool2d"
+    _check_tensor(input, "input", op)
+    if input.dim() not in (3, 4) or 0 in input.shape[-3:]:
+        raise RuntimeError(
+            f"Expected 3D (unbatched) or 4D (batched) input to max_pool2d with non-zero channels, height and width "
+            f"(only the batch may be empty), but got input of size: {list(input.shape)}"
+        )
+    kernel = _positive_pair(kernel_size, "kernel_size", op)
+    # stride=None, or an empty sequence as torch also accepts, means stride = kernel_size
+    stride = kernel if stride is None or (isinstance(stride, Sequence) and len(stride) == 0) else stride
+    stride = _positive_pair(stride, "stride", op)
+    dilation = _positive_pair(dilation, "dilation", op)
+    pad = _pair(padding, "padding", op)
+    if min(pad) < 0:
+        raise RuntimeError(f"max_pool2d: negative padding is not supported, but got padding={padding!r}")
+    if any(p > k // 2 for p, k in zip(pad, kernel)):
+        raise RuntimeError(
+            f"max_pool2d: pad should be at most half of the kernel size, but got padding={padding!r}, "
+            f"kernel_size={kernel_size!r}"
+        )
+    if not isinstance(ceil_mode, bool):
+        raise TypeError(f"max_pool2d(): argument 'ceil_mode' must be bool, not {type(ceil_mode).__name__}")
+    for side, size, k, s, p, d in zip(("height", "width"), input.shape[-2:], kernel, stride, pad, dilation):
+        out = output_size(size, k, s, p, d, ceil_mode)
+        if out < 1:
+            raise RuntimeError(
+                f"max_pool2d: given input {side} {size}, kernel_size {k}, stride {s}, padding {p}, dilation {d}, "
+                f"the output {side} would be {out}: output size is too small"
+            )
+    return kernel, stride, pad, dilation
+
+
+def check_adaptive_avg_pool2d(input, output_size) -> Pair:
+    """Validate adaptive_avg_pool2d's input and output_size as torch does; return the output size as a pair, each
+    ``None`` entry replaced by the input's own size."""
+    op = "adaptive_avg_pool2d"
+    _check_tensor(input, "input", op)
+    if input.dim() not in (3, 4) or 0 in input.shape[-2:]:
+        raise RuntimeError(
+            f"Expected 3D (unbatched) or 4D (batched) input to adaptive_avg_pool2d with non-zero height and width, "
+            f"but got input of size: {list(input.shape)}"
+        )
+    if isinstance(output_size, Sequence) and not isinstance(output_size, str) and len(output_size) == 2:
+        # None keeps that dimension's input size (torch's _list_with_default)
+        output_size = tuple(L if v is None else v for v, L in zip(output_size, input.shape[-2:]))
+    pair = _pair(output_size, "output_size", op)
+    if min(pair) < 0:
+        raise RuntimeError(f"adaptive_avg_pool2d: output_size must be non-negative, but got output_size={pair!r}")
+    return pair
+
+
+def check_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps) -> None:
+    """Validate batch_norm's arguments with the exception types torch raises."""
+    op = "batch_norm"
+    _check_tensor(input, "input", op)
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
+        if t is not None:
+            _check_tensor(t, name, op)
+    if not isinstance(training, bool):
+        raise TypeError(f"batch_norm(): argument 'training' must be bool, not {type(training).__name__}")
+    for name, value in (("momentum", momentum), ("eps", eps)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"batch_norm(): argument '{name}' must be float, not {type(value).__name__}")
+    if input.dim() < 2:
+        raise RuntimeError(
+            f"Expected input of at least 2 dimensions (N, C, *) to batch_norm, but got input of size: "
+            f"{list(input.shape)}"
+        )
+    if training:
+        per_channel = input.shape[0]  # torch's _verify_batch_size: N·H·W values normalised together
+        for size in input.shape[2:]:
+            per_channel *= size
+        if per_channel == 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
+        if eps <= 0:
+            raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+        if (running_mean is None) != (running_var is None):
+            raise ValueError("running_mean and running_var must either both be None or neither be None")
+    else:
+        if eps < 0:
+            raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
+        for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+            if t is None:
+                raise RuntimeError(f"batch_norm: {name} must be defined in evaluation mode (training=False)")
+    C = input.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
+        if t is not None and t.numel() != C:
+            raise RuntimeError(
+                f"batch_norm: {name} should contain {C} elements (the input's channels), but got {name} of size "
+                f"{list(t.shape)}"
+            )

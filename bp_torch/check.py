@@ -125,6 +125,35 @@ def _mse(name, **options) -> Case:
                 lambda x, y, w, **o: F.mse_loss(x, y, weight=w, **o), make, options)  # fmt: skip
 
 
+def _max_pool(name, x, **options) -> Case:
+    return Case(f"max_pool2d {name}", BF.max_pool2d, F.max_pool2d, lambda d, t: (_randn(*x)(d, t),), options)
+
+
+def _adaptive(name, x, output_size) -> Case:
+    make = lambda d, t: (_randn(*x)(d, t),)  # noqa: E731
+    return Case(f"adaptive_avg_pool2d {name}", BF.adaptive_avg_pool2d, F.adaptive_avg_pool2d, make,
+                {"output_size": output_size})  # fmt: skip
+
+
+def _batch_norm(name, x, training=True, affine=True, running=True, **options) -> Case:
+    """batch_norm of an ``x``-shaped input: ``(x, weight, bias)`` (or ``(x,)``) as the arguments, the running
+    statistics fixed (fresh copies each call: training updates them in place), ``options`` the rest."""
+    g = torch.Generator().manual_seed(x[1])
+    stats = torch.randn(x[1], generator=g, dtype=torch.float64), torch.rand(x[1], generator=g, dtype=torch.float64)
+
+    def call(batch_norm):
+        def run(input, weight=None, bias=None, **kwargs):
+            rm, rv = (s.to(input.device, input.dtype) for s in (stats[0], stats[1] + 0.5)) if running else (None,) * 2
+            return batch_norm(input, rm, rv, weight, bias, training, **kwargs)
+
+        return run
+
+    def make(device, dtype):
+        return tuple(torch.randn(*shape, device=device, dtype=dtype) for shape in [x, *[(x[1],)] * (2 * affine)])
+
+    return Case(f"batch_norm {name}", call(BF.batch_norm), call(F.batch_norm), make, options)
+
+
 # Small shapes so float64 gradcheck stays quick; between them they cover every option.
 CASES: list[Case] = [
     _conv("LeNet C1", (2, 1, 9, 9), (3, 1, 5, 5)),
@@ -175,6 +204,21 @@ CASES: list[Case] = [
     _mse("weight, mean"),
     Case("mse_loss none", BF.mse_loss, F.mse_loss, lambda d, t: (_randn(3, 4)(d, t), _randn(3, 4)(d, t)),
          {"reduction": "none"}),
+    _max_pool("2x2", (2, 3, 6, 6), kernel_size=2),
+    _max_pool("3x3 stride 2 padding 1", (2, 3, 9, 8), kernel_size=3, stride=2, padding=1),
+    _max_pool("dilation 2, ceil_mode", (1, 2, 9, 7), kernel_size=(3, 2), stride=(2, 1), padding=(1, 0), dilation=2,
+              ceil_mode=True),
+    _max_pool("unbatched, overlapping", (2, 7, 7), kernel_size=3, stride=1, padding=1),
+    _adaptive("global 1x1", (2, 3, 5, 4), 1),
+    _adaptive("disjoint windows", (2, 3, 6, 9), (3, 3)),
+    _adaptive("overlapping windows", (2, 2, 7, 9), (3, 4)),
+    _adaptive("upsampling, None keeps a size", (1, 2, 2, 3), (5, None)),
+    _adaptive("unbatched", (3, 5, 5), 2),
+    _batch_norm("training", (3, 2, 4, 5)),
+    _batch_norm("training, no affine, no running statistics", (3, 2, 4, 3), affine=False, running=False),
+    _batch_norm("eval", (3, 2, 4, 5), training=False),
+    _batch_norm("(N, C) training, momentum 0.3", (6, 4), momentum=0.3),
+    _batch_norm("(N, C, L) eval, eps 0.1", (2, 3, 5), training=False, eps=0.1),
 ]  # fmt: skip
 
 

@@ -1,5 +1,6 @@
 """``torch.nn.functional``'s conv2d, avg_pool2d, sigmoid and linear (the notes' operations); relu, leaky_relu, tanh,
-dropout, softmax, log_softmax, nll_loss, cross_entropy and mse_loss (eq. D1–D12, ours): hand-derived backward passes.
+dropout, softmax, log_softmax, nll_loss, cross_entropy and mse_loss (eq. D1–D12, ours); max_pool2d,
+adaptive_avg_pool2d and batch_norm (eq. M1–M12, ours): each with its hand-derived backward.
 
 Same signatures, defaults, shapes (unbatched inputs too), dtypes, devices and memory formats as
 ``torch.nn.functional``; bad arguments raise the exception type torch raises, with a message naming the argument.
@@ -26,10 +27,13 @@ import torch.nn.functional as F
 from torch.overrides import handle_torch_function, has_torch_function_unary, has_torch_function_variadic
 
 from bp_torch._arguments import (
+    check_adaptive_avg_pool2d,
+    check_batch_norm,
     check_conv2d,
     check_dropout_probability,
     check_inplace,
     check_linear,
+    check_max_pool2d,
     check_pool_input,
     check_same_dtype_and_device,
     check_tensor,
@@ -39,13 +43,16 @@ from bp_torch._arguments import (
 )
 from bp_torch._function import apply
 from bp_torch.autograd import (
+    AdaptiveAvgPool2dFunction,
     AvgPool2dFunction,
+    BatchNormFunction,
     Conv2dFunction,
     CrossEntropyFunction,
     DropoutFunction,
     LeakyReluFunction,
     LinearFunction,
     LogSoftmaxFunction,
+    MaxPool2dFunction,
     MSELossFunction,
     NllLossFunction,
     ReluFunction,
@@ -57,6 +64,7 @@ from bp_torch.autograd import (
 __all__ = ["conv2d", "avg_pool2d", "sigmoid", "linear"]
 __all__ += ["relu", "relu_", "leaky_relu", "leaky_relu_", "tanh", "dropout"]
 __all__ += ["softmax", "log_softmax", "nll_loss", "cross_entropy", "mse_loss"]
+__all__ += ["max_pool2d", "max_pool2d_with_indices", "adaptive_avg_pool2d", "batch_norm"]
 
 
 def _autocast_lower_precision(*tensors: torch.Tensor | None):
@@ -533,3 +541,128 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
     )
     with autocast_off:
         return apply(MSELossFunction, input, target, weight, reduction)
+
+
+# pooling and normalisation beyond the notes: max_pool2d, adaptive_avg_pool2d, batch_norm (docs/derivation.md, eq. M)
+
+
+def max_pool2d_with_indices(
+    input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """2-D max pooling returning ``(output, indices)``, as :func:`torch.nn.functional.max_pool2d_with_indices`,
+    with the hand-derived backward.
+
+    Backward (``bp_torch.autograd.MaxPool2dFunction``): each window's δ goes to the input it picked, added up
+    where overlapping windows picked the same one (eq. M2); the picks are torch's own (the first maximum in scan
+    order, NaN propagating).
+
+    Args:
+        input: ``(N, C, H, W)`` (N may be 0) or unbatched ``(C, H, W)``.
+        kernel_size: int or pair, positive.
+        stride: int or pair, positive; default ``kernel_size``.
+        padding: int or pair, at most half the kernel size; implicit −∞ (never picked).
+        dilation: int or pair, positive: the distance between a window's taps.
+        ceil_mode: use ceil instead of floor for the output size (a window must start inside the input or the
+            left padding).
+        return_indices: ignored (always returned here, as torch's).
+
+    Shape:
+        ``H_out = floor_or_ceil((H + 2·padding − dilation·(kH − 1) − 1) / stride) + 1``, likewise ``W_out``;
+        ``indices`` is the output's shape, each entry ``h·W + w`` in its own (n, c) plane.
+
+    Example::
+
+        >>> out, indices = max_pool2d_with_indices(torch.tensor([[[1.0, 4.0], [3.0, 2.0]]]), 2)
+        >>> out, indices
+        (tensor([[[4.]]]), tensor([[[1]]]))
+    """
+    if has_torch_function_unary(input):
+        return handle_torch_function(max_pool2d_with_indices, (input,), input, kernel_size, stride, padding,
+                                     dilation, ceil_mode, return_indices)  # fmt: skip
+    kernel_size, stride, padding, dilation = check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode)
+    unbatched = input.dim() == 3
+    if unbatched:
+        input = input.unsqueeze(0)
+    out, indices = apply(MaxPool2dFunction, input, kernel_size, stride, padding, dilation, ceil_mode)
+    return (out.squeeze(0), indices.squeeze(0)) if unbatched else (out, indices)
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """2-D max pooling, as :func:`torch.nn.functional.max_pool2d`, with the hand-derived backward (eq. M2).
+
+    The arguments are :func:`max_pool2d_with_indices`'s; returns the output, or ``(output, indices)`` with
+    ``return_indices=True``.
+
+    Example::
+
+        >>> max_pool2d(torch.arange(16.0).reshape(1, 4, 4), 2)
+        tensor([[[ 5.,  7.],
+                 [13., 15.]]])
+    """
+    if has_torch_function_unary(input):
+        return handle_torch_function(max_pool2d, (input,), input, kernel_size, stride, padding, dilation, ceil_mode,
+                                     return_indices)  # fmt: skip
+    out, indices = max_pool2d_with_indices(input, kernel_size, stride, padding, dilation, ceil_mode)
+    return (out, indices) if return_indices else out
+
+
+def adaptive_avg_pool2d(input, output_size) -> torch.Tensor:
+    """2-D adaptive mean pooling, as :func:`torch.nn.functional.adaptive_avg_pool2d`, with the hand-derived
+    backward.
+
+    Output row i averages input rows ⌊i·H/H_out⌋ to ⌈(i+1)·H/H_out⌉ − 1 (columns alike; eq. M4). Backward
+    (``bp_torch.autograd.AdaptiveAvgPool2dFunction``): each window's δ spread evenly over it, divided by its size
+    (eq. M5); for a 1×1 output, δ/(H·W) everywhere.
+
+    Args:
+        input: ``(N, C, H, W)`` or unbatched ``(C, H, W)``; N and C may be 0.
+        output_size: int or pair ``(H_out, W_out)``, non-negative; a ``None`` entry keeps the input's size.
+
+    Example::
+
+        >>> adaptive_avg_pool2d(torch.arange(6.0).reshape(1, 2, 3), (1, None))
+        tensor([[[1.5000, 2.5000, 3.5000]]])
+    """
+    if has_torch_function_unary(input):
+        return handle_torch_function(adaptive_avg_pool2d, (input,), input, output_size)
+    output_size = check_adaptive_avg_pool2d(input, output_size)
+    unbatched = input.dim() == 3
+    if unbatched:
+        input = input.unsqueeze(0)
+    out = apply(AdaptiveAvgPool2dFunction, input, output_size)
+    return out.squeeze(0) if unbatched else out
+
+
+def batch_norm(
+    input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5
+) -> torch.Tensor:
+    """Batch normalisation, as :func:`torch.nn.functional.batch_norm`, with the hand-derived backward.
+
+    Per channel: y = γ(x − μ)/√(σ² + ε) + β (eq. M6), with the batch's mean and biased variance in training (and
+    the running statistics updated in place, the variance unbiased, eq. M7), the running ones otherwise. Backward
+    (``bp_torch.autograd.BatchNormFunction``): ∂e/∂β = Σδ (M8), ∂e/∂γ = Σδx̂ (M9), ∂e/∂x = γ/(mσ̂)·(mδ − Σδ −
+    x̂Σδx̂) in training (M10), γδ/σ̂ with the running statistics (M11).
+
+    Args:
+        input: ``(N, C, *)``.
+        running_mean, running_var: ``(C,)`` or ``None`` (then ``training`` must be true).
+        weight, bias: γ and β, ``(C,)`` or ``None`` (γ = 1, β = 0).
+        training: normalise with the batch's statistics (and update the running ones); else with the running ones.
+        momentum: the running statistics' update factor α: r ← (1 − α)·r + α·batch statistic.
+        eps: ε, added to the variance; positive in training.
+
+    Example::
+
+        >>> batch_norm(torch.tensor([[1.0], [3.0]]), None, None, training=True)
+        tensor([[-1.0000],
+                [ 1.0000]])
+    """
+    if has_torch_function_variadic(input, running_mean, running_var, weight, bias):
+        return handle_torch_function(batch_norm, (input, running_mean, running_var, weight, bias), input,
+                                     running_mean, running_var, weight=weight, bias=bias, training=training,
+                                     momentum=momentum, eps=eps)  # fmt: skip
+    check_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    out, _, _ = apply(
+        BatchNormFunction, input, weight, bias, running_mean, running_var, training, float(momentum), float(eps)
+    )
+    return out

@@ -1,5 +1,6 @@
-"""``torch.nn``'s Conv2d, AvgPool2d, Sigmoid and Linear, and ReLU, LeakyReLU, Tanh, Dropout, Softmax, LogSoftmax,
-MSELoss, NLLLoss and CrossEntropyLoss, with the hand-derived backward; and ``convert()``.
+"""``torch.nn``'s Conv2d, AvgPool2d, Sigmoid and Linear; ReLU, LeakyReLU, Tanh, Dropout, Softmax, LogSoftmax,
+MSELoss, NLLLoss and CrossEntropyLoss; MaxPool2d, AdaptiveAvgPool2d and BatchNorm2d — with the hand-derived backward;
+and ``convert()``.
 
 Each class subclasses its ``torch.nn`` twin and keeps torch's ``__init__`` untouched: constructor arguments,
 defaults, parameter initialisation, ``state_dict`` keys, ``repr`` and ``isinstance`` checks are torch's own. Only
@@ -27,6 +28,7 @@ from bp_torch import functional as BF
 
 __all__ = ["Conv2d", "AvgPool2d", "Sigmoid", "Linear", "convert", "to_native", "Conversion"]
 __all__ += ["ReLU", "LeakyReLU", "Tanh", "Dropout", "Softmax", "LogSoftmax", "MSELoss", "NLLLoss", "CrossEntropyLoss"]
+__all__ += ["MaxPool2d", "AdaptiveAvgPool2d", "BatchNorm2d"]
 
 
 class Conv2d(nn.Conv2d):
@@ -148,6 +150,63 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
         )
 
 
+# pooling and normalisation beyond the notes (docs/derivation.md, eq. M)
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """:class:`torch.nn.MaxPool2d` whose forward is :func:`bp_torch.functional.max_pool2d` (eq. M1, M2)."""
+
+    def forward(self, input: torch.Tensor):
+        return BF.max_pool2d(
+            input,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            ceil_mode=self.ceil_mode,
+            return_indices=self.return_indices,
+        )
+
+
+class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """:class:`torch.nn.AdaptiveAvgPool2d` whose forward is :func:`bp_torch.functional.adaptive_avg_pool2d`
+    (eq. M4, M5)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return BF.adaptive_avg_pool2d(input, self.output_size)
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """:class:`torch.nn.BatchNorm2d` whose forward is :func:`bp_torch.functional.batch_norm` (eq. M6–M11).
+
+    Training, eval, ``affine``, ``track_running_stats`` and ``momentum=None`` (a cumulative moving average over
+    ``num_batches_tracked`` batches) behave as torch's: the forward below is torch's, line for line.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        # mirrors torch.nn.modules.batchnorm._BatchNorm.forward, with our batch_norm in place of F.batch_norm
+        self._check_input_dim(input)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            # momentum=None is the cumulative moving average: α = 1/(batches seen)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum  # eq. M7
+        # batch statistics in training, and in eval when there are no running ones
+        use_batch = self.training or (self.running_mean is None and self.running_var is None)
+        # the running statistics are passed only where they are read (eval) or tracked (training)
+        tracked = not self.training or self.track_running_stats
+        return BF.batch_norm(
+            input,
+            self.running_mean if tracked else None,
+            self.running_var if tracked else None,
+            self.weight,
+            self.bias,
+            use_batch,
+            factor,
+            self.eps,
+        )
+
+
 # The one table both directions read. Matching is by exact type: a user's subclass of nn.Conv2d (weight
 # standardisation, a parametrized layer's generated class ...) has its own forward, which a swap would silently drop,
 # so it is left native and listed in the summary.
@@ -166,6 +225,9 @@ TWINS: dict[type[nn.Module], type[nn.Module]] = {
     nn.MSELoss: MSELoss,
     nn.NLLLoss: NLLLoss,
     nn.CrossEntropyLoss: CrossEntropyLoss,
+    nn.MaxPool2d: MaxPool2d,
+    nn.AdaptiveAvgPool2d: AdaptiveAvgPool2d,
+    nn.BatchNorm2d: BatchNorm2d,
 }
 
 
@@ -206,7 +268,8 @@ def _swap(model: nn.Module, table: dict[type[nn.Module], type[nn.Module]]) -> tu
 
 def convert(model: nn.Module) -> tuple[nn.Module, Conversion]:
     """Swap, in place, every ``torch.nn`` module of ``TWINS`` in ``model`` (Conv2d, AvgPool2d, Sigmoid, Linear, ReLU,
-    LeakyReLU, Tanh, Dropout, Softmax, LogSoftmax and the losses) for its bp_torch twin.
+    LeakyReLU, Tanh, Dropout, Softmax, LogSoftmax, the losses, MaxPool2d, AdaptiveAvgPool2d, BatchNorm2d) for its
+    bp_torch twin.
 
     The modules stay the same objects, so parameters and buffers are shared, not copied: an optimizer built before
     the conversion trains the converted model. Only exact types are swapped; subclasses and every other layer stay

@@ -23,9 +23,12 @@ DOC = ROOT / "docs" / "derivation.md"
 
 LINK = re.compile(r"\[(?P<label>[^\]]*)\]\(\.\./(?P<path>bp_torch/[\w/]+\.py)#L(?P<first>\d+)(?:-L(?P<last>\d+))?\)")
 _NOT_CODE = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}
-ROW = re.compile(r"^\|\s*([ABD]) (\d+(?:\s*[,–]\s*\d+)*)\s*\|")  # a table row "| B 32, 52 | ..." or "| B 65–70 |"
-# "Note B eq. 51", "eq. 45/64", and our own equations (derivation.md's "D n"), "eq. D3" or "eq. D7/D8"
-CITATION = re.compile(r"Note ([AB])|eq\.\s*D\s*(\d+(?:\s*/\s*D?\d+)*)|eq\.\s*(\d+(?:\s*(?:/|,|=)\s*(?:eq\.\s*)?\d+)*)")
+# a table row "| B 32, 52 | ..." or "| B 65–70 |"; "| D 3 |", "| M 2 |" for our own labels beyond the notes
+ROW = re.compile(r"^\|\s*([A-Z]) (\d+(?:\s*[,–]\s*\d+)*)\s*\|")
+# "Note B eq. 51", "eq. 45/64", and our own equations (a letter before the number): "eq. D3", "eq. D7/D8", "eq. M2"
+CITATION = re.compile(
+    r"Note ([AB])|eq\.\s*([A-Z])\s*(\d+(?:\s*/\s*[A-Z]?\d+)*)|eq\.\s*(\d+(?:\s*(?:/|,|=)\s*(?:eq\.\s*)?\d+)*)"
+)
 
 
 def _claimed(numbers: str) -> set[int]:
@@ -41,16 +44,16 @@ def _cited(line: str) -> set[tuple[str | None, int]]:
     """The (note, equation) pairs a line of code cites: "Note A eq. 8 / Note B eq. 30" -> {(A, 8), (B, 30)}.
 
     An equation number belongs to the last note named before it on the line (None if none is); "eq. D3" is our
-    own equation D 3, whatever note was named.
+    own equation D 3 (likewise M 2, ...), whatever note was named.
     """
     cited, note = set(), None
     for match in CITATION.finditer(line):
         if match[1]:
             note = match[1]
         elif match[2]:
-            cited.update(("D", int(n)) for n in re.findall(r"\d+", match[2]))
+            cited.update((match[2], int(n)) for n in re.findall(r"\d+", match[3]))
         else:
-            cited.update((note, int(n)) for n in re.findall(r"\d+", match[3]))
+            cited.update((note, int(n)) for n in re.findall(r"\d+", match[4]))
     return cited
 
 

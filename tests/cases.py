@@ -1,4 +1,5 @@
-"""The one source of convolution and pooling cases for the tests: fixed grids and hypothesis strategies.
+"""The one source of convolution and pooling cases for the tests: fixed grids and hypothesis strategies (mean, max
+and adaptive pooling).
 
 Every configuration is valid by construction (the kernel fits the padded input, a pool window fits, padding at most
 half the window), so no test needs to throw draws away. ``bp_torch.check.CASES`` — the small set
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from bp_torch.check import CASES as CHECK_CASES
 
 __all__ = ["CHECK_CASES", "ConvCase", "CONV_GRID", "conv_cases", "PoolCase", "pool_cases"]
+__all__ += ["MaxPoolCase", "max_pool_cases", "AdaptivePoolCase", "adaptive_pool_cases"]
 
 
 def _pair(v) -> tuple[int, int]:
@@ -175,3 +177,76 @@ def pool_cases(draw) -> PoolCase:
         draw(st.booleans()),
         draw(st.sampled_from([None, None, 1, 3, 7])),
     )
+
+
+@dataclass(frozen=True)
+class MaxPoolCase:
+    """A max_pool2d configuration: input size and every option."""
+
+    size: tuple[int, int]
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int] | None
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    ceil_mode: bool = False
+    batch: int = 2
+    channels: int = 3
+
+    @property
+    def options(self) -> dict:
+        return dict(
+            kernel_size=self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            ceil_mode=self.ceil_mode,
+        )
+
+    def input(self, dtype=torch.float64, device="cpu", requires_grad=True) -> torch.Tensor:
+        x = torch.randn(self.batch, self.channels, *self.size, dtype=dtype, device=device)
+        return x.requires_grad_(requires_grad)
+
+
+@st.composite
+def max_pool_cases(draw) -> MaxPoolCase:
+    """Random valid max_pool2d configurations: windows, dilations, strides (None: the window), paddings up to half
+    the window, ceil_mode; inputs from the smallest every window meets to a few rows more.
+
+    A padded input smaller than the dilated window is valid for torch, but then a window's taps may all fall in the
+    padding (its maximum −∞, no gradient): with padding, the input is at least the dilated window, so every window
+    meets it (tests/test_pool_and_norm.py tests the −∞ windows on their own)."""
+    kernel = draw(st.tuples(st.integers(1, 4), st.integers(1, 4)))
+    dilation = draw(st.tuples(st.integers(1, 3), st.integers(1, 3)))
+    stride = draw(st.one_of(st.none(), st.tuples(st.integers(1, 4), st.integers(1, 4))))
+    padding = tuple(draw(st.integers(0, k // 2)) for k in kernel)
+    extra = draw(st.tuples(st.integers(0, 6), st.integers(0, 6)))
+    size = tuple(d * (k - 1) + 1 + e for d, k, e in zip(dilation, kernel, extra))
+    return MaxPoolCase(size, kernel, stride, padding, dilation, draw(st.booleans()), batch=draw(st.integers(1, 2)))
+
+
+@dataclass(frozen=True)
+class AdaptivePoolCase:
+    """An adaptive_avg_pool2d configuration: input size and output size (an int, a pair, or a pair with None)."""
+
+    size: tuple[int, int]
+    output_size: int | tuple[int | None, int | None]
+    batch: int = 2
+    channels: int = 3
+
+    @property
+    def options(self) -> dict:
+        return dict(output_size=self.output_size)
+
+    def input(self, dtype=torch.float64, device="cpu", requires_grad=True) -> torch.Tensor:
+        x = torch.randn(self.batch, self.channels, *self.size, dtype=dtype, device=device)
+        return x.requires_grad_(requires_grad)
+
+
+@st.composite
+def adaptive_pool_cases(draw) -> AdaptivePoolCase:
+    """Random adaptive_avg_pool2d configurations: any input size, outputs from 1 to twice the input (disjoint,
+    overlapping and repeated windows), as an int, a pair or a pair with None (the input's size)."""
+    size = draw(st.tuples(st.integers(1, 9), st.integers(1, 9)))
+    out = tuple(draw(st.one_of(st.none(), st.integers(1, 2 * L))) for L in size)
+    output_size = draw(st.sampled_from([out, out[0] or size[0]]))
+    return AdaptivePoolCase(size, output_size, batch=draw(st.integers(1, 2)))

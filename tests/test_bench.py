@@ -42,3 +42,10 @@ def test_formulations_times_each_formulation_on_tiny_shapes(tmp_path, capsys):
     table = (tmp_path / "formulations-cpu.md").read_text()
     assert "| conv2d 64->128 3x3" in table and "unfold_gemm" in table and "batch_as_channels" in table
     assert "Cost model's choice over the fastest formulation" in capsys.readouterr().out
+
+
+def test_convert_layers_runs_on_tiny_shapes(capsys):
+    main = runpy.run_path(str(BENCH.with_name("convert_layers.py")))["main"]
+    assert main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "BatchNorm2d x20, MaxPool2d x1, AdaptiveAvgPool2d x1" in out and "manual/native" in out

@@ -6,7 +6,7 @@ import torch
 from test_backward_rules import FUNCTIONS
 
 from bp_torch import functional as BF
-from bp_torch._function import apply
+from bp_torch._function import _TRACED, apply
 from bp_torch.autograd import SigmoidFunction
 
 
@@ -34,3 +34,17 @@ def test_torch_func_calls_go_through_the_setup_context_function():
     per_row = torch.vmap(torch.func.grad(lambda r: BF.sigmoid(r).sum()))(x)
     s = torch.sigmoid(x)
     torch.testing.assert_close(per_row, s * (1 - s))
+
+
+WITH_JVP = [f for f in FUNCTIONS if "jvp" in vars(f)]
+
+
+@pytest.mark.parametrize("function", WITH_JVP, ids=lambda f: f.__name__)
+def test_torch_compile_traces_a_copy_without_the_jvp(function):
+    """Dynamo refuses a Function that has a jvp of its own: under torch.compile ``apply`` runs a copy without it,
+    with the very same forward, setup_context and backward; eager calls (the direct Function) keep the jvp."""
+    traced = _TRACED[id(function)]
+    assert "jvp" not in vars(traced)
+    assert traced.forward is function.forward and traced.setup_context is function.setup_context
+    assert traced.backward is function.backward and traced.__qualname__ == function.__qualname__
+    assert vars(function._direct)["jvp"].__func__ is vars(function)["jvp"].__func__

@@ -11,6 +11,7 @@ from bp_torch.check import Case, passes_gradcheck
 # vmap over the backward (check_batched_grad) needs every op of the backward to have a batching rule
 BATCHED = {"conv2d", "avg_pool2d", "sigmoid", "linear", "relu", "leaky_relu", "tanh", "dropout", "softmax",
            "log_softmax", "nll_loss", "cross_entropy", "mse_loss"}  # fmt: skip
+BATCHED = {"conv2d", "avg_pool2d", "sigmoid", "linear", "max_pool2d", "adaptive_avg_pool2d", "batch_norm"}
 
 pytestmark = pytest.mark.usefixtures("both_formulas")  # every test, fast and literal formulations
 

@@ -63,6 +63,14 @@ MODULES = [
     ("Dropout", (0.3,), {}, (2, 3, 4)),  # train mode; forward_backward reseeds: the same mask both ways
     ("Softmax", (1,), {}, (2, 3, 4)),
     ("LogSoftmax", (), {"dim": -1}, (2, 5)),
+    # beyond the notes (eq. M1–M12)
+    ("MaxPool2d", (3,), {"stride": 2, "padding": 1}, (2, 3, 9, 8)),
+    ("MaxPool2d", ((2, 3),), {"dilation": (2, 1), "ceil_mode": True}, (3, 9, 9)),  # unbatched
+    ("AdaptiveAvgPool2d", (1,), {}, (2, 3, 5, 5)),
+    ("AdaptiveAvgPool2d", ((3, None),), {}, (3, 7, 5)),  # unbatched
+    ("BatchNorm2d", (3,), {}, (4, 3, 5, 5)),
+    ("BatchNorm2d", (3,), {"affine": False, "momentum": None}, (4, 3, 5, 5)),
+    ("BatchNorm2d", (3,), {"track_running_stats": False, "eps": 1e-3}, (4, 3, 5, 5)),
 ]
 
 
@@ -158,6 +166,7 @@ def test_convert_swaps_in_place_and_shares_everything():
         bnn.Conv2d,
         bnn.Sigmoid,
         bnn.AvgPool2d,
+        bnn.BatchNorm2d,
         bnn.ReLU,
         bnn.Conv2d,
         bnn.Linear,
@@ -169,10 +178,11 @@ def test_convert_swaps_in_place_and_shares_everything():
         "Conv2d": ["0", "5.0"],
         "Sigmoid": ["1"],
         "AvgPool2d": ["2"],
+        "BatchNorm2d": ["3"],
         "ReLU": ["4"],
         "Linear": ["6"],
     }
-    assert summary.left == {"BatchNorm2d": ["3"], "Flatten": ["5.2"]}
+    assert summary.left == {"Flatten": ["5.2"]}
     assert "Conv2d x2: 0, 5.0" in str(summary)
 
     model.train()
@@ -196,6 +206,7 @@ def test_to_native_round_trip():
         "Conv2d": ["0", "5.0"],
         "Sigmoid": ["1"],
         "AvgPool2d": ["2"],
+        "BatchNorm2d": ["3"],
         "ReLU": ["4"],
         "Linear": ["6"],
     }
@@ -222,15 +233,17 @@ def test_convert_leaves_subclasses_native():
 
 
 TORCHVISION = [
-    # (constructor, input size, what convert must swap): weights=None, small inputs; the adaptive pools, batch
-    # norms, max pools and ReLU6 stay native (resnet's blocks each use one ReLU module twice: 9 modules). VGG adds
-    # nothing AlexNet lacks but time.
-    (tvm.alexnet, 64, {"Conv2d": 5, "ReLU": 7, "Dropout": 2, "Linear": 3}),  # dropout: the same masks both ways
-    (tvm.resnet18, 32, {"Conv2d": 20, "ReLU": 9, "Linear": 1}),
-    (tvm.mobilenet_v2, 32, {"Conv2d": 52, "Dropout": 1, "Linear": 1}),  # 17 depthwise convolutions
+    # (constructor, input size, what convert must swap): weights=None, small inputs. Only ReLU6 stays native
+    # (resnet's blocks each use one ReLU module twice: 9 modules). VGG adds nothing AlexNet lacks
+    # but time; tests/test_converted_models.py has vgg11_bn and the backward graphs.
+    (tvm.alexnet, 64, {"Conv2d": 5, "ReLU": 7, "MaxPool2d": 3, "AdaptiveAvgPool2d": 1, "Dropout": 2, "Linear": 3}),
+    (tvm.resnet18, 32,
+     {"Conv2d": 20, "BatchNorm2d": 20, "ReLU": 9, "MaxPool2d": 1, "AdaptiveAvgPool2d": 1, "Linear": 1}),
+    (tvm.mobilenet_v2, 32, {"Conv2d": 52, "BatchNorm2d": 52, "Dropout": 1, "Linear": 1}),  # 17 depthwise convolutions
     # DenseNet's transitions are nn.AvgPool2d(2); a two-block DenseNet keeps the test quick
-    (lambda **kw: tvm.DenseNet(8, (2, 2), 16, **kw), 32, {"Conv2d": 10, "ReLU": 10, "AvgPool2d": 1, "Linear": 1}),
-]
+    (lambda **kw: tvm.DenseNet(8, (2, 2), 16, **kw), 32,
+     {"Conv2d": 10, "BatchNorm2d": 11, "ReLU": 10, "MaxPool2d": 1, "AvgPool2d": 1, "Linear": 1}),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("build", "size", "expected"), TORCHVISION, ids=["alexnet", "resnet18", "mbv2", "densenet"])

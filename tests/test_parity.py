@@ -44,9 +44,8 @@ def test_non_contiguous_grad_output(case: Case, device):
     _assert_close(case, device, torch.float32, grad_output_transform=_non_contiguous)
 
 
-BATCHED_MAPS = [
-    c for c in CASES if c.name.split()[0] in ("conv2d", "avg_pool2d") and c.inputs("cpu", torch.float32)[0].dim() == 4
-]
+MAPS = ("conv2d", "avg_pool2d", "max_pool2d", "adaptive_avg_pool2d", "batch_norm")
+BATCHED_MAPS = [c for c in CASES if c.name.split()[0] in MAPS and c.inputs("cpu", torch.float32)[0].dim() == 4]
 
 
 @pytest.mark.parametrize("case", BATCHED_MAPS, ids=lambda c: c.name)

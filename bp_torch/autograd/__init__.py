@@ -14,7 +14,12 @@ convolutional layers) and Note B (Zhang, backpropagation in the LeNet CNN). One 
 - ``loss``: ``MSELossFunction`` (Note B eq. 13–16, eq. D7, D8), ``NllLossFunction`` (eq. D9),
   ``CrossEntropyFunction`` (eq. D10–D12).
 
-Equations "D n" are ours, for the operations beyond the notes, derived in ``docs/derivation.md``.
+Beyond the notes (equation labels D and M are ours, derived in ``docs/derivation.md``):
+
+- ``max_pool``: ``MaxPool2dFunction`` (eq. M1, M2) and its gradient's pair of Functions, the scatter
+  ``MaxPool2dInputGradFunction`` and the gather ``MaxPool2dGatherFunction`` (eq. M2, M3), each the other's backward;
+- ``adaptive_pool``: ``AdaptiveAvgPool2dFunction`` (eq. M4, M5) and ``AdaptiveAvgPool2dInputGradFunction``;
+- ``batch_norm``: ``BatchNormFunction`` (eq. M6–M12).
 
 Every backward is written with forward tensor ops only (conv2d, matmul, pad, flip, sum ...): never autograd,
 ``torch.nn.grad``, ``torch.func`` or an ``aten.*_backward`` op. Arguments arrive validated and normalised by
@@ -22,6 +27,8 @@ Every backward is written with forward tensor ops only (conv2d, matmul, pad, fli
 """
 
 from bp_torch.autograd.activation import LeakyReluFunction, ReluFunction, SigmoidFunction, TanhFunction
+from bp_torch.autograd.adaptive_pool import AdaptiveAvgPool2dFunction, AdaptiveAvgPool2dInputGradFunction
+from bp_torch.autograd.batch_norm import BatchNormFunction
 from bp_torch.autograd.conv import (
     Conv2dFunction,
     Conv2dInputGradFunction,
@@ -32,6 +39,7 @@ from bp_torch.autograd.conv import (
 from bp_torch.autograd.dropout import DropoutFunction
 from bp_torch.autograd.linear import LinearFunction
 from bp_torch.autograd.loss import CrossEntropyFunction, MSELossFunction, NllLossFunction
+from bp_torch.autograd.max_pool import MaxPool2dFunction, MaxPool2dGatherFunction, MaxPool2dInputGradFunction
 from bp_torch.autograd.pool import AvgPool2dFunction, avg_pool2d_divisor
 from bp_torch.autograd.softmax import LogSoftmaxFunction, SoftmaxFunction
 
@@ -55,4 +63,10 @@ __all__ = [
     "MSELossFunction",
     "NllLossFunction",
     "CrossEntropyFunction",
+    "MaxPool2dFunction",
+    "MaxPool2dInputGradFunction",
+    "MaxPool2dGatherFunction",
+    "AdaptiveAvgPool2dFunction",
+    "AdaptiveAvgPool2dInputGradFunction",
+    "BatchNormFunction",
 ]
