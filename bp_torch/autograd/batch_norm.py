@@ -94,8 +94,10 @@ class BatchNormFunction(Function):
                 # eq. M10 as one affine map per channel, c + a·δ + b·x with a = γ/σ̂: no x̂ map in memory
                 b = scale * invstd * sum_delta_x_hat * (-1 / m)
                 c = torch.addcmul(scale * sum_delta * (-1 / m), b, mean, value=-1)
-                grad_input = torch.empty_like(delta).copy_(c.view(per_channel)).addcmul_(delta, scale.view(per_channel))
-                grad_input = grad_input.addcmul_(x, b.view(per_channel))  # eq. M10: c + a·δ + b·x
+                grad_input = torch.addcmul(c.view(per_channel), delta, scale.view(per_channel))
+                # in place outside torch.func, where vmap has no batching rule for addcmul_ and would loop
+                add_b_x = grad_input.addcmul if torch._C._are_functorch_transforms_active() else grad_input.addcmul_
+                grad_input = add_b_x(x, b.view(per_channel))  # eq. M10: c + a·δ + b·x
             grad_input = in_layout(grad_input.to(dtype), ctx.channels_last)
         if needs_weight:
             grad_weight = sum_delta_x_hat.to(weight.dtype).reshape(weight.shape)  # eq. M9: ∂e/∂γ = Σ δ·x̂
