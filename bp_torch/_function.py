@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 
 import torch
+from torch._prims_common import suggest_memory_format
 from torch.autograd import Function
 
 
@@ -38,9 +39,21 @@ def with_direct_call(cls: type[Function]) -> type[Function]:
         "__doc__": cls.__doc__,
     }
     if "jvp" in vars(cls):
-        namespace["jvp"] = staticmethod(cls.jvp)
+        cls.jvp = namespace["jvp"] = HiddenFromDynamo(vars(cls)["jvp"].__func__)
     cls._direct = type(cls.__name__, (Function,), namespace)
     return cls
+
+
+class HiddenFromDynamo:
+    """A Function's ``jvp``, which reads as ``torch.autograd.Function``'s own (none) while torch.compile's dynamo
+    traces: dynamo refuses to trace a Function that defines a jvp, and a compiled graph needs none. Everywhere else
+    (forward-mode AD, torch.func.jvp, jacfwd) it reads as the hand-written one."""
+
+    def __init__(self, jvp):
+        self.jvp = jvp
+
+    def __get__(self, instance, owner=None):
+        return Function.jvp if torch._guards.TracingContext.try_get() is not None else self.jvp
 
 
 def apply(function: type[Function], *args):
@@ -62,9 +75,11 @@ def nested_apply(function: type[Function], *args):
 
 
 def is_channels_last(t: torch.Tensor) -> bool:
-    """Whether ``t`` is laid out channels_last (and not also plainly contiguous, as 1x1 maps are)."""
+    """Whether ``t``'s strides read as channels_last by the rule torch's convolution and pooling apply to choose
+    their layout (``Tensor.suggest_memory_format``): a sliced channels_last map counts, a 1x1 map or a single channel
+    laid out plainly does not."""
     try:
-        return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+        return t.dim() == 4 and suggest_memory_format(t) == torch.channels_last
     except RuntimeError:  # vmap cannot query memory formats; its per-sample tensors have none of their own
         return False
 

@@ -23,8 +23,10 @@ DOC = ROOT / "docs" / "derivation.md"
 
 LINK = re.compile(r"\[(?P<label>[^\]]*)\]\(\.\./(?P<path>bp_torch/[\w/]+\.py)#L(?P<first>\d+)(?:-L(?P<last>\d+))?\)")
 _NOT_CODE = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}
-ROW = re.compile(r"^\|\s*([AB]) (\d+(?:\s*[,–]\s*\d+)*)\s*\|")  # a table row "| B 32, 52 | ..." or "| B 65–70 |"
-CITATION = re.compile(r"Note ([AB])|eq\.\s*(\d+(?:\s*(?:/|,|=)\s*(?:eq\.\s*)?\d+)*)")
+# a table row "| B 32, 52 | ..." or "| B 65–70 |"; a letter other than A and B is a label of our own ("| J 3 |")
+ROW = re.compile(r"^\|\s*([A-Z]) (\d+(?:\s*[,–]\s*\d+)*)\s*\|")
+# "Note A" sets the note of the numbers after it; a label of our own carries its letter: "eq. J3"
+CITATION = re.compile(r"Note ([AB])|eq\.\s*([A-Z](?=\d))?(\d+(?:\s*(?:/|,|=)\s*(?:eq\.\s*)?\d+)*)")
 
 
 def _claimed(numbers: str) -> set[int]:
@@ -39,14 +41,15 @@ def _claimed(numbers: str) -> set[int]:
 def _cited(line: str) -> set[tuple[str | None, int]]:
     """The (note, equation) pairs a line of code cites: "Note A eq. 8 / Note B eq. 30" -> {(A, 8), (B, 30)}.
 
-    An equation number belongs to the last note named before it on the line (None if none is).
+    An equation number belongs to the last note named before it on the line (None if none is); a label of our own
+    to its letter: "eq. J3" -> {(J, 3)}.
     """
     cited, note = set(), None
     for match in CITATION.finditer(line):
         if match[1]:
             note = match[1]
         else:
-            cited.update((note, int(n)) for n in re.findall(r"\d+", match[2]))
+            cited.update((match[2] or note, int(n)) for n in re.findall(r"\d+", match[3]))
     return cited
 
 

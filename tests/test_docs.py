@@ -77,6 +77,8 @@ def test_citation_parser():
     }
     assert _cited("# Note A eq. 8 = eq. 28: ∂e/∂x") == {("A", 8), ("A", 28)}
     assert _cited("(eq. 45/64)") == {(None, 45), (None, 64)}
+    assert _cited("# Note B eq. 40 ... eq. J3: + (x, δ̇)") == {("B", 40), ("J", 3)}
+    assert ROW.match("| J 1 | ẏ |").groups() == ("J", "1")
     assert _claimed("65–70") == set(range(65, 71)) and _claimed("32, 52") == {32, 52}
 
 
