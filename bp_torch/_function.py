@@ -60,9 +60,20 @@ def apply(function: type[Function], *args):
     """``function.apply(*args)``, through its direct Function unless a torch.func transform (vmap, grad, jacrev ...)
     is active or torch.compile is tracing (which compiles the binding away, and traces ``apply`` but not the direct
     Function); both run the same code, so results and gradients are identical."""
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+    if torch.compiler.is_compiling():
         return function.apply(*args)
+    if torch._C._are_functorch_transforms_active():
+        return function.apply(*(Leaf(a) if type(a) is tuple else a for a in args))
     return function._direct.apply(*args)
+
+
+class Leaf(tuple):
+    """A tuple argument (an int pair) that torch's pytree takes as one leaf. torch.func's generated vmap rule gives a
+    Function's jvp one tangent per argument but counts a plain tuple's items (``get_tangents_in_dims``), which
+    breaks vmap over a jvp (jacfwd of jacrev: the Hessian); torch.compile cannot trace a tuple subclass, so only the
+    torch.func path wraps."""
+
+    __slots__ = ()
 
 
 def nested_apply(function: type[Function], *args):

@@ -39,7 +39,7 @@ class LinearFunction(Function):
         input, weight = ctx.saved_tensors
         grad_input = grad_weight = grad_bias = None
         if ctx.needs_input_grad[2]:
-            grad_bias = grad_output.sum_to_size(ctx.bias_shape)  # Note B eq. 24: Δb = Δŷ, summed where b was broadcast
+            grad_bias = _sum_to(grad_output, ctx.bias_shape)  # Note B eq. 24: Δb = Δŷ, summed where b was broadcast
         vector_weight = ctx.vector_weight
         if vector_weight:  # the output feature a 1-D weight drops: back as a dimension of size 1
             grad_output = grad_output.unsqueeze(-1)
@@ -67,10 +67,18 @@ class LinearFunction(Function):
 
 
 def _add(a, b, shape=None):
-    """a + b where either may be None (no tangent); ``b`` alone broadcast to ``shape``."""
-    if a is None:
-        return b.expand(shape) if shape is not None and b is not None else b
-    return a if b is None else a + b
+    """a + b where either may be None (no tangent); ``b`` the bias's tangent, broadcast to the output's ``shape``."""
+    if b is not None and shape is not None:
+        b = b.reshape(b.shape[b.dim() - len(shape) :]) if b.dim() > len(shape) else b  # leading 1s torch dropped
+        return b.expand(shape) if a is None else a + b
+    return b if a is None else a if b is None else a + b
+
+
+def _sum_to(grad, shape):
+    """δ summed over the dimensions a bias of ``shape`` was broadcast along (the bias may have more, of size 1)."""
+    if len(shape) > grad.dim():
+        grad = grad.reshape((1,) * (len(shape) - grad.dim()) + tuple(grad.shape))
+    return grad.sum_to_size(shape)
 
 
 def linear(input, weight):
