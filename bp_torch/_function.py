@@ -13,7 +13,6 @@ from __future__ import annotations
 import inspect
 
 import torch
-from torch._prims_common import suggest_memory_format
 from torch.autograd import Function
 
 
@@ -87,12 +86,22 @@ def nested_apply(function: type[Function], *args):
 
 def is_channels_last(t: torch.Tensor) -> bool:
     """Whether ``t``'s strides read as channels_last by the rule torch's convolution and pooling apply to choose
-    their layout (``Tensor.suggest_memory_format``): a sliced channels_last map counts, a 1x1 map or a single channel
-    laid out plainly does not."""
+    their layout (``Tensor.suggest_memory_format``, c10's ``is_channels_last_strides_2d_s4``, here in plain Python: a
+    few integer comparisons): a sliced channels_last map counts, a 1x1 map or a single channel laid out plainly not."""
     try:
-        return t.dim() == 4 and suggest_memory_format(t) == torch.channels_last
-    except RuntimeError:  # vmap cannot query memory formats; its per-sample tensors have none of their own
+        if t.dim() != 4:
+            return False
+        sizes, strides = t.shape, t.stride()
+    except RuntimeError:  # vmap cannot query strides; its per-sample tensors have no layout of their own
         return False
+    if strides[1] == 0:
+        return False
+    smallest = 0
+    for d in (1, 3, 2, 0):  # C, W, H, N: channels_last's order of ever larger strides
+        if sizes[d] == 0 or strides[d] < smallest or (d == 0 and smallest == strides[1]):
+            return False
+        smallest = strides[d] * sizes[d] if sizes[d] > 1 else strides[d]
+    return True
 
 
 def in_layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:

@@ -2,7 +2,8 @@
 native's, on the benchmark's layers and the 1x1 layers whose gradient batch_as_channels summed up to 6x further off.
 
 The error of a gradient g is max|g − g64| / max|g64|, g64 the float64 gradient of the same float32 values. CPU only:
-the claim is about the order the CPU formulations sum in (bp_torch._conv)."""
+the claim is about the order the CPU formulations sum in (bp_torch._conv), at the suite's thread count (one,
+tests/conftest.py; the summation order, and so the error, changes with the number of threads)."""
 
 import pytest
 import torch

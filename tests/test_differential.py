@@ -5,8 +5,8 @@ Each draw starts from a valid configuration, may break one argument (a wrong typ
 and spells every integer the ways torch accepts (an int, a numpy integer, a 0-d or one-element integer tensor, a
 tuple, list or torch.Size). torch decides which draws are valid. The counts of each kind::
 
-    python -m pytest tests/test_differential.py -p no:randomly --hypothesis-show-statistics
-    BP_TORCH_DIFFERENTIAL_EXAMPLES=2000 python -m pytest tests/test_differential.py --hypothesis-show-statistics
+    python -m pytest tests/test_differential.py --hypothesis-show-statistics
+    BP_TORCH_DIFFERENTIAL_EXAMPLES=3000 python -m pytest tests/test_differential.py --hypothesis-show-statistics
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 import warnings
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, event, given, settings
@@ -23,9 +24,16 @@ from hypothesis import strategies as st
 from bp_torch import functional as BF
 
 EXAMPLES = int(os.environ.get("BP_TORCH_DIFFERENTIAL_EXAMPLES", "150"))
-SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# both_formulas sets the mode once per test, for all its examples
+SETTINGS = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+pytestmark = pytest.mark.usefixtures("both_formulas")  # fast and literal formulations
 
-FLOATS = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+HALF = (torch.float16, torch.bfloat16)
+FLOATS = [torch.float32, torch.float64, *HALF]
 COMPLEX = [torch.complex64, torch.complex128]
 # what a one-ulp-scale difference allows: the two sum in different orders
 TOLERANCE = {torch.float64: 1e-9, torch.complex128: 1e-9, torch.float32: 1e-4, torch.complex64: 1e-4}
@@ -133,9 +141,12 @@ def conv2d_arguments(draw):
     size = [max(1, d * (k - 1) + 1 - 2 * p) + draw(st.integers(0, 3)) for d, k, p in zip(dilation, kernel, pad)]
     batch = draw(st.sampled_from([None, 0, 1, 2]))  # None: unbatched
     x_shape = ([] if batch is None else [batch]) + [c_in, *size]
+    # torch's CPU bfloat16 convolution crashes (a segmentation fault) on some grouped, strided, dilated configurations
+    # with a channels_last weight (README "Limits"): half-precision maps stay contiguous
+    layout = "contiguous" if dtype in HALF else None
     args = {
-        "input": make_tensor(draw, x_shape, dtype),
-        "weight": make_tensor(draw, (c_out, c_in // groups, *kernel), dtype),
+        "input": make_tensor(draw, x_shape, dtype, layout),
+        "weight": make_tensor(draw, (c_out, c_in // groups, *kernel), dtype, layout),
         "bias": make_tensor(draw, (c_out,), dtype) if draw(st.booleans()) else None,
         "stride": spell_pair(draw, stride),
         "padding": padding if isinstance(padding, str) else spell_pair(draw, padding),
@@ -282,12 +293,13 @@ def _layout(t):
 
 
 def _assert_close(ours, theirs, what, layout=True):
-    assert ours.shape == theirs.shape and ours.dtype == theirs.dtype, what
+    """``theirs`` may be a float32 reference for a half-precision ``ours`` (see compare)."""
+    assert ours.shape == theirs.shape and (ours.dtype == theirs.dtype or ours.dtype in HALF), what
     if layout and theirs.numel():  # an empty tensor's strides are anyone's
         assert _layout(ours) == _layout(theirs), f"{what}: layout {_layout(ours)} vs torch's {_layout(theirs)}"
     if theirs.numel() == 0:
         return
-    if theirs.dtype in (torch.float16, torch.bfloat16):
+    if ours.dtype in HALF:
         scale = theirs.abs().max().float().clamp(min=1)
         assert (ours.float() - theirs.float()).abs().max() <= HALF_TOLERANCE * scale, what
     elif theirs.is_floating_point() or theirs.is_complex():
@@ -314,14 +326,22 @@ def compare(name, ours_fn, torch_fn, args):
     if not keys or not theirs.requires_grad:
         return
     grad = torch.randn_like(theirs)
-    our_grads = torch.autograd.grad(ours, [args[k] for k in keys], grad, allow_unused=True)
+    if name == "conv2d" and theirs.dtype in HALF:
+        # torch's CPU float16/bfloat16 convolution backward leaves the weight taps that read only padding
+        # uninitialized (their values vary from call to call): the reference is its float32 backward, same values
+        native_args = {k: v.float() if isinstance(v, torch.Tensor) and v.dtype in HALF else v for k, v in args.items()}
+        native_args = {k: _same_strides(v) if isinstance(v, torch.Tensor) else v for k, v in native_args.items()}
+        theirs, grad = torch_fn(*native_args.values()), grad.float()
+    our_grads = torch.autograd.grad(ours, [args[k] for k in keys], grad.to(ours.dtype), allow_unused=True)
     torch_grads = torch.autograd.grad(theirs, [native_args[k] for k in keys], grad, allow_unused=True)
     for key, g, n in zip(keys, our_grads, torch_grads):
         assert (g is None) == (n is None), key
         if n is not None:
-            # the memory formats of maps: a matrix's gradient strides are the matmul's choice, either side, and the
-            # zero gradients of an empty output torch may return expanded
-            _assert_close(g, n, f"gradient of {key}", layout=n.dim() == 4 and theirs.numel() > 0)
+            # the memory formats of conv2d's and avg_pool2d's maps: linear's and sigmoid's gradient strides are
+            # their matmul's or elementwise kernel's choice, either side; torch may return the zero gradients of an
+            # empty output expanded
+            maps = name in ("conv2d", "avg_pool2d") and theirs.numel() > 0
+            _assert_close(g, n, f"gradient of {key}", layout=maps)
 
 
 @SETTINGS

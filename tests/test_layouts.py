@@ -6,8 +6,10 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from torch._prims_common import suggest_memory_format
 
 from bp_torch import functional as BF
+from bp_torch._function import is_channels_last
 
 pytestmark = pytest.mark.usefixtures("both_formulas")
 
@@ -79,3 +81,16 @@ def test_either_operand_channels_last_makes_both_gradients_channels_last():
     gx, gw = torch.autograd.grad(BF.conv2d(x, w).sum(), (x, w))
     assert gx.is_contiguous(memory_format=CL) and not gx.is_contiguous()
     assert gw.is_contiguous(memory_format=CL)
+
+
+def test_is_channels_last_reads_strides_as_torchs_suggest_memory_format():
+    """bp_torch._function.is_channels_last (plain Python, on every forward) against torch's own rule, on tensors
+    permuted, sliced, with empty and size-1 dimensions."""
+    generator = torch.Generator().manual_seed(0)
+    pick = lambda *options: options[torch.randint(len(options), (), generator=generator)]  # noqa: E731
+    for _ in range(3000):
+        t = torch.empty(*(pick(1, 2, 3, 5) for _ in range(4))).permute(*torch.randperm(4, generator=generator))
+        t = t[tuple(slice(0, pick(0, 1, 2, 3, None), pick(1, 2)) for _ in range(4))]
+        if pick(True, False, False):
+            t = t.contiguous(memory_format=pick(CL, torch.contiguous_format))
+        assert is_channels_last(t) == (suggest_memory_format(t) == CL), (t.shape, t.stride())
