@@ -1,39 +1,112 @@
 """Argument checks and normalisation for ``bp_torch.functional``: validated once, up front, as torch does.
 
-Errors use the exception type torch raises for the same mistake (``RuntimeError`` for bad values, ``TypeError``
-for wrong types) and name the argument and the value received.
+Errors use the exception type torch raises for the same mistake and name the argument and the value received. As
+torch's argument parser reads every argument's type before any operator checks a value, the ``check_*`` functions
+first read the types (``TypeError``), then check the values (``RuntimeError``; ``IndexError`` where torch's indexing
+raises it).
+
+The readers of single arguments, shared by every function with such arguments (their names say which of torch's
+argument types they read, spelled as torch spells them: an int, a numpy integer, a one-element integer tensor):
+
+- :func:`int_arg`: ``SymInt`` (conv2d's ``groups``); :func:`optional_int_arg`: ``int?`` (``divisor_override``);
+- :func:`int_list`, :func:`int_pair`, :func:`positive_int_pair`: ``int[2]`` (kernel_size, stride, padding, dilation);
+- :func:`bool_arg`: ``bool`` (``ceil_mode``, ``count_include_pad``: a Python bool and nothing else).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
 
 import torch
 
 Pair = tuple[int, int]
 
 
-def _pair(value, name: str, op: str) -> Pair:
-    """An int or a sequence of two ints, as a pair (torch's ``_pair``), or a TypeError naming ``name``."""
+def _type_name(value) -> str:
+    return type(value).__name__
+
+
+def _is_integer(value, allow_bool: bool) -> bool:
+    """Whether torch's argument parser reads ``value`` as an integer: a one-element tensor of an integer (or bool)
+    dtype, or anything with ``__index__`` (Python's and numpy's integers) — a Python bool only where
+    ``allow_bool`` (inside a list, after its first item)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and not (value.is_floating_point() or value.is_complex())
     if isinstance(value, bool):
-        raise TypeError(f"{op}(): argument '{name}' must be an int or a tuple of two ints, but got {value!r}")
-    if isinstance(value, int):
-        return (value, value)
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        items = tuple(value)
-        if len(items) == 1 and isinstance(items[0], int):
-            return (items[0], items[0])
-        if len(items) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in items):
-            return items
+        return allow_bool
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _to_int(value) -> int:
+    return int(value.item()) if isinstance(value, torch.Tensor) else operator.index(value)
+
+
+def int_arg(value, name: str, op: str) -> int:
+    """torch's ``SymInt`` argument: an int, a numpy integer or a one-element integer tensor; TypeError otherwise."""
+    if not _is_integer(value, allow_bool=False):
+        raise TypeError(f"{op}(): argument '{name}' must be int, not {_type_name(value)}")
+    if isinstance(value, torch.Tensor) and value.dtype == torch.bool:
+        # torch's parser lets a bool tensor through here, then fails converting it (an internal assert)
+        raise RuntimeError(f"{op}: argument '{name}' must be an integer, but got the bool tensor {value!r}")
+    return _to_int(value)
+
+
+def optional_int_arg(value, name: str, op: str) -> int | None:
+    """torch's ``int?`` argument: None, an int, a numpy integer or a 0-d integer tensor; TypeError otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        ok = value.dim() == 0 and not (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool)
+    else:
+        ok = _is_integer(value, allow_bool=False)
+    if not ok:
+        raise TypeError(f"{op}(): argument '{name}' must be int, not {_type_name(value)}")
+    return _to_int(value)
+
+
+def bool_arg(value, name: str, op: str) -> bool:
+    """torch's ``bool`` argument: True or False, nothing else (not 0, 1, "no" or a numpy bool)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{op}(): argument '{name}' must be bool, not {_type_name(value)}")
+    return value
+
+
+def int_list(value, name: str, op: str) -> tuple[int, ...]:
+    """torch's ``int[2]`` argument before its length is checked: one integer (as :func:`int_arg`, a bool tensor too),
+    or a list or tuple (torch.Size too) whose first item is one and whose other items are integers or bools."""
+    if isinstance(value, (tuple, list)):
+        for i, item in enumerate(value):
+            if not _is_integer(item, allow_bool=i > 0):
+                raise TypeError(
+                    f"{op}(): argument '{name}' must be an int or a tuple of two ints, but got {value!r} "
+                    f"(item {i} is {_type_name(item)})"
+                )
+        return tuple(_to_int(item) for item in value)
+    if _is_integer(value, allow_bool=False):
+        return (_to_int(value),)
+    raise TypeError(f"{op}(): argument '{name}' must be an int or a tuple of two ints, but got {_type_name(value)}")
+
+
+def int_pair(value, name: str, op: str) -> Pair:
+    """torch's ``int[2]`` argument as a pair: :func:`int_list`, one value repeated; RuntimeError for another length."""
+    items = int_list(value, name, op)
+    if len(items) not in (1, 2):
         raise RuntimeError(f"{op}: expected {name} to be a single int or a pair of ints, but got {name}={value!r}")
-    raise TypeError(f"{op}(): argument '{name}' must be an int or a tuple of two ints, but got {type(value).__name__}")
+    return (items[0], items[-1])
 
 
-def _positive_pair(value, name: str, op: str) -> Pair:
-    pair = _pair(value, name, op)
+def positive_int_pair(value, name: str, op: str) -> Pair:
+    pair = int_pair(value, name, op)
     if min(pair) <= 0:
         raise RuntimeError(f"{op}: non-positive {name} is not supported, but got {name}={value!r}")
     return pair
+
+
+_pair, _positive_pair = int_pair, positive_int_pair  # the names the first callers used
 
 
 def _check_tensor(value, name: str, op: str) -> None:
@@ -63,6 +136,10 @@ def check_conv2d(input, weight, bias, stride, padding, dilation, groups) -> tupl
     _check_tensor(weight, "weight", op)
     if bias is not None:
         _check_tensor(bias, "bias", op)
+    # every type before any value, as torch's parser (the values are read again below, where messages quote them)
+    int_list(stride, "stride", op), int_list(dilation, "dilation", op), int_arg(groups, "groups", op)
+    if not isinstance(padding, str):
+        int_list(padding, "padding", op)
     if input.dim() not in (3, 4):
         raise RuntimeError(
             f"Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: {list(input.shape)}"
@@ -75,7 +152,15 @@ def check_conv2d(input, weight, bias, stride, padding, dilation, groups) -> tupl
         )
     C_in, size = input.shape[-3], tuple(input.shape[-2:])
     return conv2d_options(
-        tuple(weight.shape), C_in, size, stride, padding, dilation, groups, f"input of size {list(input.shape)}"
+        tuple(weight.shape),
+        C_in,
+        size,
+        stride,
+        padding,
+        dilation,
+        groups,
+        f"input of size {list(input.shape)}",
+        empty=input.numel() == 0,
     )
 
 
@@ -88,18 +173,21 @@ def check_conv2d_weight(weight) -> None:
 
 
 def conv2d_options(
-    weight_shape, C_in: int, input_size: Pair, stride, padding, dilation, groups, what: str = "the input"
+    weight_shape, C_in: int, input_size: Pair, stride, padding, dilation, groups, what: str = "the input", empty=False
 ):
     """Validate conv2d's options for a weight of ``weight_shape`` over ``C_in`` channels of ``input_size``.
 
     Returns ``(stride, padding, extra, dilation, groups)``: pairs and an int, ``padding`` symmetric and ``extra`` the
-    further bottom/right padding of ``padding='same'`` with an even reach.
+    further bottom/right padding of ``padding='same'`` with an even reach. An ``empty`` input (no elements) may have
+    a zero dilation, as torch accepts (nothing is convolved); a negative one, never.
     """
     op = "conv2d"
     stride = _positive_pair(stride, "stride", op)
-    dilation = _positive_pair(dilation, "dilation", op)
-    if isinstance(groups, bool) or not isinstance(groups, int):
-        raise TypeError(f"conv2d(): argument 'groups' must be int, not {type(groups).__name__}")
+    pair = int_pair(dilation, "dilation", op)
+    if min(pair) < (0 if empty else 1):
+        raise RuntimeError(f"{op}: non-positive dilation is not supported, but got dilation={dilation!r}")
+    dilation = pair
+    groups = int_arg(groups, "groups", op)
     if groups <= 0:
         raise RuntimeError(f"conv2d: non-positive groups is not supported, but got groups={groups}")
     C_out = weight_shape[0]
@@ -142,22 +230,29 @@ def conv2d_padding(padding, kernel_size, stride: Pair, dilation: Pair) -> tuple[
     return pair, (0, 0)
 
 
-def check_pool_input(input) -> None:
-    _check_tensor(input, "input", "avg_pool2d")
+def check_avg_pool2d(
+    input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+) -> tuple[Pair, Pair, Pair, bool, bool, int | None]:
+    """Validate avg_pool2d's arguments in torch's order; return them normalised: kernel_size, stride, padding as
+    pairs (stride None or empty: the kernel's), the two flags, divisor_override an int or None."""
+    op = "avg_pool2d"
+    _check_tensor(input, "input", op)
+    kernel, pad = int_list(kernel_size, "kernel_size", op), int_list(padding, "padding", op)
+    steps = () if stride is None else int_list(stride, "stride", op)
+    flags = bool_arg(ceil_mode, "ceil_mode", op), bool_arg(count_include_pad, "count_include_pad", op)
+    divisor = optional_int_arg(divisor_override, "divisor_override", op)
+    kernel, pad = int_pair(kernel, "kernel_size", op), int_pair(pad, "padding", op)
+    step = int_pair(steps, "stride", op) if steps else kernel
+    if divisor == 0:
+        raise RuntimeError(f"avg_pool2d: divisor must be not zero, but got divisor_override={divisor_override!r}")
     if input.dim() not in (3, 4):
-        raise RuntimeError(
+        # below 3 dimensions torch fails reading the channels, size(-3): an IndexError
+        raise (IndexError if input.dim() < 3 else RuntimeError)(
             f"Expected 3D (unbatched) or 4D (batched) input to avg_pool2d, but got input of size: {list(input.shape)}"
         )
-
-
-def pool2d_arguments(input, kernel_size, stride, padding, ceil_mode, divisor_override) -> tuple[Pair, Pair, Pair]:
-    """Validate avg_pool2d's options; return kernel_size, stride, padding as pairs."""
-    op = "avg_pool2d"
-    kernel = _positive_pair(kernel_size, "kernel_size", op)
-    # stride=None, or an empty sequence as torch also accepts, means stride = kernel_size
-    stride = kernel if stride is None or (isinstance(stride, Sequence) and len(stride) == 0) else stride
-    stride = _positive_pair(stride, "stride", op)
-    pad = _pair(padding, "padding", op)
+    for name, pair, given in (("kernel_size", kernel, kernel_size), ("stride", step, stride if steps else kernel_size)):
+        if min(pair) <= 0:
+            raise RuntimeError(f"avg_pool2d: non-positive {name} is not supported, but got {name}={given!r}")
     if min(pad) < 0:
         raise RuntimeError(f"avg_pool2d: negative padding is not supported, but got padding={padding!r}")
     for p, k in zip(pad, kernel):
@@ -166,16 +261,19 @@ def pool2d_arguments(input, kernel_size, stride, padding, ceil_mode, divisor_ove
                 f"avg_pool2d: pad should be at most half of the kernel size, but got padding={padding!r}, "
                 f"kernel_size={kernel_size!r}"
             )
-    if divisor_override is not None and (isinstance(divisor_override, bool) or divisor_override == 0):
-        raise RuntimeError(f"avg_pool2d: divisor must be not zero, but got divisor_override={divisor_override!r}")
-    for side, size, k, s, p in zip(("height", "width"), input.shape[-2:], kernel, stride, pad):
-        out = output_size(size, k, s, p, ceil_mode=ceil_mode)
+    if 0 in input.shape[-3:]:
+        raise RuntimeError(
+            f"avg_pool2d: expected an input with non-zero channels, height and width (only the batch may be empty), "
+            f"but got input of size {list(input.shape)}"
+        )
+    for side, size, k, s, p in zip(("height", "width"), input.shape[-2:], kernel, step, pad):
+        out = output_size(size, k, s, p, ceil_mode=flags[0])
         if out < 1:
             raise RuntimeError(
                 f"avg_pool2d: given input {side} {size}, kernel_size {k}, stride {s}, padding {p}, "
                 f"the output {side} would be {out}: output size is too small"
             )
-    return kernel, stride, pad
+    return kernel, step, pad, *flags, divisor
 
 
 def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1, ceil_mode: bool = False) -> int:
@@ -190,6 +288,9 @@ def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int
 
 
 def check_linear(input, weight, bias) -> None:
+    """Validate linear's types and shapes. The dtypes, devices and the bias's shape are torch's to judge: which biases
+    it accepts (0-d, (1,), (N, out) ...) depends on the input's rank and even its layout, and an empty product skips
+    its dtype check, so ``functional.linear`` lets ``F.linear`` decide."""
     op = "linear"
     _check_tensor(input, "input", op)
     _check_tensor(weight, "weight", op)
@@ -205,11 +306,6 @@ def check_linear(input, weight, bias) -> None:
         raise RuntimeError(
             f"linear: input's last dimension ({input.shape[-1]}) must equal in_features ({weight.shape[-1]}), "
             f"but got input of size {list(input.shape)} and weight of size {list(weight.shape)}"
-        )
-    out_shape = tuple(weight.shape[:1]) if weight.dim() == 2 else ()
-    if bias is not None and tuple(bias.shape) != out_shape:
-        raise RuntimeError(
-            f"linear: expected bias of size {list(out_shape)} (out_features), but got bias of size {list(bias.shape)}"
         )
 
 
@@ -258,17 +354,26 @@ def check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode) -
     """Validate max_pool2d's input and options as torch does; return kernel_size, stride, padding, dilation as pairs."""
     op = "max_pool2d"
     _check_tensor(input, "input", op)
+    # the types of every argument first, as torch's parser reads them
+    kernel, pad = int_list(kernel_size, "kernel_size", op), int_list(padding, "padding", op)
+    steps = () if stride is None else int_list(stride, "stride", op)  # None or empty: the kernel's
+    spacing = int_list(dilation, "dilation", op)
+    bool_arg(ceil_mode, "ceil_mode", op)
     if input.dim() not in (3, 4) or 0 in input.shape[-3:]:
         raise RuntimeError(
             f"Expected 3D (unbatched) or 4D (batched) input to max_pool2d with non-zero channels, height and width "
             f"(only the batch may be empty), but got input of size: {list(input.shape)}"
         )
-    kernel = _positive_pair(kernel_size, "kernel_size", op)
-    # stride=None, or an empty sequence as torch also accepts, means stride = kernel_size
-    stride = kernel if stride is None or (isinstance(stride, Sequence) and len(stride) == 0) else stride
-    stride = _positive_pair(stride, "stride", op)
-    dilation = _positive_pair(dilation, "dilation", op)
-    pad = _pair(padding, "padding", op)
+    kernel, pad, spacing = (
+        int_pair(kernel, "kernel_size", op),
+        int_pair(pad, "padding", op),
+        int_pair(spacing, "dilation", op),
+    )
+    step = int_pair(steps, "stride", op) if steps else kernel
+    given = {"kernel_size": kernel_size, "stride": stride if steps else kernel_size, "dilation": dilation}
+    for name, pair in (("kernel_size", kernel), ("stride", step), ("dilation", spacing)):
+        if min(pair) <= 0:
+            raise RuntimeError(f"max_pool2d: non-positive {name} is not supported, but got {name}={given[name]!r}")
     if min(pad) < 0:
         raise RuntimeError(f"max_pool2d: negative padding is not supported, but got padding={padding!r}")
     if any(p > k // 2 for p, k in zip(pad, kernel)):
@@ -276,16 +381,14 @@ def check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode) -
             f"max_pool2d: pad should be at most half of the kernel size, but got padding={padding!r}, "
             f"kernel_size={kernel_size!r}"
         )
-    if not isinstance(ceil_mode, bool):
-        raise TypeError(f"max_pool2d(): argument 'ceil_mode' must be bool, not {type(ceil_mode).__name__}")
-    for side, size, k, s, p, d in zip(("height", "width"), input.shape[-2:], kernel, stride, pad, dilation):
+    for side, size, k, s, p, d in zip(("height", "width"), input.shape[-2:], kernel, step, pad, spacing):
         out = output_size(size, k, s, p, d, ceil_mode)
         if out < 1:
             raise RuntimeError(
                 f"max_pool2d: given input {side} {size}, kernel_size {k}, stride {s}, padding {p}, dilation {d}, "
                 f"the output {side} would be {out}: output size is too small"
             )
-    return kernel, stride, pad, dilation
+    return kernel, step, pad, spacing
 
 
 def check_adaptive_avg_pool2d(input, output_size) -> Pair:
@@ -298,10 +401,15 @@ def check_adaptive_avg_pool2d(input, output_size) -> Pair:
             f"Expected 3D (unbatched) or 4D (batched) input to adaptive_avg_pool2d with non-zero height and width, "
             f"but got input of size: {list(input.shape)}"
         )
-    if isinstance(output_size, Sequence) and not isinstance(output_size, str) and len(output_size) == 2:
-        # None keeps that dimension's input size (torch's _list_with_default)
+    if not isinstance(output_size, int):
+        # torch's _list_with_default: anything but an int is read as a sequence, a None entry keeping that dimension's
+        # input size (a numpy integer or a 0-d tensor has no len(): a TypeError there too)
+        if not hasattr(output_size, "__len__") or isinstance(output_size, torch.Tensor) and output_size.dim() == 0:
+            raise TypeError(f"{op}(): output_size must be an int or a sequence of two, not {_type_name(output_size)}")
+        if len(output_size) != 2:
+            raise RuntimeError(f"{op}: output_size must be 2 values, but got output_size={output_size!r}")
         output_size = tuple(L if v is None else v for v, L in zip(output_size, input.shape[-2:]))
-    pair = _pair(output_size, "output_size", op)
+    pair = int_pair(output_size, "output_size", op)
     if min(pair) < 0:
         raise RuntimeError(f"adaptive_avg_pool2d: output_size must be non-negative, but got output_size={pair!r}")
     return pair
@@ -314,8 +422,7 @@ def check_batch_norm(input, running_mean, running_var, weight, bias, training, m
     for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
         if t is not None:
             _check_tensor(t, name, op)
-    if not isinstance(training, bool):
-        raise TypeError(f"batch_norm(): argument 'training' must be bool, not {type(training).__name__}")
+    bool_arg(training, "training", op)
     for name, value in (("momentum", momentum), ("eps", eps)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"batch_norm(): argument '{name}' must be float, not {type(value).__name__}")

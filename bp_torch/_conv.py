@@ -54,13 +54,15 @@ from bp_torch._formulas import is_autotune, is_literal
 def input_grad(delta, weight, input_size: Pair, stride: Pair, padding: Pair, dilation: Pair, groups: int):
     """∂e/∂x (Note A eq. 14/17/35, Note B eq. 51) for δ of shape (N, C_out, H_out, W_out): the formulation the
     table above names."""
+    if delta.numel() == 0 or weight.numel() == 0:  # no sample, or no channel: nothing to sum, as torch returns
+        return delta.new_zeros((delta.shape[0], weight.shape[1] * groups, *input_size))
     args = (delta, weight, input_size, stride, padding, dilation, groups)
     return INPUT_GRAD[choose_input_grad(*args)](*args)
 
 
 def weight_grad(input, delta, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, groups: int):
     """∂e/∂k (Note B eq. 40/59): Δk[o, i, u, v] = Σ_n Σ_pq x[n, i, p·s + u·d − p, q·s + v·d − p] δ[n, o, p, q]."""
-    if delta.shape[0] == 0:
+    if delta.numel() == 0 or input.numel() == 0:
         return input.new_zeros((delta.shape[1], input.shape[1] // groups, *kernel_size))
     args = (input, delta, kernel_size, stride, padding, dilation, groups)
     return WEIGHT_GRAD[choose_weight_grad(*args)](*args)

@@ -59,8 +59,17 @@ def apply(function: type[Function], *args):
     if torch.compiler.is_compiling():
         return _TRACED.get(id(function), function).apply(*args)
     if torch._C._are_functorch_transforms_active():
-        return function.apply(*args)
+        return function.apply(*(Leaf(a) if type(a) is tuple else a for a in args))
     return function._direct.apply(*args)
+
+
+class Leaf(tuple):
+    """A tuple argument (an int pair) that torch's pytree takes as one leaf. torch.func's generated vmap rule gives a
+    Function's jvp one tangent per argument but counts a plain tuple's items (``get_tangents_in_dims``), which
+    breaks vmap over a jvp (jacfwd of jacrev: the Hessian); torch.compile cannot trace a tuple subclass, so only the
+    torch.func path wraps."""
+
+    __slots__ = ()
 
 
 def nested_apply(function: type[Function], *args):
@@ -73,11 +82,23 @@ def nested_apply(function: type[Function], *args):
 
 
 def is_channels_last(t: torch.Tensor) -> bool:
-    """Whether ``t`` is laid out channels_last (and not also plainly contiguous, as 1x1 maps are)."""
+    """Whether ``t``'s strides read as channels_last by the rule torch's convolution and pooling apply to choose
+    their layout (``Tensor.suggest_memory_format``, c10's ``is_channels_last_strides_2d_s4``, here in plain Python: a
+    few integer comparisons): a sliced channels_last map counts, a 1x1 map or a single channel laid out plainly not."""
     try:
-        return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
-    except RuntimeError:  # vmap cannot query memory formats; its per-sample tensors have none of their own
+        if t.dim() != 4:
+            return False
+        sizes, strides = t.shape, t.stride()
+    except RuntimeError:  # vmap cannot query strides; its per-sample tensors have no layout of their own
         return False
+    if strides[1] == 0:
+        return False
+    smallest = 0
+    for d in (1, 3, 2, 0):  # C, W, H, N: channels_last's order of ever larger strides
+        if sizes[d] == 0 or strides[d] < smallest or (d == 0 and smallest == strides[1]):
+            return False
+        smallest = strides[d] * sizes[d] if sizes[d] > 1 else strides[d]
+    return True
 
 
 def in_layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:

@@ -28,17 +28,16 @@ from torch.overrides import handle_torch_function, has_torch_function_unary, has
 
 from bp_torch._arguments import (
     check_adaptive_avg_pool2d,
+    check_avg_pool2d,
     check_batch_norm,
     check_conv2d,
     check_dropout_probability,
     check_inplace,
     check_linear,
     check_max_pool2d,
-    check_pool_input,
     check_same_dtype_and_device,
     check_tensor,
     check_weight_not_differentiable,
-    pool2d_arguments,
     reduction_of,
 )
 from bp_torch._function import apply
@@ -88,6 +87,10 @@ def _autocast_lower_precision(*tensors: torch.Tensor | None):
     return cast, torch.autocast(device_type, enabled=False)
 
 
+def _differentiated(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) -> torch.Tensor:
     """2-D cross-correlation, as :func:`torch.nn.functional.conv2d`, with the hand-derived backward.
 
@@ -114,15 +117,26 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) 
     if has_torch_function_variadic(input, weight, bias):  # torch.fx proxies, tensor subclasses: as torch's functions
         return handle_torch_function(conv2d, (input, weight, bias), input, weight, bias, stride, padding, dilation,
                                      groups)  # fmt: skip
+    given_padding = padding
     stride, padding, extra, dilation, groups = check_conv2d(input, weight, bias, stride, padding, dilation, groups)
     unbatched = input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
-    if extra != (0, 0):
+    if input.numel() == 0:
+        # nothing to convolve: torch's conv2d then checks less (no dtypes with a padding string, a zero dilation
+        # passes), so it decides, given the padding as given; every gradient is zero (Conv2dFunction.backward)
+        padding = given_padding if isinstance(given_padding, str) else padding
+        if weight.is_complex() and not input.is_complex() and _differentiated(input, weight, bias):
+            raise RuntimeError(  # torch's autograd refuses the complex output of its real-input convolution path
+                "conv2d: a complex weight over a real, empty input gives a complex output torch does not "
+                "differentiate: convolution does not support automatic differentiation for outputs with complex dtype"
+            )
+    elif extra != (0, 0):
         # padding='same' with an even reach: torch pads the bottom/right by one more than the top/left
         input = F.pad(input, (0, extra[1], 0, extra[0]))
     (input, weight, bias), autocast_off = _autocast_lower_precision(input, weight, bias)
-    check_same_dtype_and_device("conv2d", input=input, weight=weight, bias=bias)
+    if input.numel():
+        check_same_dtype_and_device("conv2d", input=input, weight=weight, bias=bias)
     with autocast_off:
         out = apply(Conv2dFunction, input, weight, bias, stride, padding, dilation, groups)
     return out.squeeze(0) if unbatched else out
@@ -164,26 +178,19 @@ def avg_pool2d(
     if has_torch_function_unary(input):
         return handle_torch_function(avg_pool2d, (input,), input, kernel_size, stride, padding, ceil_mode,
                                      count_include_pad, divisor_override)  # fmt: skip
-    check_pool_input(input)
-    kernel_size, stride, padding = pool2d_arguments(input, kernel_size, stride, padding, ceil_mode, divisor_override)
+    options = check_avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
     unbatched = input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
-    out = apply(
-        AvgPool2dFunction,
-        input,
-        kernel_size,
-        stride,
-        padding,
-        bool(ceil_mode),
-        bool(count_include_pad),
-        divisor_override,
-    )
+    out = apply(AvgPool2dFunction, input, *options)
     return out.squeeze(0) if unbatched else out
 
 
 def sigmoid(input) -> torch.Tensor:
     """Logistic sigmoid, as :func:`torch.sigmoid`; backward δ·σ(1−σ) from the saved output (Note B eq. 37, 57).
+
+    A non-tensor raises torch.sigmoid's TypeError (``F.sigmoid``, which calls ``input.sigmoid()``, raises an
+    AttributeError by accident; ``nn.Sigmoid`` calls torch.sigmoid).
 
     Example::
 
@@ -206,7 +213,8 @@ def linear(input, weight, bias=None) -> torch.Tensor:
     Args:
         input: ``(*, in_features)``; any number of leading (batch) dimensions, including none.
         weight: ``(out_features, in_features)``, or ``(in_features,)`` for a single output with no feature dim.
-        bias: optional ``(out_features,)`` (``()`` with a 1-D weight).
+        bias: optional ``(out_features,)``, or any shape torch broadcasts into the output (``()``, ``(1, out)``,
+            ``(N, out)`` ...; which ones, torch decides).
 
     Example::
 
@@ -216,15 +224,17 @@ def linear(input, weight, bias=None) -> torch.Tensor:
     if has_torch_function_variadic(input, weight, bias):
         return handle_torch_function(linear, (input, weight, bias), input, weight, bias)
     check_linear(input, weight, bias)
-    vector_weight = weight.dim() == 1  # F.linear then contracts the last dim away: y has no feature dim
-    if vector_weight:
-        weight = weight.unsqueeze(0)
-        bias = bias.reshape(1) if bias is not None else None
     (input, weight, bias), autocast_off = _autocast_lower_precision(input, weight, bias)
-    check_same_dtype_and_device("linear", input=input, weight=weight, bias=bias)
     with autocast_off:
-        out = apply(LinearFunction, input, weight, bias)
-    return out.squeeze(-1) if vector_weight else out
+        try:
+            return apply(LinearFunction, input, weight, bias)
+        except RuntimeError as error:  # F.linear's verdict (check_linear says why it is torch's): its type, explained
+            named = ", ".join(
+                f"{name} of size {list(t.shape)} ({t.dtype} on {t.device})"
+                for name, t in (("input", input), ("weight", weight), ("bias", bias))
+                if t is not None
+            )
+            raise type(error)(f"linear: {named} do not fit: {error}") from error
 
 
 # --- activations and dropout (docs/derivation.md eq. D1–D4) --------------------------------------------------------

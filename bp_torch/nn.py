@@ -31,7 +31,23 @@ __all__ += ["ReLU", "LeakyReLU", "Tanh", "Dropout", "Softmax", "LogSoftmax", "MS
 __all__ += ["MaxPool2d", "AdaptiveAvgPool2d", "BatchNorm2d"]
 
 
-class Conv2d(nn.Conv2d):
+class NotScriptable:
+    """Mixed into every bp_torch module: ``torch.jit.script`` fails at once with a one-line error naming the way out.
+
+    TorchScript cannot compile a Python ``autograd.Function``, and the hand-derived backward is one. torch.jit.script
+    calls ``__prepare_scriptable__`` on every module it is given before compiling anything.
+    """
+
+    def __prepare_scriptable__(self):
+        kind = type(self).__name__
+        raise RuntimeError(
+            f"bp_torch.nn.{kind} cannot be scripted: TorchScript cannot compile the Python autograd.Function that "
+            f"holds its hand-derived backward. Script bp_torch.nn.to_native(model)[0] instead (torch's own {kind}), "
+            f"or use torch.compile, which keeps the hand-derived backward (torch.export gives a forward-only graph)."
+        )
+
+
+class Conv2d(NotScriptable, nn.Conv2d):
     """:class:`torch.nn.Conv2d` whose forward is :func:`bp_torch.functional.conv2d` (Note A eq. 10, 17, 35).
 
     Every argument, every ``padding_mode`` and the initialisation are torch's. Non-'zeros' padding modes pad with
@@ -46,7 +62,7 @@ class Conv2d(nn.Conv2d):
         return BF.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
 
-class AvgPool2d(nn.AvgPool2d):
+class AvgPool2d(NotScriptable, nn.AvgPool2d):
     """:class:`torch.nn.AvgPool2d` whose forward is :func:`bp_torch.functional.avg_pool2d` (Note B eq. 32, 52)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -61,14 +77,14 @@ class AvgPool2d(nn.AvgPool2d):
         )
 
 
-class Sigmoid(nn.Sigmoid):
+class Sigmoid(NotScriptable, nn.Sigmoid):
     """:class:`torch.nn.Sigmoid` whose forward is :func:`bp_torch.functional.sigmoid` (Note B eq. 37, 57)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return BF.sigmoid(input)
 
 
-class Linear(nn.Linear):
+class Linear(NotScriptable, nn.Linear):
     """:class:`torch.nn.Linear` whose forward is :func:`bp_torch.functional.linear` (Note A eq. 5, 7, 8)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -185,7 +201,8 @@ class BatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         # mirrors torch.nn.modules.batchnorm._BatchNorm.forward, with our batch_norm in place of F.batch_norm
-        self._check_input_dim(input)
+        if not isinstance(input, torch.fx.Proxy):  # torch.fx traces through (torch's own module is a leaf there)
+            self._check_input_dim(input)
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)

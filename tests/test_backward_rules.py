@@ -66,3 +66,11 @@ def test_all_four_operations_are_functions():
     names = {f.__name__ for f in FUNCTIONS}
     assert {"Conv2dFunction", "AvgPool2dFunction", "SigmoidFunction", "LinearFunction"} <= names
     assert {"MaxPool2dFunction", "AdaptiveAvgPool2dFunction", "BatchNormFunction"} <= names  # beyond the notes
+
+
+@pytest.mark.parametrize("function", FUNCTIONS, ids=lambda f: f.__name__)
+def test_every_function_has_a_hand_written_jvp_citing_its_equation(function):
+    """Forward mode (torch.func.jvp, jacfwd, hessian, forward_ad) runs the jvp derived in docs/derivation.md."""
+    assert "jvp" in vars(function), f"{function.__name__} has no jvp"
+    assert re.search(r"eq\. [A-Z]\d+", inspect.getsource(function.jvp)), f"{function.__name__}.jvp cites no equation"
+    assert function._direct.jvp is function.jvp  # the direct Function runs the same one

@@ -81,6 +81,8 @@ def test_citation_parser():
     assert _cited("# eq. D7/D8 then eq. 37") == {("D", 7), ("D", 8), (None, 37)}
     assert _cited("# eq. M2, channels last") == {("M", 2)} and _cited("Note B eq. 32, eq. M5") == {("B", 32), ("M", 5)}
     assert ROW.match("| M 10 | ∂e/∂x |").groups() == ("M", "10")
+    assert _cited("# Note B eq. 40 ... eq. J3: + (x, δ̇)") == {("B", 40), ("J", 3)}
+    assert ROW.match("| J 1 | ẏ |").groups() == ("J", "1")
     assert _claimed("65–70") == set(range(65, 71)) and _claimed("32, 52") == {32, 52}
 
 

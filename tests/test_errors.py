@@ -102,9 +102,14 @@ def test_same_exception_type_as_torch_and_a_message_that_names_the_argument(call
 
 
 def test_pool_rank_error():
-    # torch raises IndexError ("Dimension out of range") here, an accident of its indexing: we say what is wrong
-    with pytest.raises(RuntimeError, match=r"3D \(unbatched\) or 4D \(batched\) input to avg_pool2d.*\[8, 8\]"):
+    # torch raises IndexError ("Dimension out of range", its size(-3)) for fewer than 3 dimensions: the same type,
+    # with a message that says what is wrong; RuntimeError for more than 4, as torch
+    with pytest.raises(IndexError, match=r"3D \(unbatched\) or 4D \(batched\) input to avg_pool2d.*\[8, 8\]"):
         BF.avg_pool2d(torch.randn(8, 8), 2)
+    with pytest.raises(IndexError):
+        F.avg_pool2d(torch.randn(8, 8), 2)
+    with pytest.raises(RuntimeError, match=r"\[1, 1, 1, 8, 8\]"):
+        BF.avg_pool2d(torch.randn(1, 1, 1, 8, 8), 2)
 
 
 @pytest.mark.parametrize(
@@ -130,5 +135,6 @@ def test_device_mismatch_names_both_devices():
     other = "cuda" if torch.cuda.is_available() else "meta"
     with pytest.raises(RuntimeError, match=f"weight to be on the same device as input.*cpu.*{other}"):
         BF.conv2d(x4, w.to(other))
-    with pytest.raises(RuntimeError, match=f"bias to be on the same device.*{other}"):
+    # linear leaves devices and dtypes to F.linear (functional.linear says why) and names every tensor's
+    with pytest.raises(RuntimeError, match=f"bias of size \\[3\\] \\(torch.float32 on {other}\\)"):
         BF.linear(x4, torch.randn(3, 8), torch.randn(3, device=other))

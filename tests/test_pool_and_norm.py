@@ -313,15 +313,8 @@ def test_vmap_jacrev_jacfwd_and_hessian_match_native(name):
     torch.testing.assert_close(jacfwd(f)(x), jacrev(g)(x))
     small = x[:2, :, :3, :3]
     torch.testing.assert_close(jacrev(jacrev(f))(small), jacrev(jacrev(g))(small))
-
-
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="torch.func: a Function's pair argument under vmap(jvp(vjp))")
-def test_forward_over_reverse_hessian_meets_a_torch_limitation():
-    """jacfwd(jacrev(f)) runs a Function's jvp under vmap over a vjp, where torch.func flattens a pair argument's
-    in_dims but not its tangent (_functorch/autograd_function.py, get_tangents_in_dims). jacrev(jacrev(f)) works
-    (test above). Strict: when torch fixes it, this fails, and the test above can use jacfwd(jacrev(f))."""
-    x = torch.randn(1, 1, 4, 4, dtype=torch.float64)
-    jacfwd(jacrev(lambda x: BF.adaptive_avg_pool2d(x, (3, 3)).pow(2).sum()))(x)
+    # forward over reverse: the Function's jvp under vmap over its vjp, pair arguments as bp_torch._function.Leaf
+    torch.testing.assert_close(jacfwd(jacrev(f))(small), jacrev(jacrev(g))(small))
 
 
 def test_per_sample_gradients_through_every_layer():

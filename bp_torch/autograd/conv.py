@@ -39,25 +39,43 @@ class Conv2dFunction(Function):
         ctx.save_for_backward(input if needs_weight else None, weight if needs_input else None)
         ctx.input_size = tuple(input.shape[2:])
         ctx.kernel_size = tuple(weight.shape[2:])
+        ctx.output_shape = output.shape
         ctx.options = (stride, padding, dilation, groups)
-        ctx.layouts = (is_channels_last(input), is_channels_last(weight))
+        ctx.channels_last = gradients_channels_last(input, weight)
+        ctx.save_for_forward(input, weight)
+        # an empty input (no samples or no channels; torch's output then has no channels either): zero gradients
+        ctx.empty = (input.shape, weight.shape, input.dtype, input.device) if input.numel() == 0 else None
 
     @staticmethod
     def backward(ctx, grad_output):
+        if ctx.empty is not None:
+            return (*_zero_gradients(ctx), None, None, None, None)
         input, weight = ctx.saved_tensors
         grad_input = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             # Note A eq. 17/35, Note B eq. 51 — fast mode: eq. 14's transposed convolution; literal mode: eq. 17
-            # (_conv's table)
-            grad_input = conv2d_input_grad(grad_output, weight, ctx.input_size, *ctx.options)
-            grad_input = in_layout(grad_input, ctx.layouts[0])
+            # (_conv's table); complex: with k̄, as torch conjugates the other operand
+            grad_input = conv2d_input_grad(grad_output, weight.conj(), ctx.input_size, *ctx.options)
+            grad_input = in_layout(grad_input, ctx.channels_last)
         if ctx.needs_input_grad[1]:
             # Note B eq. 40/59, Δk = rot180(S) * ΔC_σ: x ⋆ δ over the batch, or Note A eq. 7 on im2col (_conv's table)
-            grad_weight = conv2d_weight_grad(input, grad_output, ctx.kernel_size, *ctx.options)
-            grad_weight = in_layout(grad_weight, ctx.layouts[1])
+            grad_weight = conv2d_weight_grad(input.conj(), grad_output, ctx.kernel_size, *ctx.options)
+            grad_weight = in_layout(grad_weight, ctx.channels_last)
         if ctx.needs_input_grad[2]:
             grad_bias = grad_output.sum((0, 2, 3))  # Note B eq. 45/64: Δb = Σ ΔC_σ
         return grad_input, grad_weight, grad_bias, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, input_t, weight_t, bias_t, *_):
+        input, weight = ctx.saved_tensors
+        # the product rule on the bilinear s = x ⋆ k (+ b): each operand's tangent correlated with the other one
+        out_t = conv2d(input_t, weight, *ctx.options) if input_t is not None else None  # eq. J1: ẋ ⋆ k
+        if weight_t is not None:
+            out_t = _add(out_t, conv2d(input, weight_t, *ctx.options))  # eq. J1: + x ⋆ k̇
+        if bias_t is not None:
+            bias_t = bias_t[:, None, None]
+            out_t = bias_t.expand(ctx.output_shape) if out_t is None else out_t + bias_t  # eq. J1: + ḃ
+        return out_t
 
 
 @with_direct_call
@@ -69,7 +87,7 @@ class Conv2dInputGradFunction(Function):
 
     @staticmethod
     def forward(delta, weight, input_size: Pair, stride: Pair, padding: Pair, dilation: Pair, groups: int):
-        return _conv.input_grad(delta, weight, input_size, stride, padding, dilation, groups)
+        return _own(_conv.input_grad(delta, weight, input_size, stride, padding, dilation, groups))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -79,6 +97,8 @@ class Conv2dInputGradFunction(Function):
         ctx.kernel_size = tuple(weight.shape[2:])
         ctx.options = tuple(options)
         ctx.layouts = (is_channels_last(delta), is_channels_last(weight))
+        ctx.save_for_forward(delta, weight)
+        ctx.input_size = tuple(input_size)
         # rows a window hanging past the input reached (ceil_mode pooling) were cropped: their gradient is zero
         hang = _conv.uncovered(input_size, delta.shape[-2:], ctx.kernel_size, *options[:3])
         ctx.hang = (0, max(-hang[1], 0), 0, max(-hang[0], 0))
@@ -90,13 +110,23 @@ class Conv2dInputGradFunction(Function):
         if any(ctx.hang):
             grad = F.pad(grad, ctx.hang)
         if ctx.needs_input_grad[0]:
-            # ∂T/∂δ: the forward correlation (Note A eq. 10) of the incoming gradient with k
-            grad_delta = in_layout(conv2d(grad, weight, *ctx.options), ctx.layouts[0])
+            # ∂T/∂δ: the forward correlation (Note A eq. 10) of the incoming gradient with k (k̄ if complex)
+            grad_delta = in_layout(conv2d(grad, weight.conj(), *ctx.options), ctx.layouts[0])
         if ctx.needs_input_grad[1]:
             # ∂T/∂k: Note B eq. 40 with the incoming gradient in the input's place
-            grad_weight = conv2d_weight_grad(grad, delta, ctx.kernel_size, *ctx.options)
+            grad_weight = conv2d_weight_grad(grad, delta.conj(), ctx.kernel_size, *ctx.options)
             grad_weight = in_layout(grad_weight, ctx.layouts[1])
         return grad_delta, grad_weight, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, delta_t, weight_t, *_):
+        delta, weight = ctx.saved_tensors
+        size, options = ctx.input_size, ctx.options
+        # bilinear in (δ, k) as conv2d is in (x, k): the product rule, each tangent through the same Function
+        out_t = conv2d_input_grad(delta_t, weight, size, *options) if delta_t is not None else None  # eq. J2: δ̇, k
+        if weight_t is not None:
+            out_t = _add(out_t, conv2d_input_grad(delta, weight_t, size, *options))  # eq. J2: + (δ, k̇)
+        return out_t
 
 
 @with_direct_call
@@ -108,7 +138,7 @@ class Conv2dWeightGradFunction(Function):
 
     @staticmethod
     def forward(input, delta, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, groups: int):
-        return _conv.weight_grad(input, delta, kernel_size, stride, padding, dilation, groups)
+        return _own(_conv.weight_grad(input, delta, kernel_size, stride, padding, dilation, groups))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -118,6 +148,8 @@ class Conv2dWeightGradFunction(Function):
         ctx.input_size = tuple(input.shape[2:])
         ctx.options = tuple(options)
         ctx.layouts = (is_channels_last(input), is_channels_last(delta))
+        ctx.save_for_forward(input, delta)
+        ctx.kernel_size = tuple(kernel_size)
 
     @staticmethod
     def backward(ctx, grad):
@@ -125,12 +157,52 @@ class Conv2dWeightGradFunction(Function):
         grad_input = grad_delta = None
         if ctx.needs_input_grad[0]:
             # ∂T/∂x: Note A eq. 17 with the incoming gradient as the kernel
-            grad_input = conv2d_input_grad(delta, grad, ctx.input_size, *ctx.options)
+            grad_input = conv2d_input_grad(delta.conj(), grad, ctx.input_size, *ctx.options)
             grad_input = in_layout(grad_input, ctx.layouts[0])
         if ctx.needs_input_grad[1]:
             # ∂T/∂δ: the forward correlation (Note A eq. 10) of x with the incoming gradient as the kernel
-            grad_delta = in_layout(conv2d(input, grad, *ctx.options), ctx.layouts[1])
+            grad_delta = in_layout(conv2d(input.conj(), grad, *ctx.options), ctx.layouts[1])
         return grad_input, grad_delta, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, input_t, delta_t, *_):
+        input, delta = ctx.saved_tensors
+        size, options = ctx.kernel_size, ctx.options
+        # bilinear in (x, δ): the product rule, each tangent through the same Function
+        out_t = conv2d_weight_grad(input_t, delta, size, *options) if input_t is not None else None  # eq. J3: ẋ, δ
+        if delta_t is not None:
+            out_t = _add(out_t, conv2d_weight_grad(input, delta_t, size, *options))  # eq. J3: + (x, δ̇)
+        return out_t
+
+
+def gradients_channels_last(input: torch.Tensor, weight: torch.Tensor) -> bool:
+    """torch's rule for conv2d's gradients on CPU (checked by experiment, tests/test_layouts.py): both channels_last
+    when either the input or the weight is; complex ones, which torch computes as real convolutions, never."""
+    return not input.is_complex() and (is_channels_last(input) or is_channels_last(weight))
+
+
+def _zero_gradients(ctx) -> tuple:
+    """Zero gradients for conv2d's input, weight and bias (each where requested) when its input is empty."""
+    input_shape, weight_shape, dtype, device = ctx.empty
+    shapes = (input_shape, weight_shape, weight_shape[:1])
+    return tuple(
+        in_layout(torch.zeros(shape, dtype=dtype, device=device), ctx.channels_last and len(shape) == 4)
+        if needed
+        else None
+        for shape, needed in zip(shapes, ctx.needs_input_grad[:3])
+    )
+
+
+def _own(t: torch.Tensor) -> torch.Tensor:
+    """``t``, copied if it is a crop of a larger intermediate: forward-mode AD cannot give such a view the tangent
+    its jvp computes (a tensor of its own)."""
+    base = t._base
+    return t.clone() if base is not None and base.numel() != t.numel() else t
+
+
+def _add(a, b):
+    """a + b where ``a`` may be None (no tangent)."""
+    return b if a is None else a + b
 
 
 def conv2d(input, weight, stride: Pair, padding: Pair, dilation: Pair, groups: int) -> torch.Tensor:

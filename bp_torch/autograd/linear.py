@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import torch.nn.functional as F
 from torch.autograd import Function
 
-from bp_torch._function import with_direct_call
+from bp_torch._function import nested_apply, with_direct_call
 
 
 @with_direct_call
 class LinearFunction(Function):
     """s = x Wᵀ + b: Note A eq. 5 (s = Wᵀx) with PyTorch's (out, in) weight, i.e. Note A's W transposed.
 
-    Any leading dimensions of ``x`` are batch dimensions; their gradients sum over them.
+    Any leading dimensions of ``x`` are batch dimensions; their gradients sum over them. A 1-D weight is one output
+    feature whose dimension the output drops; the bias is any shape torch broadcasts into the output. Complex
+    tensors get PyTorch's (Wirtinger) gradients: each is the real formula with the other operand conjugated.
     """
 
     generate_vmap_rule = True
@@ -26,19 +30,57 @@ class LinearFunction(Function):
         input, weight, bias = inputs
         needs_input, needs_weight = ctx.needs_input_grad[:2]
         ctx.save_for_backward(input if needs_weight else None, weight if needs_input else None)
+        ctx.save_for_forward(input, weight)
+        ctx.bias_shape = bias.shape if bias is not None else None
+        ctx.vector_weight, ctx.output_shape = weight.dim() == 1, output.shape
 
     @staticmethod
     def backward(ctx, grad_output):
         input, weight = ctx.saved_tensors
         grad_input = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[2]:
+            grad_bias = _sum_to(grad_output, ctx.bias_shape)  # Note B eq. 24: Δb = Δŷ, summed where b was broadcast
+        vector_weight = ctx.vector_weight
+        if vector_weight:  # the output feature a 1-D weight drops: back as a dimension of size 1
+            grad_output = grad_output.unsqueeze(-1)
         if ctx.needs_input_grad[0]:
-            grad_input = grad_output @ weight  # Note A eq. 8 / Note B eq. 30: Δf = WᵀΔŷ, with (out, in) W: δ @ W
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            out_features = grad_output.shape[-1]
-            delta = grad_output.reshape(-1, out_features)  # every leading dimension is a batch dimension
-            if ctx.needs_input_grad[1]:
-                # summed over the batch; with PyTorch's (out, in) W, xδᵀ is δᵀx
-                grad_weight = delta.T @ input.reshape(-1, input.shape[-1])  # Note A eq. 7 / Note B eq. 19: xδᵀ
-            if ctx.needs_input_grad[2]:
-                grad_bias = delta.sum(0)  # Note B eq. 24: Δb = Δŷ, summed over the batch
+            W = weight.unsqueeze(0) if vector_weight else weight
+            grad_input = grad_output @ W.conj()  # Note A eq. 8 / Note B eq. 30: Δf = WᵀΔŷ, with (out, in) W: δ @ W
+        if ctx.needs_input_grad[1]:
+            in_features, out_features = input.shape[-1], grad_output.shape[-1]
+            batch = math.prod(input.shape[:-1])  # every leading dimension is a batch dimension (maybe none, maybe 0)
+            delta, x = grad_output.reshape(batch, out_features), input.reshape(batch, in_features)
+            # summed over the batch; with PyTorch's (out, in) W, xδᵀ is δᵀx
+            grad_weight = delta.T @ x.conj()  # Note A eq. 7 / Note B eq. 19: xδᵀ
+            if vector_weight:
+                grad_weight = grad_weight.squeeze(0)
         return grad_input, grad_weight, grad_bias
+
+    @staticmethod
+    def jvp(ctx, input_t, weight_t, bias_t):
+        input, weight = ctx.saved_tensors
+        # the product rule on s = x Wᵀ + b: each operand's tangent through the same layer, the others held
+        out_t = linear(input_t, weight) if input_t is not None else None  # eq. J6: ẋWᵀ
+        if weight_t is not None:
+            out_t = _add(out_t, linear(input, weight_t))  # eq. J6: + xẆᵀ
+        return _add(out_t, bias_t, ctx.output_shape)  # eq. J6: + ḃ
+
+
+def _add(a, b, shape=None):
+    """a + b where either may be None (no tangent); ``b`` the bias's tangent, broadcast to the output's ``shape``."""
+    if b is not None and shape is not None:
+        b = b.reshape(b.shape[b.dim() - len(shape) :]) if b.dim() > len(shape) else b  # leading 1s torch dropped
+        return b.expand(shape) if a is None else a + b
+    return b if a is None else a if b is None else a + b
+
+
+def _sum_to(grad, shape):
+    """δ summed over the dimensions a bias of ``shape`` was broadcast along (the bias may have more, of size 1)."""
+    if len(shape) > grad.dim():
+        grad = grad.reshape((1,) * (len(shape) - grad.dim()) + tuple(grad.shape))
+    return grad.sum_to_size(shape)
+
+
+def linear(input, weight):
+    """The layer without bias (Note A eq. 5) inside a jvp or backward."""
+    return nested_apply(LinearFunction, input, weight, None)

@@ -1,4 +1,4 @@
-"""Mean pooling with the backward of Note B eq. 32/52: δ spread evenly over each window."""
+"""Mean pooling with the backward of Note B eq. 32/52: δ spread evenly over each window; its jvp pools ẋ."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from torch.autograd import Function
 
 from bp_torch._arguments import Pair
 from bp_torch._formulas import is_literal
-from bp_torch._function import in_layout, is_channels_last, with_direct_call
+from bp_torch._function import in_layout, is_channels_last, nested_apply, with_direct_call
 from bp_torch.autograd.conv import conv2d_input_grad
 
 
@@ -80,6 +80,11 @@ class AvgPool2dFunction(Function):
             ones = grad_output.new_ones((delta.shape[1], 1, kh, kw))
             grad_input = conv2d_input_grad(delta, ones, ctx.input_size, stride, padding, (1, 1), delta.shape[1])
         return in_layout(grad_input, ctx.channels_last), None, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, input_t, *_):
+        # pooling is linear: its derivative in any direction is the pooling of that direction
+        return nested_apply(AvgPool2dFunction, input_t, *ctx.options)  # eq. J4: ṡ = pool(ẋ)
 
 
 def upsample(delta: torch.Tensor, kernel_size: Pair, input_size: Pair) -> torch.Tensor:

@@ -1,0 +1,96 @@
+"""Gradient layouts as torch's on CPU: when either conv2d operand is channels_last both gradients are (torch's rule,
+read from strides as Tensor.suggest_memory_format does); complex ones never; avg_pool2d's follows its input."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch._prims_common import suggest_memory_format
+
+from bp_torch import functional as BF
+from bp_torch._function import is_channels_last
+
+pytestmark = pytest.mark.usefixtures("both_formulas")
+
+CL = torch.channels_last
+
+
+def _laid_out(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """The values of ``t`` in one of the layouts torch tells apart."""
+    if layout == "channels_last":
+        return t.contiguous(memory_format=CL)
+    if layout == "sliced channels_last":  # channels_last strides, not dense: every other column of a wider map
+        wide = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype).contiguous(memory_format=CL)
+        return wide[..., ::2].copy_(t)
+    if layout == "transposed":  # neither format
+        return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+    return t.contiguous()
+
+
+def _layout(t):
+    # the two flags; where both hold (size-1 dimensions: a 1x1 kernel, a depthwise weight) torch's own strides vary
+    # with its backend (float32 and float64 differ), so which format those strides suggest is not compared
+    return t.is_contiguous(), t.is_contiguous(memory_format=CL)
+
+
+LAYOUTS = ["contiguous", "channels_last", "sliced channels_last", "transposed"]
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.complex128]
+# (x shape, w shape, options): plain, strided, depthwise, 1x1, a single input channel
+CONVS = [
+    ((2, 3, 7, 6), (4, 3, 3, 3), {}),
+    ((2, 3, 7, 7), (4, 3, 3, 3), {"stride": 2, "padding": 1}),
+    ((2, 3, 6, 6), (3, 1, 3, 3), {"groups": 3, "padding": 1}),
+    ((2, 3, 5, 5), (4, 3, 1, 1), {}),
+    ((2, 1, 6, 6), (4, 1, 3, 3), {}),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("x_layout, w_layout", list(itertools.product(LAYOUTS, LAYOUTS)))
+@pytest.mark.parametrize("x_shape, w_shape, options", CONVS, ids=["plain", "strided", "depthwise", "1x1", "one-in"])
+def test_conv2d_gradients_laid_out_as_torch(x_shape, w_shape, options, x_layout, w_layout, dtype):
+    x = _laid_out(torch.randn(x_shape, dtype=dtype), x_layout).requires_grad_()
+    w = _laid_out(torch.randn(w_shape, dtype=dtype), w_layout).requires_grad_()
+    xn, wn = (_laid_out(t.detach().clone(), layout).requires_grad_() for t, layout in ((x, x_layout), (w, w_layout)))
+    out, native = BF.conv2d(x, w, **options), F.conv2d(xn, wn, **options)
+    assert _layout(out) == _layout(native)
+    grad = torch.randn_like(native)
+    for g, n in zip(torch.autograd.grad(out, (x, w), grad), torch.autograd.grad(native, (xn, wn), grad)):
+        assert _layout(g) == _layout(n), f"{_layout(g)} vs torch's {_layout(n)}"
+
+
+@pytest.mark.parametrize("grad_layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("x_layout", LAYOUTS)
+@pytest.mark.parametrize("options", [{"kernel_size": 2}, {"kernel_size": 3, "stride": 2, "padding": 1}])
+def test_avg_pool2d_gradient_laid_out_as_torch(options, x_layout, grad_layout):
+    x = _laid_out(torch.randn(2, 3, 8, 8), x_layout).requires_grad_()
+    xn = _laid_out(x.detach().clone(), x_layout).requires_grad_()
+    out, native = BF.avg_pool2d(x, **options), F.avg_pool2d(xn, **options)
+    assert _layout(out) == _layout(native)
+    grad = _laid_out(torch.randn_like(native), grad_layout)
+    ((g,), (n,)) = torch.autograd.grad(out, x, grad), torch.autograd.grad(native, xn, grad)
+    assert _layout(g) == _layout(n)
+    torch.testing.assert_close(g, n)
+
+
+def test_either_operand_channels_last_makes_both_gradients_channels_last():
+    """The issue's report, written out: a channels_last weight alone makes the input's gradient channels_last."""
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3).contiguous(memory_format=CL).requires_grad_()
+    gx, gw = torch.autograd.grad(BF.conv2d(x, w).sum(), (x, w))
+    assert gx.is_contiguous(memory_format=CL) and not gx.is_contiguous()
+    assert gw.is_contiguous(memory_format=CL)
+
+
+def test_is_channels_last_reads_strides_as_torchs_suggest_memory_format():
+    """bp_torch._function.is_channels_last (plain Python, on every forward) against torch's own rule, on tensors
+    permuted, sliced, with empty and size-1 dimensions."""
+    generator = torch.Generator().manual_seed(0)
+    pick = lambda *options: options[torch.randint(len(options), (), generator=generator)]  # noqa: E731
+    for _ in range(3000):
+        t = torch.empty(*(pick(1, 2, 3, 5) for _ in range(4))).permute(*torch.randperm(4, generator=generator))
+        t = t[tuple(slice(0, pick(0, 1, 2, 3, None), pick(1, 2)) for _ in range(4))]
+        if pick(True, False, False):
+            t = t.contiguous(memory_format=pick(CL, torch.contiguous_format))
+        assert is_channels_last(t) == (suggest_memory_format(t) == CL), (t.shape, t.stride())
