@@ -1,10 +1,9 @@
-"""convert()-ed torchvision models: every layer bp_torch has a twin for runs its hand-derived backward.
+"""convert()-ed torchvision models: every layer runs its hand-derived backward, the loss's too.
 
-For resnet18, vgg11_bn and alexnet under CrossEntropyLoss, the loss's backward graph is walked node by node and the
-backward pass is watched kernel by kernel: besides bp_torch's Functions and structural nodes, only the layers still
-without a twin (ReLU, dropout, the loss: issue 16's part A) remain native, and no native convolution, batch norm or
-pooling backward kernel runs. Once ``bp_torch.audit`` is merged, the walk becomes a call to it. vgg11_bn trains as
-native does, and the converted resnet18 compiles in one graph.
+For resnet18, vgg11_bn and alexnet under bp_torch's CrossEntropyLoss, ``bp_torch.audit`` walks the loss's backward
+graph node by node and ``backward_kernels`` watches the backward pass kernel by kernel: no native node, no aten
+``*_backward`` kernel. Unconverted, the same checks see torch's. vgg11_bn trains as native does, and the converted
+resnet18 compiles in one graph.
 """
 
 import copy
@@ -12,90 +11,56 @@ import copy
 import pytest
 import torch
 import torchvision.models as tvm
-from torch.utils._python_dispatch import TorchDispatchMode
 
+import bp_torch
 from bp_torch import nn as bnn
-
-# nodes that move, reshape, add or accumulate gradients: no derivative to derive
-STRUCTURAL = {"AccumulateGrad", "ViewBackward0", "ReshapeAliasBackward0", "AddBackward0", "TBackward0"}
-# native nodes of the layers bp_torch has no twin for yet (ReLU, dropout, the loss): issue 16's part A
-NOT_YET = {"ReluBackward0", "MulBackward0", "NativeDropoutBackward0", "NllLossBackward0", "LogSoftmaxBackward0"}
-# and their aten backward kernels
-NOT_YET_KERNELS = {"threshold_backward", "nll_loss_backward", "_log_softmax_backward_data", "native_dropout_backward"}
+from bp_torch.audit import backward_kernels, label_modules
 
 MODELS = [(tvm.resnet18, 64), (tvm.vgg11_bn, 32), (tvm.alexnet, 64)]
 
 
-def graph_nodes(tensor: torch.Tensor) -> list:
-    """Every node of ``tensor``'s backward graph, each once."""
-    seen, stack = {}, [tensor.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is not None and node not in seen:
-            seen[node] = None
-            stack.extend(next_node for next_node, _ in node.next_functions)
-    return list(seen)
-
-
-def is_ours(node) -> bool:
-    """A node of a bp_torch Function (its forward class is defined in bp_torch)."""
-    forward_cls = getattr(type(node), "_forward_cls", None)
-    return forward_cls is not None and forward_cls.__module__.startswith("bp_torch.")
-
-
-class BackwardKernels(TorchDispatchMode):
-    """Records the name of every aten kernel whose name says it computes a gradient ("..._backward...")."""
-
-    def __init__(self):
-        super().__init__()
-        self.names = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.overloadpacket.__name__
-        if "backward" in name:
-            self.names.add(name)
-        return func(*args, **(kwargs or {}))
-
-
-def converted_loss(build, size):
+def converted_loss(build, size, convert=True):
     torch.manual_seed(0)
-    model, summary = bnn.convert(build(num_classes=10))  # train mode: batch statistics, dropout
+    model = build(num_classes=10)  # train mode: batch statistics, dropout
+    model, summary = bnn.convert(model) if convert else (model, None)
+    criterion = bnn.CrossEntropyLoss() if convert else torch.nn.CrossEntropyLoss()
     x, y = torch.randn(2, 3, size, size), torch.tensor([3, 7])
-    return torch.nn.CrossEntropyLoss()(model(x), y), summary
+    with label_modules(model):
+        loss = criterion(model(x), y)
+    return loss, summary
 
 
 @pytest.mark.parametrize(("build", "size"), MODELS, ids=["resnet18", "vgg11_bn", "alexnet"])
-def test_no_native_node_remains_among_the_layers_bp_torch_covers(build, size):
+def test_every_backward_node_is_hand_derived(build, size):
     loss, summary = converted_loss(build, size)
-    assert set(summary.left) <= {"ReLU", "Dropout"}  # every other layer was swapped
-    nodes = graph_nodes(loss)
-    native = {type(n).__name__ for n in nodes if not is_ours(n)} - STRUCTURAL
-    assert native <= NOT_YET, f"native backward nodes of layers bp_torch covers: {native - NOT_YET}"
-    ours = {type(n).__name__ for n in nodes if is_ours(n)}
+    assert not summary.left, summary  # every layer was swapped
+    report = bp_torch.audit(loss)
+    assert report.all_derived, str(report)
+    ours = {n.name for n in report.nodes if n.kind == "derived"}
     assert {"Conv2dFunctionBackward", "MaxPool2dFunctionBackward", "AdaptiveAvgPool2dFunctionBackward"} <= ours
+    assert {"ReluFunctionBackward", "CrossEntropyFunctionBackward", "LinearFunctionBackward"} <= ours
     assert ("BatchNormFunctionBackward" in ours) == ("BatchNorm2d" in summary.swapped)
 
 
 @pytest.mark.parametrize(("build", "size"), MODELS, ids=["resnet18", "vgg11_bn", "alexnet"])
-def test_no_native_gradient_kernel_runs_for_the_layers_bp_torch_covers(build, size):
-    """The same at run time: of the aten kernels the backward pass calls, none computes a convolution, batch norm
-    or pooling gradient (convolution_backward, native_batch_norm_backward, max_pool2d_with_indices_backward ...)."""
+def test_no_native_gradient_kernel_runs(build, size):
+    """The same at run time: the backward pass calls no aten gradient kernel (convolution_backward,
+    native_batch_norm_backward, max_pool2d_with_indices_backward, threshold_backward, nll_loss_backward ...)."""
     loss, _ = converted_loss(build, size)
-    with BackwardKernels() as kernels:
+    with backward_kernels() as kernels:
         loss.backward()
-    assert kernels.names <= NOT_YET_KERNELS, kernels.names - NOT_YET_KERNELS
+    assert kernels.seen == []
 
 
-def test_the_watch_sees_native_gradient_kernels():
-    """Unconverted, the same model's backward runs native kernels, and both checks above would say so."""
-    torch.manual_seed(0)
-    model = tvm.resnet18(num_classes=10)
-    loss = torch.nn.CrossEntropyLoss()(model(torch.randn(2, 3, 64, 64)), torch.tensor([3, 7]))
-    native = {type(n).__name__ for n in graph_nodes(loss) if not is_ours(n)} - STRUCTURAL - NOT_YET
+def test_the_checks_see_native_gradients():
+    """Unconverted, the same model's backward is torch's, and both checks above say so."""
+    loss, _ = converted_loss(tvm.resnet18, 64, convert=False)
+    native = {n.name for n in bp_torch.audit(loss).native}
     assert {"NativeBatchNormBackward0", "MaxPool2DWithIndicesBackward0", "ConvolutionBackward0"} <= native
-    with BackwardKernels() as kernels:
+    with backward_kernels() as kernels:
         loss.backward()
-    assert {"convolution_backward", "native_batch_norm_backward", "max_pool2d_with_indices_backward"} <= kernels.names
+    seen = {name.split(".")[1] for name in kernels.seen}
+    assert {"convolution_backward", "native_batch_norm_backward", "max_pool2d_with_indices_backward"} <= seen
 
 
 def test_converted_vgg11_bn_trains_as_native():
