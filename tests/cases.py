@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from hypothesis import strategies as st
@@ -129,8 +130,22 @@ def conv_cases(draw, max_extra: int = 3, max_channels: int = 2) -> ConvCase:
     )
 
 
+class _MapCase:
+    """What the pooling cases share: a random (batch, channels, *size) input, and their options by name."""
+
+    OPTIONS: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def options(self) -> dict:
+        return {name: getattr(self, name) for name in self.OPTIONS}
+
+    def input(self, dtype=torch.float64, device="cpu", requires_grad=True) -> torch.Tensor:
+        x = torch.randn(self.batch, self.channels, *self.size, dtype=dtype, device=device)
+        return x.requires_grad_(requires_grad)
+
+
 @dataclass(frozen=True)
-class PoolCase:
+class PoolCase(_MapCase):
     """An avg_pool2d configuration: input size and every option."""
 
     size: tuple[int, int]
@@ -143,20 +158,7 @@ class PoolCase:
     batch: int = 2
     channels: int = 3
 
-    @property
-    def options(self) -> dict:
-        return dict(
-            kernel_size=self.kernel_size,
-            stride=self.stride,
-            padding=self.padding,
-            ceil_mode=self.ceil_mode,
-            count_include_pad=self.count_include_pad,
-            divisor_override=self.divisor_override,
-        )
-
-    def input(self, dtype=torch.float64, device="cpu", requires_grad=True) -> torch.Tensor:
-        x = torch.randn(self.batch, self.channels, *self.size, dtype=dtype, device=device)
-        return x.requires_grad_(requires_grad)
+    OPTIONS: ClassVar = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
 
 
 @st.composite
@@ -180,7 +182,7 @@ def pool_cases(draw) -> PoolCase:
 
 
 @dataclass(frozen=True)
-class MaxPoolCase:
+class MaxPoolCase(_MapCase):
     """A max_pool2d configuration: input size and every option."""
 
     size: tuple[int, int]
@@ -192,19 +194,7 @@ class MaxPoolCase:
     batch: int = 2
     channels: int = 3
 
-    @property
-    def options(self) -> dict:
-        return dict(
-            kernel_size=self.kernel_size,
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
-            ceil_mode=self.ceil_mode,
-        )
-
-    def input(self, dtype=torch.float64, device="cpu", requires_grad=True) -> torch.Tensor:
-        x = torch.randn(self.batch, self.channels, *self.size, dtype=dtype, device=device)
-        return x.requires_grad_(requires_grad)
+    OPTIONS: ClassVar = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
 
 
 @st.composite
@@ -225,7 +215,7 @@ def max_pool_cases(draw) -> MaxPoolCase:
 
 
 @dataclass(frozen=True)
-class AdaptivePoolCase:
+class AdaptivePoolCase(_MapCase):
     """An adaptive_avg_pool2d configuration: input size and output size (an int, a pair, or a pair with None)."""
 
     size: tuple[int, int]
@@ -233,13 +223,7 @@ class AdaptivePoolCase:
     batch: int = 2
     channels: int = 3
 
-    @property
-    def options(self) -> dict:
-        return dict(output_size=self.output_size)
-
-    def input(self, dtype=torch.float64, device="cpu", requires_grad=True) -> torch.Tensor:
-        x = torch.randn(self.batch, self.channels, *self.size, dtype=dtype, device=device)
-        return x.requires_grad_(requires_grad)
+    OPTIONS: ClassVar = ("output_size",)
 
 
 @st.composite
