@@ -117,6 +117,12 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) 
     if has_torch_function_variadic(input, weight, bias):  # torch.fx proxies, tensor subclasses: as torch's functions
         return handle_torch_function(conv2d, (input, weight, bias), input, weight, bias, stride, padding, dilation,
                                      groups)  # fmt: skip
+    return _conv2d(input, weight, bias, stride, padding, dilation, groups)
+
+
+def _conv2d(input, weight, bias, stride, padding, dilation, groups, feedback=None) -> torch.Tensor:
+    """:func:`conv2d` after its __torch_function__ dispatch; ``feedback`` (the weight's shape): the matrix a backward
+    rule of ``bp_torch.feedback`` sends δ back through in the weight's place (None: the weight, exact backprop)."""
     given_padding = padding
     stride, padding, extra, dilation, groups = check_conv2d(input, weight, bias, stride, padding, dilation, groups)
     unbatched = input.dim() == 3
@@ -134,11 +140,14 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) 
     elif extra != (0, 0):
         # padding='same' with an even reach: torch pads the bottom/right by one more than the top/left
         input = F.pad(input, (0, extra[1], 0, extra[0]))
-    (input, weight, bias), autocast_off = _autocast_lower_precision(input, weight, bias)
+    (input, weight, bias, feedback), autocast_off = _autocast_lower_precision(input, weight, bias, feedback)
     if input.numel():
         check_same_dtype_and_device("conv2d", input=input, weight=weight, bias=bias)
     with autocast_off:
-        out = apply(Conv2dFunction, input, weight, bias, stride, padding, dilation, groups)
+        if feedback is None:
+            out = apply(Conv2dFunction, input, weight, bias, stride, padding, dilation, groups)
+        else:
+            out = apply(Conv2dFunction, input, weight, bias, stride, padding, dilation, groups, feedback)
     return out.squeeze(0) if unbatched else out
 
 
@@ -223,10 +232,17 @@ def linear(input, weight, bias=None) -> torch.Tensor:
     """
     if has_torch_function_variadic(input, weight, bias):
         return handle_torch_function(linear, (input, weight, bias), input, weight, bias)
+    return _linear(input, weight, bias)
+
+
+def _linear(input, weight, bias, feedback=None) -> torch.Tensor:
+    """:func:`linear` after its __torch_function__ dispatch; ``feedback`` as in :func:`_conv2d`."""
     check_linear(input, weight, bias)
-    (input, weight, bias), autocast_off = _autocast_lower_precision(input, weight, bias)
+    (input, weight, bias, feedback), autocast_off = _autocast_lower_precision(input, weight, bias, feedback)
     with autocast_off:
         try:
+            if feedback is not None:
+                return apply(LinearFunction, input, weight, bias, feedback)
             return apply(LinearFunction, input, weight, bias)
         except RuntimeError as error:  # F.linear's verdict (check_linear says why it is torch's): its type, explained
             named = ", ".join(

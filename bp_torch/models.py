@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from bp_torch import nn as bnn
+from bp_torch.feedback import set_rule
 
 __all__ = ["LeNet"]
 
@@ -44,16 +45,21 @@ class LeNet(nn.Module):
         impl: ``"manual"`` for bp_torch modules (hand-derived backward), ``"native"`` for their ``torch.nn``
             counterparts. Both consume the random generator identically, so the same seed gives the same weights,
             and their state_dicts load into each other.
+        rule: the backward rule of conv1, conv2 and fc (``bp_torch.feedback``; manual only): ``"backprop"`` (exact,
+            the default), ``"fa"``, ``"usf"``, ``"brsf"`` or ``"frsf"``. The weights are the same for every rule
+            (a rule's fixed matrices are drawn after them).
 
     Shape:
         ``(N, 1, 28, 28) -> (N, 10)``.
     """
 
-    def __init__(self, impl: str = "manual") -> None:
+    def __init__(self, impl: str = "manual", rule: str = "backprop") -> None:
         super().__init__()
         if impl not in _IMPLS:
             raise ValueError(f"impl must be one of {sorted(_IMPLS)}, but got impl={impl!r}")
-        self.impl = impl
+        if rule != "backprop" and impl != "manual":
+            raise ValueError(f"rule={rule!r} needs impl='manual': torch's own backward is exact")
+        self.impl, self.rule = impl, rule
         layers = _IMPLS[impl]
         self.conv1 = layers.Conv2d(1, 6, 5)
         self.act1 = layers.Sigmoid()
@@ -63,6 +69,9 @@ class LeNet(nn.Module):
         self.pool2 = layers.AvgPool2d(2)
         self.fc = layers.Linear(12 * 4 * 4, 10)
         self.reset_parameters()
+        if rule != "backprop":
+            for layer in (self.conv1, self.conv2, self.fc):
+                set_rule(layer, rule)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -88,4 +97,4 @@ class LeNet(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def extra_repr(self) -> str:
-        return f"impl={self.impl!r}"
+        return f"impl={self.impl!r}" + (f", rule={self.rule!r}" if self.rule != "backprop" else "")

@@ -2,8 +2,9 @@
 MSELoss, NLLLoss and CrossEntropyLoss; MaxPool2d, AdaptiveAvgPool2d and BatchNorm2d — with the hand-derived backward;
 and ``convert()``.
 
-Each class subclasses its ``torch.nn`` twin and keeps torch's ``__init__`` untouched: constructor arguments,
-defaults, parameter initialisation, ``state_dict`` keys, ``repr`` and ``isinstance`` checks are torch's own. Only
+Each class subclasses its ``torch.nn`` twin and keeps torch's ``__init__``: constructor arguments, defaults,
+parameter initialisation, ``state_dict`` keys, ``repr`` and ``isinstance`` checks are torch's own (Linear and Conv2d
+add one keyword, ``rule``, :mod:`bp_torch.feedback`'s backward rules; with the default none of that changes). Only
 the forward is ours — it calls ``bp_torch.functional`` — and so the backward is the derived one.
 
 Example::
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bp_torch import functional as BF
+from bp_torch.feedback import feedback_matrix, set_rule
 
 __all__ = ["Conv2d", "AvgPool2d", "Sigmoid", "Linear", "convert", "to_native", "Conversion"]
 __all__ += ["ReLU", "LeakyReLU", "Tanh", "Dropout", "Softmax", "LogSoftmax", "MSELoss", "NLLLoss", "CrossEntropyLoss"]
@@ -50,16 +52,25 @@ class NotScriptable:
 class Conv2d(NotScriptable, nn.Conv2d):
     """:class:`torch.nn.Conv2d` whose forward is :func:`bp_torch.functional.conv2d` (Note A eq. 10, 17, 35).
 
-    Every argument, every ``padding_mode`` and the initialisation are torch's. Non-'zeros' padding modes pad with
+    Every argument, every ``padding_mode`` and the initialisation are torch's; ``rule`` (keyword only) is the
+    backward rule of :mod:`bp_torch.feedback` (default ``"backprop"``, exact). Non-'zeros' padding modes pad with
     ``F.pad`` first, exactly as torch does; that pad is native autograd, the convolution behind it is ours.
     """
 
+    def __init__(self, *args, rule: str = "backprop", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        set_rule(self, rule)
+
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         # mirrors torch.nn.Conv2d._conv_forward line for line, with our conv2d in place of F.conv2d
+        feedback = feedback_matrix(self)
         if self.padding_mode != "zeros":
-            padded = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            return BF.conv2d(padded, weight, bias, self.stride, 0, self.dilation, self.groups)
-        return BF.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+            input, padding = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode), 0
+        else:
+            padding = self.padding
+        if feedback is None:
+            return BF.conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups)
+        return BF._conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups, feedback)
 
 
 class AvgPool2d(NotScriptable, nn.AvgPool2d):
@@ -85,10 +96,18 @@ class Sigmoid(NotScriptable, nn.Sigmoid):
 
 
 class Linear(NotScriptable, nn.Linear):
-    """:class:`torch.nn.Linear` whose forward is :func:`bp_torch.functional.linear` (Note A eq. 5, 7, 8)."""
+    """:class:`torch.nn.Linear` whose forward is :func:`bp_torch.functional.linear` (Note A eq. 5, 7, 8); ``rule``
+    (keyword only) is the backward rule of :mod:`bp_torch.feedback` (default ``"backprop"``, exact)."""
+
+    def __init__(self, *args, rule: str = "backprop", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        set_rule(self, rule)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return BF.linear(input, self.weight, self.bias)
+        feedback = feedback_matrix(self)
+        if feedback is None:
+            return BF.linear(input, self.weight, self.bias)
+        return BF._linear(input, self.weight, self.bias, feedback)
 
 
 # activations, dropout, softmax and the losses (docs/derivation.md eq. D1–D12; the squared error is Note B eq. 13–16)
@@ -283,14 +302,15 @@ def _swap(model: nn.Module, table: dict[type[nn.Module], type[nn.Module]]) -> tu
     return model, Conversion(dict(swapped), dict(left))
 
 
-def convert(model: nn.Module) -> tuple[nn.Module, Conversion]:
+def convert(model: nn.Module, rule: str = "backprop") -> tuple[nn.Module, Conversion]:
     """Swap, in place, every ``torch.nn`` module of ``TWINS`` in ``model`` (Conv2d, AvgPool2d, Sigmoid, Linear, ReLU,
     LeakyReLU, Tanh, Dropout, Softmax, LogSoftmax, the losses, MaxPool2d, AdaptiveAvgPool2d, BatchNorm2d) for its
     bp_torch twin.
 
     The modules stay the same objects, so parameters and buffers are shared, not copied: an optimizer built before
     the conversion trains the converted model. Only exact types are swapped; subclasses and every other layer stay
-    native. For an untouched original, convert a copy: ``convert(copy.deepcopy(model))``.
+    native. For an untouched original, convert a copy: ``convert(copy.deepcopy(model))``. ``rule`` sets the backward
+    rule of every bp_torch Linear and Conv2d in the model (:mod:`bp_torch.feedback`; default ``"backprop"``, exact).
 
     Returns:
         ``(model, summary)``: the same ``model``, and a :class:`Conversion` naming what was swapped and what was not.
@@ -302,9 +322,18 @@ def convert(model: nn.Module) -> tuple[nn.Module, Conversion]:
         >>> type(model[0]).__module__, summary.swapped, summary.left
         ('bp_torch.nn', {'Linear': ['0']}, {'GELU': ['1']})
     """
-    return _swap(model, TWINS)
+    model, summary = _swap(model, TWINS)
+    for module in model.modules():
+        if isinstance(module, (Linear, Conv2d)) and (rule != "backprop" or getattr(module, "rule", None) is None):
+            set_rule(module, rule)
+    return model, summary
 
 
 def to_native(model: nn.Module) -> tuple[nn.Module, Conversion]:
-    """The reverse of :func:`convert`: every bp_torch module in ``model`` becomes its ``torch.nn`` class, in place."""
+    """The reverse of :func:`convert`: every bp_torch module in ``model`` becomes its ``torch.nn`` class, in place
+    (a backward rule's feedback buffer removed: torch's backward is exact)."""
+    for module in model.modules():
+        if isinstance(module, (Linear, Conv2d)):
+            module._buffers.pop("feedback", None)
+            module.__dict__.pop("rule", None)
     return _swap(model, {twin: native for native, twin in TWINS.items()})

@@ -28,15 +28,19 @@ class Conv2dFunction(Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(input, weight, bias, stride: Pair, padding: Pair, dilation: Pair, groups: int):
+    def forward(input, weight, bias, stride: Pair, padding: Pair, dilation: Pair, groups: int, feedback=None):
         return torch.conv2d(input, weight, bias, stride, padding, dilation, groups)  # Note A eq. 10
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, weight, bias, stride, padding, dilation, groups = inputs
+        input, weight, bias, stride, padding, dilation, groups, *rest = inputs
+        # a backward rule's feedback kernel B (bp_torch.feedback) carries δ back in k's place; None: k, exact
+        feedback = rest[0] if rest else None
+        ctx.with_feedback = bool(rest)
         needs_input, needs_weight = ctx.needs_input_grad[:2]
         # ∂e/∂x needs only the kernel, ∂e/∂k only the input: save what the requested gradients read
-        ctx.save_for_backward(input if needs_weight else None, weight if needs_input else None)
+        backward_kernel = weight if feedback is None else feedback
+        ctx.save_for_backward(input if needs_weight else None, backward_kernel if needs_input else None)
         ctx.input_size = tuple(input.shape[2:])
         ctx.kernel_size = tuple(weight.shape[2:])
         ctx.output_shape = output.shape
@@ -48,9 +52,10 @@ class Conv2dFunction(Function):
 
     @staticmethod
     def backward(ctx, grad_output):
+        extra = (None,) * (5 if ctx.with_feedback else 4)  # the options' and the feedback's: none
         if ctx.empty is not None:
-            return (*_zero_gradients(ctx), None, None, None, None)
-        input, weight = ctx.saved_tensors
+            return (*_zero_gradients(ctx), *extra)
+        input, weight = ctx.saved_tensors  # under a backward rule, B in k's place
         grad_input = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             # Note A eq. 17/35, Note B eq. 51 — fast mode: eq. 14's transposed convolution; literal mode: eq. 17
@@ -63,10 +68,11 @@ class Conv2dFunction(Function):
             grad_weight = in_layout(grad_weight, ctx.channels_last)
         if ctx.needs_input_grad[2]:
             grad_bias = grad_output.sum((0, 2, 3))  # Note B eq. 45/64: Δb = Σ ΔC_σ
-        return grad_input, grad_weight, grad_bias, None, None, None, None
+        return grad_input, grad_weight, grad_bias, *extra
 
     @staticmethod
     def jvp(ctx, input_t, weight_t, bias_t, *_):
+        # forward mode has no feedback: the tangent is the exact derivative of the forward, whatever the rule
         input, weight = ctx.saved_tensors
         # the product rule on the bilinear s = x ⋆ k (+ b): each operand's tangent correlated with the other one
         out_t = conv2d(input_t, weight, *ctx.options) if input_t is not None else None  # eq. J1: ẋ ⋆ k

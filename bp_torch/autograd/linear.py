@@ -22,14 +22,18 @@ class LinearFunction(Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(input, weight, bias):
+    def forward(input, weight, bias, feedback=None):
         return F.linear(input, weight, bias)  # Note A eq. 5: s = Wᵀx (+ b)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, weight, bias = inputs
+        input, weight, bias, *rest = inputs
+        # a backward rule's feedback matrix B (bp_torch.feedback) carries δ back in W's place; None: W, exact
+        feedback = rest[0] if rest else None
+        ctx.with_feedback = bool(rest)
         needs_input, needs_weight = ctx.needs_input_grad[:2]
-        ctx.save_for_backward(input if needs_weight else None, weight if needs_input else None)
+        backward_matrix = weight if feedback is None else feedback
+        ctx.save_for_backward(input if needs_weight else None, backward_matrix if needs_input else None)
         ctx.save_for_forward(input, weight)
         ctx.bias_shape = bias.shape if bias is not None else None
         ctx.vector_weight, ctx.output_shape = weight.dim() == 1, output.shape
@@ -44,7 +48,7 @@ class LinearFunction(Function):
         if vector_weight:  # the output feature a 1-D weight drops: back as a dimension of size 1
             grad_output = grad_output.unsqueeze(-1)
         if ctx.needs_input_grad[0]:
-            W = weight.unsqueeze(0) if vector_weight else weight
+            W = weight.unsqueeze(0) if vector_weight else weight  # under a backward rule, B in W's place
             grad_input = grad_output @ W.conj()  # Note A eq. 8 / Note B eq. 30: Δf = WᵀΔŷ, with (out, in) W: δ @ W
         if ctx.needs_input_grad[1]:
             in_features, out_features = input.shape[-1], grad_output.shape[-1]
@@ -54,10 +58,12 @@ class LinearFunction(Function):
             grad_weight = delta.T @ x.conj()  # Note A eq. 7 / Note B eq. 19: xδᵀ
             if vector_weight:
                 grad_weight = grad_weight.squeeze(0)
-        return grad_input, grad_weight, grad_bias
+        # no gradient for the feedback matrix: it is fixed, or redrawn, never learnt
+        return (grad_input, grad_weight, grad_bias, None)[: 4 if ctx.with_feedback else 3]
 
     @staticmethod
-    def jvp(ctx, input_t, weight_t, bias_t):
+    def jvp(ctx, input_t, weight_t, bias_t, *_):
+        # forward mode has no feedback: the tangent is the exact derivative of the forward, whatever the rule
         input, weight = ctx.saved_tensors
         # the product rule on s = x Wᵀ + b: each operand's tangent through the same layer, the others held
         out_t = linear(input_t, weight) if input_t is not None else None  # eq. J6: ẋWᵀ

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 import bp_torch
+from bp_torch.feedback import RULES
 from bp_torch.train import distributed
 from bp_torch.train.checkpoint import CheckpointError
 from bp_torch.train.config import PRESETS, RUNTIME_FIELDS, Config, build, config_from_dict, steps_per_epoch, validate
@@ -85,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(never under torchrun: fetch it first, e.g. with one plain --dry-run)", action=argparse.BooleanOptionalAction,
     )  # fmt: skip
     add("--impl", "'manual': hand-derived backward; 'native': torch's autograd", choices=("manual", "native"))
+    add(
+        "--rule",
+        "the backward rule of the conv and linear layers: exact backprop, feedback alignment (fa) or sign "
+        "symmetry (usf, brsf, frsf); bp_torch.feedback",
+        choices=RULES,
+    )
     add("--epochs", "number of epochs to train", type=int, metavar="N")
     add(
         "--batch-size", "training batch size; under torchrun the global batch, split evenly over the processes "

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from bp_torch import functional as BF
+from bp_torch.feedback import RULES
 from bp_torch.models import LeNet
 from bp_torch.train.data import DATASETS, DeviceLoader
 
@@ -29,6 +30,7 @@ class Config:
     preset: str = "default"
     dataset: str = "mnist"
     impl: str = "manual"  # "manual": bp_torch's hand-derived backward; "native": torch.nn's
+    rule: str = "backprop"  # the backward rule of the manual LeNet's conv and linear layers (bp_torch.feedback)
     epochs: int = 20
     batch_size: int = 128  # global: split evenly over the processes of a distributed run
     lr: float = 0.03  # the peak learning rate with schedule="onecycle"
@@ -94,6 +96,7 @@ def validate(cfg: Config) -> Config:
     choices = {
         "preset": tuple(PRESETS),
         "impl": ("manual", "native"),
+        "rule": RULES,
         "optimizer": ("sgd", "adam", "adamw"),
         "schedule": ("constant", "onecycle", "cosine"),
         "loss": ("ce", "mse"),
@@ -112,10 +115,17 @@ def validate(cfg: Config) -> Config:
             raise ValueError(f"{name} must be >= 0, but got {name}={getattr(cfg, name)}")
     if not (0 < cfg.lr < math.inf and 0 <= cfg.warmup < 1):
         raise ValueError(f"lr must be > 0 and warmup in [0, 1), but got lr={cfg.lr}, warmup={cfg.warmup}")
+    if cfg.rule != "backprop" and cfg.impl != "manual":
+        raise ValueError(
+            f"rule={cfg.rule!r} needs impl='manual' (torch's own backward is exact), but got impl={cfg.impl!r}"
+        )
     if not 0 <= cfg.label_smoothing < 1:
         raise ValueError(f"label_smoothing must be in [0, 1), but got label_smoothing={cfg.label_smoothing}")
     return cfg
 
+
+# fields newer than the checkpoints that lack them, with the value those runs had
+ADDED_LATER = {"rule": "backprop"}
 
 # the Python types each annotation of Config admits (a float field takes an int, as argparse's type=float would)
 _TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "str | None": (str, type(None))}
@@ -129,6 +139,7 @@ def config_from_dict(d: Any) -> Config:
     """
     if not isinstance(d, dict):
         raise ValueError(f"config must be a dict of Config's fields, but got a {type(d).__name__}")
+    d = {**ADDED_LATER, **d}
     fields = {f.name: f for f in dataclasses.fields(Config)}
     missing, unknown = [n for n in fields if n not in d], [k for k in d if k not in fields]
     if missing or unknown:
@@ -180,7 +191,7 @@ def build(
 ) -> tuple[LeNet, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """Seed, then make the model (eq. 1–3 init), its optimizer and its learning-rate schedule."""
     torch.manual_seed(cfg.seed)
-    model = LeNet(cfg.impl).to(device)
+    model = LeNet(cfg.impl, cfg.rule).to(device)
     if cfg.optimizer == "sgd":
         optimizer = torch.optim.SGD(
             model.parameters(), cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay

@@ -10,13 +10,15 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from bp_torch import nn as bnn
 from bp_torch.audit import Audit, audit, backward_kernels, label_modules
+from bp_torch.feedback import angle, exact
 from bp_torch.models import LeNet
 from bp_torch.train.config import Config, Loss
 from bp_torch.train.distributed import all_reduce_sum, rank
 from bp_torch.train.resume import TrainState
 
-__all__ = ["Running", "grad_check", "Watch", "Interrupted", "audit_backward", "report_backward_graph"]
+__all__ = ["Running", "grad_check", "alignment", "Watch", "Interrupted", "audit_backward", "report_backward_graph"]
 
 
 class Interrupted(Exception):
@@ -62,15 +64,61 @@ def grad_check(
     ``max|g_manual − g_native| / max|g_native|``: the largest difference relative to the gradient's scale, about
     1e-7 in float32 when the derivation holds. Neither model's ``.grad`` is touched.
     """
-    reference.load_state_dict(model.state_dict())
+    reference.load_state_dict(dict(model.named_parameters()))  # not a backward rule's feedback buffers
     names, params = zip(*model.named_parameters())
-    grads = torch.autograd.grad(loss_fn(model(x), y), params)
+    with exact():  # under a backward rule, the hand-derived exact gradient: the rule is measured by alignment()
+        grads = torch.autograd.grad(loss_fn(model(x), y), params)
     reference_grads = torch.autograd.grad(reference_loss_fn(reference(x), y), list(reference.parameters()))
     tiny = torch.finfo(x.dtype).tiny
     return {
         name: ((g - r).abs().max() / r.abs().max().clamp_min(tiny)).item()
         for name, g, r in zip(names, grads, reference_grads)
     }
+
+
+def alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Loss) -> dict[str, float]:
+    """How far each layer's backward rule (``bp_torch.feedback``) is from exact backprop on one batch.
+
+    For every layer with a rule other than ``backprop``: ``<layer>/delta_angle``, the angle in degrees between the δ
+    the rule sends to the layer's input and exact backprop's, ``<layer>/delta_norm_ratio`` (the rule's norm over
+    exact's), and ``<layer>/weight_grad_angle`` and ``<layer>/weight_grad_norm_ratio`` for the weight gradient — the
+    update the rule makes against the true gradient. The batch's pixels are given a gradient so that the first
+    layer has a δ too. Random draws (brsf's magnitudes) come from a forked generator: training's stream is untouched.
+    """
+    layers = {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, (bnn.Linear, bnn.Conv2d)) and getattr(m, "rule", "backprop") != "backprop"
+    }
+    if not layers:
+        return {}
+    inputs: dict[str, torch.Tensor] = {}
+    hooks = [
+        m.register_forward_pre_hook(lambda m, args, name=name: inputs.__setitem__(name, args[0]))
+        for name, m in layers.items()
+    ]
+    pixels = x.detach().requires_grad_()
+
+    def gradients() -> list[torch.Tensor]:
+        loss = loss_fn(model(pixels), y)
+        wanted = [inputs[name] for name in layers] + [m.weight for m in layers.values()]
+        return torch.autograd.grad(loss, wanted)
+
+    devices = [x.device] if x.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            rule = gradients()
+        with exact():
+            true = gradients()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    out, n = {}, len(layers)
+    for i, name in enumerate(layers):
+        for what, ours, reference in (("delta", rule[i], true[i]), ("weight_grad", rule[n + i], true[n + i])):
+            out[f"{name}/{what}_angle"] = angle(ours, reference)
+            out[f"{name}/{what}_norm_ratio"] = (ours.norm() / reference.norm().clamp_min(1e-30)).item()
+    return out
 
 
 def audit_backward(model: nn.Module, loss_fn: Loss, x: torch.Tensor, y: torch.Tensor) -> tuple[Audit, list[str]]:
@@ -169,6 +217,8 @@ class Watch:
             # on rank 0 alone, through the plain module: autograd.grad, no DDP hook, no collective
             differences = grad_check(self.model, self.reference, x, y, self.loss_fn, self.reference_loss_fn)
             self.logger.log_grad_check(state.step, differences)
+            if self.cfg.rule != "backprop":
+                self.logger.log_alignment(state.step, alignment(self.model, x, y, self.loss_fn))
 
     def after_step(self, state: TrainState, loss: torch.Tensor, logits, y, lr: float) -> None:
         sums = Running.of(loss, logits, y)

@@ -4,7 +4,8 @@ Tags (step = optimizer steps taken):
 
 - scalars: ``train/loss``, ``train/accuracy``, ``train/lr``, ``perf/images_per_sec`` every log interval;
   ``test/loss``, ``test/accuracy``, ``perf/epoch_time_s`` per epoch; ``gradcheck/<parameter>`` every grad-check
-  interval: max|g_manual − g_native| / max|g_native| on the same batch;
+  interval: max|g_manual − g_native| / max|g_native| on the same batch; under a backward rule (``--rule``),
+  ``alignment/<layer>/{delta,weight_grad}_{angle,norm_ratio}`` at the same steps: the rule against exact backprop;
 - histograms: ``weights/<parameter>``, ``grads/<parameter>`` per epoch;
 - images (``torchvision.utils.make_grid``): ``filters/C1``, ``filters/C2``, ``feature_maps/C1``,
   ``feature_maps/C2`` (one test digit of each class), ``error_maps/C1``, ``error_maps/S1``, ``error_maps/C2``,
@@ -209,6 +210,11 @@ class TensorBoardLogger:
     def log_grad_check(self, step: int, differences: dict[str, float]) -> None:
         for name, value in differences.items():
             self.writer.add_scalar(f"gradcheck/{name}", value, step)
+
+    def log_alignment(self, step: int, alignment: dict[str, float]) -> None:
+        """A backward rule against exact backprop, per layer (``bp_torch.train.monitor.alignment``)."""
+        for name, value in alignment.items():
+            self.writer.add_scalar(f"alignment/{name}", value, step)
 
     def log_epoch(self, step: int, epoch: int, result, epoch_time: float, model: nn.Module) -> None:
         w = self.writer

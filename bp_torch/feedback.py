@@ -1,0 +1,119 @@
+"""Backward rules you can change: feedback alignment and sign symmetry on bp_torch's Linear and Conv2d.
+
+Exact backprop sends δ to a layer's input through the layer's own weight, Δx = Wᵀδ (Note A eq. 8; for a
+convolution eq. 17, the full correlation with the rot180 kernel). A *rule* replaces W there by a feedback matrix B
+of W's shape; the weight gradient stays the derived one, xδᵀ (eq. 7 / Note B eq. 40), with the δ the rule delivered.
+The Functions are the same (``LinearFunction``, ``Conv2dFunction``): B is their optional last input, read only by
+the input-gradient line, and gets no gradient.
+
+=============  ========================================================================================
+rule           B
+=============  ========================================================================================
+``backprop``   W itself: exact backprop (the default; no B is passed, the code path is today's)
+``fa``         feedback alignment (Lillicrap et al. 2016): a fixed random matrix, drawn once as torch draws
+               the layer's weight, U(±1/√fan_in); a buffer ``feedback``
+``usf``        uniform sign-concordant (Liao, Leibo & Poggio 2016): sign(W) · √(2/(fan_in + fan_out)),
+               the magnitude of BioTorch's scaling option (Xavier's standard deviation)
+``brsf``       batchwise random magnitude (Moskovitz et al. 2018): |M| ⊙ sign(W), M drawn as for ``fa``
+               afresh at every forward, from torch's default generator
+``frsf``       fixed random magnitude: |M| ⊙ sign(W), M drawn once as for ``fa``; |M| is the buffer
+               ``feedback``
+=============  ========================================================================================
+
+BioTorch (jsalbert/biotorch, ``layers/fa_constructor``) multiplies a signed draw by sign(W) for brsf and frsf, and
+for frsf multiplies its stored matrix by sign(W) again at every forward; here the magnitudes are |M|, as the papers
+define them, and frSF's stay fixed. Its FA and magnitudes draw Xavier-uniform, ours the layer's own default init.
+
+Direct feedback alignment (Nøkland 2016) is not offered: it sends the *output* error to every layer through its own
+fixed matrix, a path from the loss to each layer that skips the layers above. That is a change to the graph, not to
+one layer's backward, and the Functions here receive only the δ of the layer above.
+
+Forward-mode AD (``jvp``) has no feedback: a tangent is the exact derivative of the forward under every rule.
+
+Example::
+
+    >>> import torch
+    >>> from bp_torch import nn as bnn
+    >>> layer = bnn.Linear(4, 3, rule="fa")
+    >>> sorted(layer.state_dict())
+    ['bias', 'feedback', 'weight']
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+__all__ = ["RULES", "set_rule", "feedback_matrix", "exact", "angle"]
+
+RULES = ("backprop", "fa", "usf", "brsf", "frsf")
+_BUFFERED = ("fa", "frsf")  # the rules whose B (or |M|) is drawn once and kept: in state_dict and checkpoints
+_exact_depth = 0
+
+
+def set_rule(module: nn.Module, rule: str) -> nn.Module:
+    """Give a bp_torch ``Linear`` or ``Conv2d`` the backward rule ``rule`` (one of :data:`RULES`), in place.
+
+    ``fa`` and ``frsf`` draw their fixed matrix now, from torch's default generator, as a buffer ``feedback`` (moved
+    by ``.to()``, saved in ``state_dict``, broadcast by DistributedDataParallel from rank 0); other rules hold none,
+    so a ``backprop`` module's state_dict is torch's own.
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {', '.join(RULES)}, but got rule={rule!r}")
+    if "feedback" in module._buffers:
+        del module._buffers["feedback"]
+    module.rule = rule
+    if rule in _BUFFERED:
+        with torch.no_grad():
+            drawn = _draw_like(module.weight)
+        module.register_buffer("feedback", drawn.abs_() if rule == "frsf" else drawn)
+    return module
+
+
+def _draw_like(weight: torch.Tensor) -> torch.Tensor:
+    """U(±1/√fan_in): torch's default initialisation of a Linear or Conv2d weight (kaiming_uniform_, a=√5)."""
+    drawn = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
+    return nn.init.kaiming_uniform_(drawn, a=math.sqrt(5))
+
+
+def _xavier_std(weight: torch.Tensor) -> float:
+    fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(weight)
+    return math.sqrt(2.0 / (fan_in + fan_out))
+
+
+def feedback_matrix(module: nn.Module) -> torch.Tensor | None:
+    """The B that ``module``'s rule sends δ back through in this forward, or None for exact backprop (the rule
+    ``backprop``, or inside :func:`exact`)."""
+    rule = getattr(module, "rule", "backprop")
+    if rule == "backprop" or _exact_depth:
+        return None
+    weight = module.weight.detach()
+    if rule == "fa":
+        return module.feedback
+    if rule == "usf":
+        return torch.sign(weight) * _xavier_std(weight)
+    if rule == "brsf":
+        return _draw_like(weight).abs_() * torch.sign(weight)
+    return module.feedback * torch.sign(weight)  # frsf
+
+
+@contextmanager
+def exact() -> Iterator[None]:
+    """Every rule runs as exact backprop while active: the reference the alignment of a rule is measured against."""
+    global _exact_depth
+    _exact_depth += 1
+    try:
+        yield
+    finally:
+        _exact_depth -= 1
+
+
+def angle(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The angle between ``a`` and ``b`` as vectors, in degrees: 0 when one is a positive multiple of the other."""
+    a, b = a.detach().flatten().double(), b.detach().flatten().double()
+    cosine = (a @ b) / (a.norm() * b.norm()).clamp_min(torch.finfo(torch.float64).tiny)
+    return math.degrees(math.acos(cosine.clamp(-1.0, 1.0).item()))
