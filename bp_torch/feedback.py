@@ -87,10 +87,10 @@ def _xavier_std(weight: torch.Tensor) -> float:
 
 def feedback_matrix(module: nn.Module) -> torch.Tensor | None:
     """The B that ``module``'s rule sends δ back through in this forward, or None for exact backprop (the rule
-    ``backprop``, or inside :func:`exact`)."""
+    ``backprop``, inside :func:`exact`, or with no graph being recorded for the weight)."""
     rule = getattr(module, "rule", "backprop")
-    if rule == "backprop" or _exact_depth:
-        return None
+    if rule == "backprop" or _exact_depth or not (torch.is_grad_enabled() and module.weight.requires_grad):
+        return None  # exact, or no backward to send δ through (evaluation): nothing drawn
     weight = module.weight.detach()
     if rule == "fa":
         return module.feedback

@@ -53,10 +53,11 @@ def _steps_args(data: Path, logdir: Path) -> list[str]:
 
 
 def _resume_args(data: Path, logdir: Path) -> list[str]:
-    """The default recipe (Adam, one-cycle schedule, shifts), 2 epochs of 4 batches of 32, 2 test batches of 25."""
+    """The default recipe (Adam, one-cycle schedule, shifts), 2 epochs of 4 batches of 32, 2 test batches of 25, under
+    feedback alignment: its fixed matrices are buffers DDP broadcasts from rank 0, and the checkpoints hold them."""
     return _args(
         data, logdir, "--epochs", "2", "--batch-size", "32", "--limit-train-batches", "4",
-        "--test-batch-size", "25", "--limit-test-batches", "2",
+        "--test-batch-size", "25", "--limit-test-batches", "2", "--rule", "fa",
     )  # fmt: skip
 
 

@@ -152,10 +152,16 @@ def test_runs_are_never_overwritten(fake_data, tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "dry-run").iterdir()) == ["same", "same-2"]
 
 
-@pytest.mark.parametrize("stop_at", ["epoch_end", "mid_epoch"])
-def test_resume_ends_with_the_same_weights(fake_data, tmp_path, capsys, stop_at):
-    """An interrupted and resumed run and an uninterrupted one end bit-identical (default recipe, augmentation on)."""
+@pytest.mark.parametrize(
+    ("stop_at", "rule"),
+    [("epoch_end", "backprop"), ("mid_epoch", "backprop"), ("mid_epoch", "fa"), ("mid_epoch", "brsf")],
+)
+def test_resume_ends_with_the_same_weights(fake_data, tmp_path, capsys, stop_at, rule):
+    """An interrupted and resumed run and an uninterrupted one end bit-identical (default recipe, augmentation on);
+    under a backward rule too: fa's feedback matrices are restored from the checkpoint, brsf's draws continue the
+    restored random stream (and the alignment monitor, every 2 steps, draws from a forked one)."""
     common = _args(fake_data, tmp_path, "--epochs", "3", "--limit-train-batches", "5", "--limit-test-batches", "1")
+    common += ["--rule", rule, "--grad-check-interval", "2"]
     assert train.main([*common, "--run-name", "whole"]) == 0
 
     def stop(state):  # as Ctrl-C would: polled before each epoch and after each step
@@ -201,6 +207,8 @@ def test_resume_refuses_to_change_the_recipe(fake_data, tmp_path, capsys):
     assert train.main(_args(fake_data, tmp_path, "--dry-run", "--run-name", "r")) == 0
     assert train.main(["--resume", str(tmp_path / "dry-run" / "r"), "--lr", "0.5"]) == train.EXIT_ERROR
     assert "--lr cannot change when resuming" in capsys.readouterr().err
+    assert train.main(["--resume", str(tmp_path / "dry-run" / "r"), "--rule", "fa"]) == train.EXIT_ERROR
+    assert "--rule cannot change when resuming" in capsys.readouterr().err
 
 
 def test_missing_data_is_a_clear_error(tmp_path, capsys):

@@ -187,7 +187,8 @@ class Watch:
         self.reference = None
         self.loss_fn = Loss.of(cfg)
         if logger is not None and cfg.grad_check_interval and cfg.impl == "manual":
-            self.reference = LeNet("native").to(next(model.parameters()).device)
+            with torch.random.fork_rng(devices=[]):  # its weights are model's at each check: no draw from the run's
+                self.reference = LeNet("native").to(next(model.parameters()).device)
             self.reference_loss_fn = Loss.of(cfg, "native")
         self.bar = None
 
