@@ -57,8 +57,24 @@ class Conv2d(NotScriptable, nn.Conv2d):
     ``F.pad`` first, exactly as torch does; that pad is native autograd, the convolution behind it is ours.
     """
 
-    def __init__(self, *args, rule: str = "backprop", **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: str | int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+        *,
+        rule: str = "backprop",
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
+                         device, dtype)  # fmt: skip
         set_rule(self, rule)
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -99,8 +115,10 @@ class Linear(NotScriptable, nn.Linear):
     """:class:`torch.nn.Linear` whose forward is :func:`bp_torch.functional.linear` (Note A eq. 5, 7, 8); ``rule``
     (keyword only) is the backward rule of :mod:`bp_torch.feedback` (default ``"backprop"``, exact)."""
 
-    def __init__(self, *args, rule: str = "backprop", **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *, rule: str = "backprop"
+    ) -> None:
+        super().__init__(in_features, out_features, bias, device, dtype)
         set_rule(self, rule)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
