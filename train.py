@@ -10,9 +10,15 @@ import os
 import signal
 import sys
 
+# Ctrl-C while torch is still being imported is remembered, not raised: a KeyboardInterrupt raised inside a
+# library's import can be swallowed by its error handling, and the run would then start as if nothing had happened
+_interrupted = []
+signal.signal(signal.SIGINT, lambda signum, frame: _interrupted.append(signum))
 try:
     from bp_torch.train.cli import main
-except KeyboardInterrupt:  # Ctrl-C while torch is still being imported: nothing has started, nothing is written
+finally:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+if _interrupted:  # nothing has started, nothing is written
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # torchrun passes on its own copy of the Ctrl-C: one line, no more
     if os.environ.get("RANK", "0") == "0":
         print("train.py: interrupted while starting; nothing was written", file=sys.stderr)
