@@ -84,6 +84,8 @@ def _kind(node) -> str:
     forward = getattr(type(node), "_forward_cls", None)  # set on the nodes of torch.autograd.Function subclasses
     if forward is not None and forward.__module__.startswith("bp_torch."):
         return "derived"
+    if node.metadata.get("bp_torch") == "structural":  # an in-place Function of ours on a view (its CopySlices)
+        return "structural"
     return "structural" if type(node).__name__ in STRUCTURAL else "native"
 
 

@@ -26,11 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from bp_torch import functional as BF
+from bp_torch import routing
 from bp_torch.feedback import feedback_matrix, set_rule
 
 __all__ = ["Conv2d", "AvgPool2d", "Sigmoid", "Linear", "convert", "to_native", "Conversion"]
 __all__ += ["ReLU", "LeakyReLU", "Tanh", "Dropout", "Softmax", "LogSoftmax", "MSELoss", "NLLLoss", "CrossEntropyLoss"]
 __all__ += ["MaxPool2d", "AdaptiveAvgPool2d", "BatchNorm2d"]
+__all__ += ["Hardtanh", "ReLU6", "Hardsigmoid", "Hardswish", "SiLU"]
 
 
 class NotScriptable:
@@ -261,6 +263,45 @@ class BatchNorm2d(nn.BatchNorm2d):
         )
 
 
+# the mobile networks' activations (docs/derivation.md, eq. H)
+
+
+class Hardtanh(nn.Hardtanh):
+    """:class:`torch.nn.Hardtanh` whose forward is :func:`bp_torch.functional.hardtanh` (eq. H1)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return BF.hardtanh(input, self.min_val, self.max_val, self.inplace)
+
+
+class ReLU6(nn.ReLU6):
+    """:class:`torch.nn.ReLU6` (torch's Hardtanh on [0, 6]) whose forward is :func:`bp_torch.functional.hardtanh`
+    (eq. H1)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return BF.hardtanh(input, self.min_val, self.max_val, self.inplace)
+
+
+class Hardsigmoid(nn.Hardsigmoid):
+    """:class:`torch.nn.Hardsigmoid` whose forward is :func:`bp_torch.functional.hardsigmoid` (eq. H2)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return BF.hardsigmoid(input, self.inplace)
+
+
+class Hardswish(nn.Hardswish):
+    """:class:`torch.nn.Hardswish` whose forward is :func:`bp_torch.functional.hardswish` (eq. H3)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return BF.hardswish(input, self.inplace)
+
+
+class SiLU(nn.SiLU):
+    """:class:`torch.nn.SiLU` whose forward is :func:`bp_torch.functional.silu` (eq. H4)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return BF.silu(input, inplace=self.inplace)
+
+
 # The one table both directions read. Matching is by exact type: a user's subclass of nn.Conv2d (weight
 # standardisation, a parametrized layer's generated class ...) has its own forward, which a swap would silently drop,
 # so it is left native and listed in the summary.
@@ -282,6 +323,11 @@ TWINS: dict[type[nn.Module], type[nn.Module]] = {
     nn.MaxPool2d: MaxPool2d,
     nn.AdaptiveAvgPool2d: AdaptiveAvgPool2d,
     nn.BatchNorm2d: BatchNorm2d,
+    nn.Hardtanh: Hardtanh,
+    nn.ReLU6: ReLU6,
+    nn.Hardsigmoid: Hardsigmoid,
+    nn.Hardswish: Hardswish,
+    nn.SiLU: SiLU,
 }
 
 
@@ -290,17 +336,24 @@ class Conversion:
     """What :func:`convert` / :func:`to_native` did: qualified module names, grouped by class name.
 
     ``swapped`` maps each new class name to the modules that became it; ``left`` maps each class name to the leaf
-    modules (no children) that have no twin and kept their own forward.
+    modules (no children) that have no twin and kept their own forward. ``native_calls`` (after :func:`convert`)
+    fills in as the model runs: each function its forward called that :mod:`bp_torch.routing` has no twin for and
+    that left a native backward node, mapped to that node's class name (``{"Tensor.__imul__": "MulBackward0"}``).
     """
 
     swapped: dict[str, list[str]] = field(default_factory=dict)
     left: dict[str, list[str]] = field(default_factory=dict)
+    native_calls: dict[str, str] = field(default_factory=dict)
 
     def __str__(self) -> str:
         def lines(groups: dict[str, list[str]]) -> list[str]:
             return [f"  {kind} x{len(names)}: {', '.join(names)}" for kind, names in groups.items()] or ["  none"]
 
-        return "\n".join(["swapped:", *lines(self.swapped), "left as they were:", *lines(self.left)])
+        calls = [f"  {call} ({node})" for call, node in self.native_calls.items()] or ["  none so far"]
+        return "\n".join(
+            ["swapped:", *lines(self.swapped), "left as they were:", *lines(self.left)]
+            + ["functional calls left native (seen while the model ran):", *calls]
+        )
 
 
 def _swap(model: nn.Module, table: dict[type[nn.Module], type[nn.Module]]) -> tuple[nn.Module, Conversion]:
@@ -330,6 +383,10 @@ def convert(model: nn.Module, rule: str = "backprop") -> tuple[nn.Module, Conver
     native. For an untouched original, convert a copy: ``convert(copy.deepcopy(model))``. ``rule`` sets the backward
     rule of every bp_torch Linear and Conv2d in the model (:mod:`bp_torch.feedback`; default ``"backprop"``, exact).
 
+    The functions the model's ``forward`` calls (``F.relu``, ``x.mean([2, 3])``, ``scale * x`` ...) are routed to
+    bp_torch's twins while it runs (:mod:`bp_torch.routing`: hooks on ``model``, removed by :func:`to_native`); the
+    calls that still leave a native derivative are added to the summary's ``native_calls`` as they run.
+
     Returns:
         ``(model, summary)``: the same ``model``, and a :class:`Conversion` naming what was swapped and what was not.
 
@@ -341,6 +398,8 @@ def convert(model: nn.Module, rule: str = "backprop") -> tuple[nn.Module, Conver
         ('bp_torch.nn', {'Linear': ['0']}, {'GELU': ['1']})
     """
     model, summary = _swap(model, TWINS)
+    routing.install(model, summary.native_calls)
+    summary.native_calls = routing.installed(model)  # a model converted before keeps its record
     for module in model.modules():
         if isinstance(module, (Linear, Conv2d)) and (rule != "backprop" or getattr(module, "rule", None) is None):
             set_rule(module, rule)
@@ -354,4 +413,5 @@ def to_native(model: nn.Module) -> tuple[nn.Module, Conversion]:
         if isinstance(module, (Linear, Conv2d)):
             module._buffers.pop("feedback", None)
             module.__dict__.pop("rule", None)
+    routing.uninstall(model)
     return _swap(model, {twin: native for native, twin in TWINS.items()})

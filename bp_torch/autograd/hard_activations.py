@@ -1,0 +1,167 @@
+"""The activations of the mobile networks: hardtanh (and ReLU6, its [0, 6] case), hardsigmoid, hardswish and SiLU,
+with the backward and jvp of docs/derivation.md eq. H1–H4.
+
+torch computes each derivative in float32 for half-precision inputs ("opmath"); the smooth ones here do the same
+(:func:`_opmath`), the piecewise-constant ones (a mask times δ) need no wider type.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.autograd import Function
+
+from bp_torch._function import with_direct_call
+
+_LOW = (torch.float16, torch.bfloat16)
+
+
+def _opmath(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 if it is half precision (torch's opmath type on CPU and CUDA), else ``t``."""
+    return t.float() if t.dtype in _LOW else t
+
+
+@with_direct_call
+class HardtanhFunction(Function):
+    """clamp(x, min_val, max_val); backward δ where min_val < x < max_val, 0 elsewhere (eq. H1). ReLU6 is
+    ``min_val=0, max_val=6``. ``inplace`` overwrites x, as ``torch.nn.functional.hardtanh_`` does."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, min_val: float, max_val: float, inplace: bool):
+        if inplace:
+            return torch._C._nn.hardtanh_(input, min_val, max_val)
+        return torch._C._nn.hardtanh(input, min_val, max_val)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, min_val, max_val, inplace = inputs
+        if inplace:
+            ctx.mark_dirty(input)
+        ctx.min_val, ctx.max_val, ctx.inplace = min_val, max_val, inplace
+        # min < y < max exactly where min < x < max: the output serves (in place, it is all that is left of x)
+        ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
+
+    @staticmethod
+    def _outside(ctx, out: torch.Tensor) -> torch.Tensor:
+        # written as torch's hardtanh_backward writes it, so that a NaN input passes δ as there
+        return (out <= ctx.min_val) | (out >= ctx.max_val)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (out,) = ctx.saved_tensors
+        return grad_output.masked_fill(HardtanhFunction._outside(ctx, out), 0), None, None, None  # eq. H1
+
+    @staticmethod
+    def jvp(ctx, input_t, _, __, ___):
+        (out,) = ctx.saved_tensors
+        if ctx.inplace:  # an input changed in place has its tangent changed in place
+            return input_t.masked_fill_(HardtanhFunction._outside(ctx, out), 0)  # eq. H1, forward mode
+        return input_t.masked_fill(HardtanhFunction._outside(ctx, out), 0)  # eq. H1, forward mode: ẋ ⊙ 1[inside]
+
+
+@with_direct_call
+class HardsigmoidFunction(Function):
+    """relu6(x + 3)/6; backward δ/6 where −3 < x < 3, 0 elsewhere (eq. H2). ``inplace`` overwrites x."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, inplace: bool):
+        return torch._C._nn.hardsigmoid_(input) if inplace else torch._C._nn.hardsigmoid(input)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, inplace = inputs
+        if inplace:
+            ctx.mark_dirty(input)
+        ctx.inplace = inplace
+        ctx.save_for_backward(output)  # 0 < y < 1 exactly where −3 < x < 3 (NaN in neither, as in torch)
+        ctx.save_for_forward(output)
+
+    @staticmethod
+    def _slope(out: torch.Tensor) -> torch.Tensor:
+        inside = (out > 0) & (out < 1)
+        return torch.where(inside, 1 / 6, 0.0).to(out.dtype)  # eq. H2: h'(x) = 1/6 on (−3, 3), 0 elsewhere
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (out,) = ctx.saved_tensors
+        return grad_output * HardsigmoidFunction._slope(out), None  # eq. H2: δ ⊙ h'(x)
+
+    @staticmethod
+    def jvp(ctx, input_t, _):
+        (out,) = ctx.saved_tensors
+        if ctx.inplace:
+            return input_t.mul_(HardsigmoidFunction._slope(out))  # eq. H2, forward mode, in place
+        return input_t * HardsigmoidFunction._slope(out)  # eq. H2, forward mode: ẋ ⊙ h'(x)
+
+
+@with_direct_call
+class HardswishFunction(Function):
+    """x·relu6(x + 3)/6; backward δ·(x/3 + ½) for −3 ≤ x ≤ 3, δ above, 0 below (eq. H3). The derivative needs x,
+    which the output does not determine, so an in-place call runs this out of place on a copy
+    (``bp_torch.functional.hardswish``)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input):
+        return torch._C._nn.hardswish(input)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+        ctx.save_for_forward(inputs[0])
+
+    @staticmethod
+    def _slope(x: torch.Tensor) -> torch.Tensor:
+        xf = _opmath(x)
+        # torch's boundaries: 0 below −3, x/3 + ½ on [−3, 3] (so −½ at x = −3), 1 above 3
+        return torch.where(xf < -3, 0.0, torch.where(xf <= 3, xf / 3 + 0.5, 1.0))  # eq. H3: h'(x)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        return (_opmath(grad_output) * HardswishFunction._slope(x)).to(grad_output.dtype)  # eq. H3: δ ⊙ h'(x)
+
+    @staticmethod
+    def jvp(ctx, input_t):
+        (x,) = ctx.saved_tensors
+        return (_opmath(input_t) * HardswishFunction._slope(x)).to(input_t.dtype)  # eq. H3, forward mode
+
+
+@with_direct_call
+class SiluFunction(Function):
+    """x·σ(x); backward δ·σ(x)(1 + x(1 − σ(x))) (eq. H4), in float32 for half-precision x as torch computes it. An
+    in-place call runs out of place on a copy (``bp_torch.functional.silu``): the derivative needs x."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input):
+        return F.silu(input)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+        ctx.save_for_forward(inputs[0])
+
+    @staticmethod
+    def _slope(x: torch.Tensor) -> torch.Tensor:
+        xf = _opmath(x)
+        s = torch.sigmoid(xf)
+        return s * (1 + xf * (1 - s))  # eq. H4: (xσ)' = σ + xσ(1 − σ) = σ(1 + x(1 − σ))
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (x,) = ctx.saved_tensors
+        slope = SiluFunction._slope(x)
+        return (_opmath(grad_output) * slope.conj()).to(grad_output.dtype)  # eq. H4: δ ⊙ conj(silu'(x))
+
+    @staticmethod
+    def jvp(ctx, input_t):
+        (x,) = ctx.saved_tensors
+        return (_opmath(input_t) * SiluFunction._slope(x)).to(input_t.dtype)  # eq. H4, forward mode
