@@ -21,8 +21,8 @@ bp_torch's function instead, with the same arguments; every other call runs as i
 ``always_call`` forward hook on the root module, both removed by ``to_native``), and records each call that still
 left a native derivative in the graph: the conversion summary names them.
 
-Under ``torch.compile`` the hooks leave the mode off (Dynamo compiles the model's own calls); wrap the compiled call
-in ``with bp_torch.routed():`` to route its functional calls too.
+Under ``torch.compile`` the hooks leave the mode off: the swapped modules keep their hand-derived backward, the
+functional calls compile as torch's own (Dynamo cannot yet trace this mode's calls into bp_torch's Functions).
 """
 
 from __future__ import annotations

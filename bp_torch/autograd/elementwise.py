@@ -94,8 +94,8 @@ class DivFunction(Function):
         if ctx.needs_input_grad[0]:
             grad_a = _to_operand(grad_output / _conj(b), a)  # eq. E2: ∂e/∂a = δ / b̄, summed by eq. E3
         if ctx.needs_input_grad[1]:
-            # eq. E2: ∂e/∂b = −δ ⊙ conj(a / b²), as (a / b) / b: the order torch rounds in, summed by eq. E3
-            grad_b = _to_operand(-grad_output * _conj((a / b) / b), b)
+            # a / b² as (a / b) / b: the order torch rounds in
+            grad_b = _to_operand(-grad_output * _conj((a / b) / b), b)  # eq. E2: ∂e/∂b = −δ ⊙ conj(a/b²), by E3
         return grad_a, grad_b
 
     @staticmethod

@@ -84,19 +84,21 @@ class HardsigmoidFunction(Function):
     @staticmethod
     def _slope(out: torch.Tensor) -> torch.Tensor:
         inside = (out > 0) & (out < 1)
-        return torch.where(inside, 1 / 6, 0.0).to(out.dtype)  # eq. H2: h'(x) = 1/6 on (−3, 3), 0 elsewhere
+        slope = torch.where(inside, 1 / 6, 0.0)  # eq. H2: h'(x) = 1/6 on (−3, 3), 0 elsewhere
+        return slope.to(_opmath(out).dtype)  # 1/6 in float32 for half precision, as torch multiplies by it
 
     @staticmethod
     def backward(ctx, grad_output):
         (out,) = ctx.saved_tensors
-        return grad_output * HardsigmoidFunction._slope(out), None  # eq. H2: δ ⊙ h'(x)
+        slope = HardsigmoidFunction._slope(out)
+        return (_opmath(grad_output) * slope).to(grad_output.dtype), None  # eq. H2: δ ⊙ h'(x)
 
     @staticmethod
     def jvp(ctx, input_t, _):
         (out,) = ctx.saved_tensors
         if ctx.inplace:
             return input_t.mul_(HardsigmoidFunction._slope(out))  # eq. H2, forward mode, in place
-        return input_t * HardsigmoidFunction._slope(out)  # eq. H2, forward mode: ẋ ⊙ h'(x)
+        return (_opmath(input_t) * HardsigmoidFunction._slope(out)).to(input_t.dtype)  # eq. H2, forward mode
 
 
 @with_direct_call
