@@ -56,7 +56,7 @@ def test_unary_gradcheck_and_gradgradcheck(name, ours, native, args):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(("name", "ours", "native", "args"), UNARY, ids=IDS)
-def test_unary_equals_torch(name, ours, native, args, dtype):
+def test_unary_equals_torch(name, ours, native, args, dtype, both_formulas):
     """Values and gradients as torch's, in torch's dtype; half precision against the float64 truth no further than
     torch's own (both compute the derivative in float32)."""
     x = _input(dtype)
@@ -75,6 +75,15 @@ def test_unary_equals_torch(name, ours, native, args, dtype):
         assert ours_err <= torch_err * 1.01 + 1e-6, (ours_err, torch_err)
     else:
         torch.testing.assert_close(dx, dx_ref)
+
+
+@pytest.mark.parametrize("op", ["hardtanh", "relu6", "hardsigmoid", "hardswish", "silu"])
+def test_activations_at_their_kinks_as_torch(op, both_formulas):
+    """Exactly at the kinks (±3, ±1, 0, 6) each derivative takes torch's value, in both formula modes."""
+    x = torch.tensor(KINKS + (-7.0, 2.0, 7.0), requires_grad=True)
+    (ours,) = torch.autograd.grad(getattr(BF, op)(x * 1).sum(), x)
+    (native,) = torch.autograd.grad(getattr(F, op)(x * 1).sum(), x)
+    torch.testing.assert_close(ours, native)
 
 
 @pytest.mark.parametrize(("name", "ours", "native", "args"), UNARY, ids=IDS)

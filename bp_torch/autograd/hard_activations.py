@@ -3,6 +3,11 @@ with the backward and jvp of docs/derivation.md eq. H1–H4.
 
 torch computes each derivative in float32 for half-precision inputs ("opmath"); the smooth ones here do the same
 (:func:`_opmath`), the piecewise-constant ones (a mask times δ) need no wider type.
+
+Literal mode computes each derivative as written, with boolean masks. Fast mode (the default) computes the same
+numbers with float arithmetic on one fresh buffer, updated in place: on the CPU a boolean mask costs several times
+a float pass, and every fresh tensor its first-touch page faults. (At a NaN input the fast forms give 0 or NaN where
+torch's kernels may pass δ: as ReLU's fast form does, eq. D1; literal mode follows torch there too.)
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import Function
 
+from bp_torch._formulas import is_literal
 from bp_torch._function import with_direct_call
 
 _LOW = (torch.float16, torch.bfloat16)
@@ -52,7 +58,11 @@ class HardtanhFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         (out,) = ctx.saved_tensors
-        return grad_output.masked_fill(HardtanhFunction._outside(ctx, out), 0), None, None, None  # eq. H1
+        if is_literal() or out.dtype in _LOW or out.is_complex():
+            return grad_output.masked_fill(HardtanhFunction._outside(ctx, out), 0), None, None, None  # eq. H1
+        # (y − min)(max − y) > 0 exactly inside, = 0 at the clamped ends (y ∈ [min, max]): its sign is the mask
+        inside = torch.sub(out, ctx.min_val).mul_(torch.sub(ctx.max_val, out)).sign_()
+        return inside.mul_(grad_output), None, None, None  # eq. H1: δ ⊙ 1[min < x < max]
 
     @staticmethod
     def jvp(ctx, input_t, _, __, ___):
@@ -90,8 +100,12 @@ class HardsigmoidFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         (out,) = ctx.saved_tensors
-        slope = HardsigmoidFunction._slope(out)
-        return (_opmath(grad_output) * slope).to(grad_output.dtype), None  # eq. H2: δ ⊙ h'(x)
+        if is_literal() or out.dtype in _LOW:
+            slope = HardsigmoidFunction._slope(out)
+            return (_opmath(grad_output) * slope).to(grad_output.dtype), None  # eq. H2: δ ⊙ h'(x)
+        # y(1 − y) > 0 exactly where 0 < y < 1, i.e. −3 < x < 3: its sign is the mask, then δ/6 as torch rounds it
+        inside = torch.rsub(out, 1).mul_(out).sign_()
+        return inside.mul_(grad_output).mul_(1 / 6), None  # eq. H2: δ ⊙ h'(x) = δ/6 ⊙ 1[−3 < x < 3]
 
     @staticmethod
     def jvp(ctx, input_t, _):
@@ -103,7 +117,7 @@ class HardsigmoidFunction(Function):
 
 @with_direct_call
 class HardswishFunction(Function):
-    """x·relu6(x + 3)/6; backward δ·(x/3 + ½) for −3 ≤ x ≤ 3, δ above, 0 below (eq. H3). The derivative needs x,
+    """x·relu6(x + 3)/6; backward δ·(x/3 + ½) for −3 < x < 3, δ from 3 up, 0 up to −3 (eq. H3). The derivative needs x,
     which the output does not determine, so an in-place call runs this out of place on a copy
     (``bp_torch.functional.hardswish``)."""
 
@@ -121,13 +135,22 @@ class HardswishFunction(Function):
     @staticmethod
     def _slope(x: torch.Tensor) -> torch.Tensor:
         xf = _opmath(x)
-        # torch's boundaries: 0 below −3, x/3 + ½ on [−3, 3] (so −½ at x = −3), 1 above 3
-        return torch.where(xf < -3, 0.0, torch.where(xf <= 3, xf / 3 + 0.5, 1.0))  # eq. H3: h'(x)
+        # torch's boundaries: 0 up to −3, x/3 + ½ on (−3, 3), 1 from 3 up
+        return torch.where(xf <= -3, 0.0, torch.where(xf < 3, xf / 3 + 0.5, 1.0))  # eq. H3: h'(x)
 
     @staticmethod
     def backward(ctx, grad_output):
         (x,) = ctx.saved_tensors
-        return (_opmath(grad_output) * HardswishFunction._slope(x)).to(grad_output.dtype)  # eq. H3: δ ⊙ h'(x)
+        if is_literal() or x.dtype in _LOW or torch.is_grad_enabled():  # (torch has no derivative of heaviside)
+            return (_opmath(grad_output) * HardswishFunction._slope(x)).to(grad_output.dtype)  # eq. H3: δ ⊙ h'(x)
+        # x/3 + ½ of the clamped x is right on (−3, 3) and ½ too high from 3 up, ½ too low up to −3; the step
+        # functions H(x − 3) and H(−3 − x) (1 at the boundary itself) correct it
+        slope = torch.clamp(x, -3, 3).div_(3).add_(0.5)
+        step, one = torch.sub(x, 3), x.new_ones(())
+        slope.sub_(step.heaviside_(one), alpha=0.5)
+        step = torch.neg(x, out=step).sub_(3)  # −3 − x
+        slope.add_(step.heaviside_(one), alpha=0.5)
+        return slope.mul_(grad_output)  # eq. H3: δ ⊙ h'(x)
 
     @staticmethod
     def jvp(ctx, input_t):
@@ -160,8 +183,12 @@ class SiluFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         (x,) = ctx.saved_tensors
-        slope = SiluFunction._slope(x)
-        return (_opmath(grad_output) * slope.conj()).to(grad_output.dtype)  # eq. H4: δ ⊙ conj(silu'(x))
+        if is_literal() or x.dtype in _LOW or x.is_complex():
+            slope = SiluFunction._slope(x)
+            return (_opmath(grad_output) * slope.conj()).to(grad_output.dtype)  # eq. H4: δ ⊙ conj(silu'(x))
+        s = torch.sigmoid(x)
+        slope = torch.add(x, 1).addcmul_(x, s, value=-1).mul_(s)  # eq. H4: σ(1 + x(1 − σ)) = σ(1 + x − xσ)
+        return slope.mul_(grad_output)  # eq. H4: δ ⊙ silu'(x)
 
     @staticmethod
     def jvp(ctx, input_t):
