@@ -141,15 +141,15 @@ class HardswishFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         (x,) = ctx.saved_tensors
-        if is_literal() or x.dtype in _LOW or torch.is_grad_enabled():  # (torch has no derivative of heaviside)
+        if is_literal() or x.dtype in _LOW or torch.is_grad_enabled():  # (out= is refused under grad mode)
             return (_opmath(grad_output) * HardswishFunction._slope(x)).to(grad_output.dtype)  # eq. H3: δ ⊙ h'(x)
-        # x/3 + ½ of the clamped x is right on (−3, 3) and ½ too high from 3 up, ½ too low up to −3; the step
-        # functions H(x − 3) and H(−3 − x) (1 at the boundary itself) correct it
+        # x/3 + ½ of the clamped x is right on (−3, 3), ½ too high from 3 up and ½ too low up to −3; sign(max(3 − x, 0))
+        # is 1 below 3 and 0 from 3 up, sign(max(x + 3, 0)) 1 above −3 and 0 up to it: ½ of each puts it right
         slope = torch.clamp(x, -3, 3).div_(3).add_(0.5)
-        step, one = torch.sub(x, 3), x.new_ones(())
-        slope.sub_(step.heaviside_(one), alpha=0.5)
-        step = torch.neg(x, out=step).sub_(3)  # −3 − x
-        slope.add_(step.heaviside_(one), alpha=0.5)
+        step = torch.rsub(x, 3).clamp_(min=0).sign_()
+        slope.add_(step, alpha=0.5)
+        step = torch.add(x, 3, out=step).clamp_(min=0).sign_()
+        slope.sub_(step, alpha=0.5)
         return slope.mul_(grad_output)  # eq. H3: δ ⊙ h'(x)
 
     @staticmethod
