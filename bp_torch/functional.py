@@ -67,6 +67,7 @@ from bp_torch.autograd import (
     SumFunction,
     TanhFunction,
 )
+from bp_torch.autograd.reduction import reduced_dims
 
 __all__ = ["conv2d", "avg_pool2d", "sigmoid", "linear"]
 __all__ += ["relu", "relu_", "leaky_relu", "leaky_relu_", "tanh", "dropout"]
@@ -847,12 +848,12 @@ def div(input, other, *, rounding_mode=None) -> torch.Tensor:
 
 def _reduce(function, name: str, native, input, dim, keepdim, dtype) -> torch.Tensor:
     check_tensor(input, "input", name)
-    if not _differentiated(input) or isinstance(dim, str) or (isinstance(dim, (tuple, list)) and any(
-            isinstance(d, str) for d in dim)):  # fmt: skip
-        # nothing to differentiate, or named dimensions: torch's own reduction
+    named = isinstance(dim, str) or (isinstance(dim, (tuple, list)) and any(isinstance(d, str) for d in dim))
+    if not _differentiated(input) or named:  # nothing to differentiate, or named dimensions: torch's own reduction
         return native(input, dim, keepdim, dtype=dtype) if dim is not None or keepdim else native(input, dtype=dtype)
-    dim = dim if dim is None or isinstance(dim, int) else tuple(dim)
-    return apply(function, input, dim, bool(keepdim), dtype)
+    if dim is not None and not (isinstance(dim, (tuple, list)) and len(dim) == 0):
+        dim = reduced_dims(dim, input.dim()) or dim  # every spelling torch accepts, as a tuple (0-d: as given)
+    return apply(function, input, dim, keepdim, dtype)
 
 
 def sum(input, dim=None, keepdim=False, *, dtype=None) -> torch.Tensor:

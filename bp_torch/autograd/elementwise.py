@@ -20,6 +20,8 @@ def _to_operand(grad: torch.Tensor, operand: torch.Tensor) -> torch.Tensor:
     """A gradient of the broadcast output's shape, summed back to ``operand``'s shape and cast to its dtype."""
     if grad.shape != operand.shape:
         grad = grad.sum_to_size(operand.shape)  # eq. E3: Σ over the dimensions the operand was broadcast along
+    if grad.is_complex() and not operand.is_complex():
+        grad = grad.real  # a real operand of a complex product: the real part, as torch's engine takes it
     return grad if grad.dtype == operand.dtype else grad.to(operand.dtype)
 
 

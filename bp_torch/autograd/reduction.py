@@ -12,13 +12,22 @@ from bp_torch._function import with_direct_call
 
 
 def reduced_dims(dim, ndim: int) -> tuple[int, ...]:
-    """The dimensions a reduction over ``dim`` removes, non-negative and sorted (None or empty: all of them)."""
+    """The dimensions a reduction over ``dim`` removes, non-negative and sorted (None or empty: all of them).
+
+    ``dim`` as torch's parser accepts it (an int, a sequence, numpy integers, 0-d tensors ...): anything but plain
+    ints is read by torch itself, reducing a meta tensor of 2s with ``keepdim``; its 1s are the reduced dimensions
+    (and torch raises its own error for a ``dim`` it refuses).
+    """
     if ndim == 0:
         return ()
     if dim is None or (isinstance(dim, (tuple, list)) and len(dim) == 0):
         return tuple(range(ndim))
-    dims = (dim,) if isinstance(dim, int) else tuple(dim)
-    return tuple(sorted(d % ndim for d in dims))
+    if type(dim) is int or (isinstance(dim, (tuple, list)) and all(type(d) is int for d in dim)):
+        dims = (dim,) if type(dim) is int else dim
+        if all(-ndim <= d < ndim for d in dims):
+            return tuple(sorted(d % ndim for d in dims))
+    probe = torch.sum(torch.empty([2] * ndim, device="meta"), dim, keepdim=True)
+    return tuple(d for d, size in enumerate(probe.shape) if size == 1)
 
 
 def _spread(ctx, grad_output: torch.Tensor) -> torch.Tensor:
@@ -29,9 +38,15 @@ def _spread(ctx, grad_output: torch.Tensor) -> torch.Tensor:
     return grad_output.expand(ctx.shape)
 
 
+def _in_input_dtype(ctx, grad: torch.Tensor) -> torch.Tensor:
+    if grad.is_complex() and not ctx.dtype.is_complex:
+        grad = grad.real  # a real input summed into a complex dtype: the real part, as torch's engine takes it
+    return grad.to(ctx.dtype)
+
+
 def _setup(ctx, inputs):
     input, dim, keepdim, _ = inputs
-    ctx.shape, ctx.dtype, ctx.keepdim = input.shape, input.dtype, keepdim
+    ctx.shape, ctx.dtype, ctx.keepdim = input.shape, input.dtype, bool(keepdim)
     ctx.dims = reduced_dims(dim, input.dim())
     ctx.count = math.prod(input.shape[d] for d in ctx.dims)
 
@@ -53,7 +68,7 @@ class SumFunction(Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        return _spread(ctx, grad_output).to(ctx.dtype), None, None, None  # eq. R1: ∂e/∂x_i = δ of i's sum
+        return _in_input_dtype(ctx, _spread(ctx, grad_output)), None, None, None  # eq. R1: ∂e/∂x_i = δ of i's sum
 
     @staticmethod
     def jvp(ctx, input_t, _, __, ___):
@@ -77,7 +92,7 @@ class MeanFunction(Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        return (_spread(ctx, grad_output) / ctx.count).to(ctx.dtype), None, None, None  # eq. R2: δ / n
+        return _in_input_dtype(ctx, _spread(ctx, grad_output) / ctx.count), None, None, None  # eq. R2: δ / n
 
     @staticmethod
     def jvp(ctx, input_t, _, __, ___):
