@@ -22,7 +22,7 @@ import warnings
 
 import pytest
 import torch
-from op_db import OPS, HALF, OpEntry, Sample, samples
+from op_db import HALF, OPS, OpEntry, Sample, samples
 from torch.autograd import gradcheck, gradgradcheck
 
 EXAMPLES = int(os.environ.get("BP_TORCH_OP_EXAMPLES", "120"))
