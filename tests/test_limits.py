@@ -59,7 +59,7 @@ def test_torchs_nll_loss_backward_refuses_a_non_contiguous_map_ours_gives_its_gr
 
     from bp_torch import functional as BF
 
-    x = torch.randn(3, 4, 2, 4)[..., ::2]
+    x = torch.randn(3, 4, 2, 2).transpose(-1, -2)
     target = torch.randint(0, 4, (3, 2, 2))
     native = x.clone().requires_grad_()
     with pytest.raises(RuntimeError, match="grad_input must be contiguous"):
