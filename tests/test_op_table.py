@@ -325,6 +325,33 @@ def test_gradcheck_gradgradcheck_and_forward_ad(op: OpEntry):
 
 
 @ops
+@pytest.mark.parametrize("transform", ["jacrev", "jacfwd"])
+def test_torch_func_jacobians_match_torchs(op: OpEntry, transform):
+    """torch.func's reverse- and forward-mode Jacobians (vmap over our backward, or over our jvp) against torch's:
+    the same values, or the same exception type (a random op under vmap: its randomness rule)."""
+    for i, sample, keys in _finite_float64(op, 3, seed=4):
+        results = []
+        for which in ("ours", "theirs"):
+            fn = _as_function(op, sample, keys, which)
+            primals = [sample.tensors()[k].detach().clone() for k in keys]
+            jacobian = getattr(torch.func, transform)(fn, argnums=tuple(range(len(keys))))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    results.append(jacobian(*primals))
+                except Exception as error:  # noqa: BLE001 - the type is what is compared
+                    results.append(type(error))
+        ours, theirs = results
+        what = f"{op.name} draw {i} {sample.describe()} {transform}"
+        if isinstance(theirs, type) and not isinstance(ours, type) and not all(j.numel() for j in ours):
+            continue  # an empty output: torch's vmap over zero rows raises, ours gives the empty Jacobian
+        if isinstance(theirs, type) or isinstance(ours, type):
+            assert ours == theirs, f"{what}: ours {ours} but torch's {theirs}"
+            continue
+        torch.testing.assert_close(ours, theirs, equal_nan=True, msg=what)
+
+
+@ops
 def test_invalid_arguments_raise_torchs_exception_type(op: OpEntry):
     """Each fault of the entry on a few valid samples: where torch refuses the call, ours refuses it with the same
     exception type; where torch accepts it, ours gives the same result."""
