@@ -803,7 +803,8 @@ def silu(input, inplace=False) -> torch.Tensor:
 
 
 def _check_operands(op: str, input, other) -> None:
-    if not isinstance(input, torch.Tensor):
+    """torch's TypeError unless each operand is a Tensor or a number (torch wraps a number into a 0-d tensor)."""
+    if not isinstance(input, (torch.Tensor, bool, int, float, complex)):
         raise TypeError(f"{op}(): argument 'input' (position 1) must be Tensor, not {type(input).__name__}")
     if not isinstance(other, (torch.Tensor, bool, int, float, complex)):
         raise TypeError(f"{op}(): argument 'other' (position 2) must be Tensor or Number, not {type(other).__name__}")
@@ -822,7 +823,7 @@ def mul(input, other) -> torch.Tensor:
     if has_torch_function_variadic(input, other):
         return handle_torch_function(mul, (input, other), input, other)
     _check_operands("mul", input, other)
-    if not _differentiated(input, other if isinstance(other, torch.Tensor) else None):
+    if not _differentiated(*(t for t in (input, other) if isinstance(t, torch.Tensor))):
         return torch.mul(input, other)
     return apply(MulFunction, input, other)
 
@@ -841,7 +842,7 @@ def div(input, other, *, rounding_mode=None) -> torch.Tensor:
     if has_torch_function_variadic(input, other):
         return handle_torch_function(div, (input, other), input, other, rounding_mode=rounding_mode)
     _check_operands("div", input, other)
-    if rounding_mode is not None or not _differentiated(input, other if isinstance(other, torch.Tensor) else None):
+    if rounding_mode is not None or not _differentiated(*(t for t in (input, other) if isinstance(t, torch.Tensor))):
         return torch.div(input, other, rounding_mode=rounding_mode)
     return apply(DivFunction, input, other)
 
@@ -851,6 +852,8 @@ def _reduce(function, name: str, native, input, dim, keepdim, dtype) -> torch.Te
     named = isinstance(dim, str) or (isinstance(dim, (tuple, list)) and any(isinstance(d, str) for d in dim))
     if not _differentiated(input) or named:  # nothing to differentiate, or named dimensions: torch's own reduction
         return native(input, dim, keepdim, dtype=dtype) if dim is not None or keepdim else native(input, dtype=dtype)
+    if isinstance(dtype, torch.dtype) and not (dtype.is_floating_point or dtype.is_complex):
+        raise RuntimeError(f"{name}: an output that requires grad needs a floating or complex dtype, not {dtype}")
     if dim is not None and not (isinstance(dim, (tuple, list)) and len(dim) == 0):
         dim = reduced_dims(dim, input.dim()) or dim  # every spelling torch accepts, as a tuple (0-d: as given)
     return apply(function, input, dim, keepdim, dtype)

@@ -297,8 +297,15 @@ def test_second_order_matches_torch(op: OpEntry):
                 if not isinstance(total, torch.Tensor):
                     results.append([None] * len(primals))
                     continue
-                results.append(torch.autograd.grad(total, primals, allow_unused=True))
+                try:
+                    results.append(torch.autograd.grad(total, primals, allow_unused=True))
+                except RuntimeError as error:  # torch has no double backward here (README "Limits")
+                    if which == "ours" or not any(bug in str(error) for bug in op.torch_bugs):
+                        raise
+                    results.append("refused")
         ours, theirs = results
+        if theirs == "refused":  # ours is judged by gradgradcheck alone
+            continue
         what = f"{op.name} draw {i} {sample.describe()} second order"
         if ours is None or theirs is None:
             assert ours is theirs, what
@@ -374,7 +381,8 @@ def _opinfo_samples(op: OpEntry, dtype: torch.dtype):
     from torch.testing._internal.common_methods_invocations import op_db
 
     for info in op_db:
-        if info.name in op.opinfo and info.variant_test_name == "":
+        variant = f"{info.name}.{info.variant_test_name}" if info.variant_test_name else info.name
+        if variant in op.opinfo:  # "div.no_rounding_mode": a variant by name
             for sample in info.sample_inputs("cpu", dtype, requires_grad=True):
                 yield info.name, sample
 
@@ -397,7 +405,7 @@ def test_every_function_has_an_entry():
     from bp_torch import functional as BF
 
     named = {op.name for op in OPS}
-    aliases = {"relu_", "leaky_relu_", "max_pool2d_with_indices"}  # spellings of an entry's function
+    aliases = {"relu_", "leaky_relu_", "max_pool2d_with_indices", "hardtanh_"}  # spellings of an entry's function
     assert set(BF.__all__) - aliases <= named, set(BF.__all__) - aliases - named
 
 

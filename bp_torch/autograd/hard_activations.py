@@ -6,8 +6,7 @@ torch computes each derivative in float32 for half-precision inputs ("opmath"); 
 
 Literal mode computes each derivative as written, with boolean masks. Fast mode (the default) computes the same
 numbers with float arithmetic on one fresh buffer, updated in place: on the CPU a boolean mask costs several times
-a float pass, and every fresh tensor its first-touch page faults. (At a NaN input the fast forms give 0 or NaN where
-torch's kernels may pass δ: as ReLU's fast form does, eq. D1; literal mode follows torch there too.)
+a float pass, and every fresh tensor its first-touch page faults. Both give torch's values at the kinks and at NaN.
 """
 
 from __future__ import annotations
@@ -20,6 +19,39 @@ from bp_torch._formulas import is_literal
 from bp_torch._function import with_direct_call
 
 _LOW = (torch.float16, torch.bfloat16)
+# torch's hardsigmoid backward multiplies by the float constant 1.0f/6.0f, in every dtype: so do we
+_ONE_SIXTH = 0.1666666716337204
+
+
+def _fast(grad_output: torch.Tensor, saved: torch.Tensor) -> bool:
+    """Whether fast mode's arithmetic masks may stand in for torch's selections: on the CPU, for full-precision real
+    tensors, and only when δ is finite (δ = ±inf times a zero mask is NaN where a selection gives 0); one sum tells."""
+    if is_literal() or saved.dtype in _LOW or saved.is_complex() or saved.device.type != "cpu":
+        return False
+    if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
+        return False  # no data-dependent branch under vmap or a compiled graph
+    return bool(torch.isfinite(grad_output.sum()))
+
+
+def _like_torch(result: torch.Tensor, grad_output: torch.Tensor, saved: torch.Tensor) -> torch.Tensor:
+    """``result`` in the layout torch's elementwise backward kernel gives (its TensorIterator over δ, then the saved
+    input), read off the same iteration over meta tensors; copied only where that differs."""
+    if torch._C._are_functorch_transforms_active():  # vmap's per-sample tensors have no layout of their own
+        return result
+    if grad_output.stride() == saved.stride() == result.stride() or result.dim() == 0:
+        return result
+    strides = torch.mul(grad_output.to("meta"), saved.to("meta")).stride()
+    if strides == result.stride():
+        return result
+    return torch.empty_strided(result.shape, strides, dtype=result.dtype, device=result.device).copy_(result)
+
+
+def _times(grad_output: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """δ ⊙ factor in the layout torch's elementwise backward kernels give (δ's first, then the input's): in place in
+    ``factor``, a fresh buffer, when the two are laid out alike."""
+    if factor.stride() == grad_output.stride():
+        return factor.mul_(grad_output)
+    return torch.mul(grad_output, factor)
 
 
 def _opmath(t: torch.Tensor) -> torch.Tensor:
@@ -58,11 +90,13 @@ class HardtanhFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         (out,) = ctx.saved_tensors
-        if is_literal() or out.dtype in _LOW or out.is_complex():
-            return grad_output.masked_fill(HardtanhFunction._outside(ctx, out), 0), None, None, None  # eq. H1
+        if not _fast(grad_output, out):
+            grad_input = grad_output.masked_fill(HardtanhFunction._outside(ctx, out), 0)  # eq. H1
+            return _like_torch(grad_input, grad_output, out), None, None, None
         # (y − min)(max − y) > 0 exactly inside, = 0 at the clamped ends (y ∈ [min, max]): its sign is the mask
-        inside = torch.sub(out, ctx.min_val).mul_(torch.sub(ctx.max_val, out)).sign_()
-        return inside.mul_(grad_output), None, None, None  # eq. H1: δ ⊙ 1[min < x < max]
+        # (a NaN input stays NaN in y: 1 there, so that δ passes as in torch's kernel)
+        inside = torch.sub(out, ctx.min_val).mul_(torch.sub(ctx.max_val, out)).nan_to_num_(nan=1.0).sign_()
+        return _times(grad_output, inside), None, None, None  # eq. H1: δ ⊙ 1[min < x < max]
 
     @staticmethod
     def jvp(ctx, input_t, _, __, ___):
@@ -94,18 +128,19 @@ class HardsigmoidFunction(Function):
     @staticmethod
     def _slope(out: torch.Tensor) -> torch.Tensor:
         inside = (out > 0) & (out < 1)
-        slope = torch.where(inside, 1 / 6, 0.0)  # eq. H2: h'(x) = 1/6 on (−3, 3), 0 elsewhere
-        return slope.to(_opmath(out).dtype)  # 1/6 in float32 for half precision, as torch multiplies by it
+        # 1/6 in float32 for half precision, as torch multiplies by it
+        return torch.where(inside, _ONE_SIXTH, 0.0).to(_opmath(out).dtype)  # eq. H2: h'(x) = 1/6 on (−3, 3), else 0
 
     @staticmethod
     def backward(ctx, grad_output):
         (out,) = ctx.saved_tensors
-        if is_literal() or out.dtype in _LOW:
-            slope = HardsigmoidFunction._slope(out)
-            return (_opmath(grad_output) * slope).to(grad_output.dtype), None  # eq. H2: δ ⊙ h'(x)
+        if not _fast(grad_output, out):
+            inside = (out > 0) & (out < 1)  # a selection, as torch's kernel: an infinite δ outside gives 0
+            grad_input = torch.where(inside, _opmath(grad_output) * _ONE_SIXTH, 0).to(grad_output.dtype)  # eq. H2
+            return _like_torch(grad_input, grad_output, out), None
         # y(1 − y) > 0 exactly where 0 < y < 1, i.e. −3 < x < 3: its sign is the mask, then δ/6 as torch rounds it
         inside = torch.rsub(out, 1).mul_(out).sign_()
-        return inside.mul_(grad_output).mul_(1 / 6), None  # eq. H2: δ ⊙ h'(x) = δ/6 ⊙ 1[−3 < x < 3]
+        return _times(grad_output, inside).mul_(_ONE_SIXTH), None  # eq. H2: δ ⊙ h'(x) = δ/6 ⊙ 1[−3 < x < 3]
 
     @staticmethod
     def jvp(ctx, input_t, _):
@@ -141,16 +176,18 @@ class HardswishFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         (x,) = ctx.saved_tensors
-        if is_literal() or x.dtype in _LOW or torch.is_grad_enabled():  # (out= is refused under grad mode)
-            return (_opmath(grad_output) * HardswishFunction._slope(x)).to(grad_output.dtype)  # eq. H3: δ ⊙ h'(x)
-        # x/3 + ½ of the clamped x is right on (−3, 3), ½ too high from 3 up and ½ too low up to −3; sign(max(3 − x, 0))
-        # is 1 below 3 and 0 from 3 up, sign(max(x + 3, 0)) 1 above −3 and 0 up to it: ½ of each puts it right
-        slope = torch.clamp(x, -3, 3).div_(3).add_(0.5)
-        step = torch.rsub(x, 3).clamp_(min=0).sign_()
-        slope.add_(step, alpha=0.5)
-        step = torch.add(x, 3, out=step).clamp_(min=0).sign_()
-        slope.sub_(step, alpha=0.5)
-        return slope.mul_(grad_output)  # eq. H3: δ ⊙ h'(x)
+        if not _fast(grad_output, x):
+            xf, grad = _opmath(x), _opmath(grad_output)
+            # selections, as torch's kernel: an infinite δ gives 0 up to −3, not NaN
+            grad_x = torch.where(xf <= -3, 0.0, torch.where(xf < 3, grad * (xf / 3 + 0.5), grad))  # eq. H3
+            return _like_torch(grad_x.to(grad_output.dtype), grad_output, x)
+        # x/3 + ½ on (−3, 3), 1 from 3 up, 0 up to −3: x/3 of the clamped x plus t = ½ + ½(s₁ − s₂), where
+        # s₁ = sign(max(3 − x, 0)) is 1 below 3 and s₂ = sign(max(x + 3, 0)) is 1 above −3 (t exact: 0, ½ or 1)
+        s1 = torch.rsub(x, 3).clamp_(min=0).sign_()
+        s2 = torch.add(x, 3).clamp_(min=0).sign_()
+        offset = s1.sub_(s2).mul_(0.5).add_(0.5)
+        slope = torch.clamp(x, -3, 3).div_(3).add_(offset)  # eq. H3: h'(x)
+        return _times(grad_output, slope)  # eq. H3: δ ⊙ h'(x)
 
     @staticmethod
     def jvp(ctx, input_t):
@@ -183,12 +220,12 @@ class SiluFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         (x,) = ctx.saved_tensors
-        if is_literal() or x.dtype in _LOW or x.is_complex():
+        if not _fast(grad_output, x):
             slope = SiluFunction._slope(x)
             return (_opmath(grad_output) * slope.conj()).to(grad_output.dtype)  # eq. H4: δ ⊙ conj(silu'(x))
         s = torch.sigmoid(x)
         slope = torch.add(x, 1).addcmul_(x, s, value=-1).mul_(s)  # eq. H4: σ(1 + x(1 − σ)) = σ(1 + x − xσ)
-        return slope.mul_(grad_output)  # eq. H4: δ ⊙ silu'(x)
+        return _times(grad_output, slope)  # eq. H4: δ ⊙ silu'(x)
 
     @staticmethod
     def jvp(ctx, input_t):
