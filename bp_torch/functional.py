@@ -1,6 +1,7 @@
 """``torch.nn.functional``'s conv2d, avg_pool2d, sigmoid and linear (the notes' operations); relu, leaky_relu, tanh,
 dropout, softmax, log_softmax, nll_loss, cross_entropy and mse_loss (eq. D1–D12, ours); max_pool2d,
-adaptive_avg_pool2d and batch_norm (eq. M1–M12, ours): each with its hand-derived backward.
+adaptive_avg_pool2d and batch_norm (eq. M1–M12, ours); hardtanh, relu6, hardsigmoid, hardswish, silu, mul, div, sum
+and mean (eq. H1–H4, E1–E3, R1–R2, ours): each with its hand-derived backward.
 
 Same signatures, defaults, shapes (unbatched inputs too), dtypes, devices and memory formats as
 ``torch.nn.functional``; bad arguments raise the exception type torch raises, with a message naming the argument.

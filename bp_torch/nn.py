@@ -1,6 +1,7 @@
 """``torch.nn``'s Conv2d, AvgPool2d, Sigmoid and Linear; ReLU, LeakyReLU, Tanh, Dropout, Softmax, LogSoftmax,
-MSELoss, NLLLoss and CrossEntropyLoss; MaxPool2d, AdaptiveAvgPool2d and BatchNorm2d — with the hand-derived backward;
-and ``convert()``.
+MSELoss, NLLLoss and CrossEntropyLoss; MaxPool2d, AdaptiveAvgPool2d and BatchNorm2d; Hardtanh, ReLU6, Hardsigmoid,
+Hardswish and SiLU — with the hand-derived backward; and ``convert()``, which also routes the functions a model's
+``forward`` calls to bp_torch (:mod:`bp_torch.routing`).
 
 Each class subclasses its ``torch.nn`` twin and keeps torch's ``__init__``: constructor arguments, defaults,
 parameter initialisation, ``state_dict`` keys, ``repr`` and ``isinstance`` checks are torch's own (Linear and Conv2d
