@@ -6,7 +6,7 @@ torch computes each derivative in float32 for half-precision inputs ("opmath"); 
 
 Literal mode computes each derivative as written, with boolean masks. Fast mode (the default) computes the same
 numbers with float arithmetic on one fresh buffer, updated in place: on the CPU a boolean mask costs several times
-a float pass, and every fresh tensor its first-touch page faults. Both give torch's values at the kinks and at NaN.
+a float pass, and every fresh tensor its first-touch page faults. Both give torch's values at the kinks.
 """
 
 from __future__ import annotations
@@ -94,8 +94,8 @@ class HardtanhFunction(Function):
             grad_input = grad_output.masked_fill(HardtanhFunction._outside(ctx, out), 0)  # eq. H1
             return _like_torch(grad_input, grad_output, out), None, None, None
         # (y − min)(max − y) > 0 exactly inside, = 0 at the clamped ends (y ∈ [min, max]): its sign is the mask
-        # (a NaN input stays NaN in y: 1 there, so that δ passes as in torch's kernel)
-        inside = torch.sub(out, ctx.min_val).mul_(torch.sub(ctx.max_val, out)).nan_to_num_(nan=1.0).sign_()
+        # (at a NaN input: 0, as torch's vectorised loop gives; its scalar loop for the last elements passes δ)
+        inside = torch.sub(out, ctx.min_val).mul_(torch.sub(ctx.max_val, out)).sign_()
         return _times(grad_output, inside), None, None, None  # eq. H1: δ ⊙ 1[min < x < max]
 
     @staticmethod
