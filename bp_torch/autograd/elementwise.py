@@ -7,7 +7,7 @@ Either operand may be a Python number (``x * 0.5``, the stochastic-depth scale);
 from __future__ import annotations
 
 import torch
-from torch.autograd import Function
+from torch.autograd import Function, forward_ad
 
 from bp_torch._function import with_direct_call
 
@@ -16,17 +16,37 @@ def _conj(v):
     return v.conj() if isinstance(v, torch.Tensor) else (v.conjugate() if isinstance(v, complex) else v)
 
 
-def _to_operand(grad: torch.Tensor, operand: torch.Tensor) -> torch.Tensor:
-    """A gradient of the broadcast output's shape, summed back to ``operand``'s shape and cast to its dtype."""
-    if grad.shape != operand.shape:
-        grad = grad.sum_to_size(operand.shape)  # eq. E3: Σ over the dimensions the operand was broadcast along
-    if grad.is_complex() and not operand.is_complex():
+def _to_operand(grad: torch.Tensor, like: tuple) -> torch.Tensor:
+    """A gradient of the broadcast output's shape, summed back to an operand's shape and cast to its dtype (``like``:
+    the operand's shape and dtype)."""
+    shape, dtype = like
+    if grad.shape != shape:
+        grad = grad.sum_to_size(shape)  # eq. E3: Σ over the dimensions the operand was broadcast along
+    if grad.is_complex() and not dtype.is_complex:
         grad = grad.real  # a real operand of a complex product: the real part, as torch's engine takes it
-    return grad if grad.dtype == operand.dtype else grad.to(operand.dtype)
+    return grad if grad.dtype == dtype else grad.to(dtype)
 
 
-def _tensors(*values) -> tuple[torch.Tensor, ...]:
-    return tuple(v for v in values if isinstance(v, torch.Tensor))
+def _save(ctx, inputs, keep: tuple) -> None:
+    """Save the operands the backward reads (``keep``: which), their shapes and dtypes, and — only when forward-mode
+    AD may run — both for the jvp (a tensor saved for it lives as long as the node does)."""
+    ctx.scalars = tuple(None if isinstance(v, torch.Tensor) else v for v in inputs)
+    ctx.likes = tuple((v.shape, v.dtype) if isinstance(v, torch.Tensor) else None for v in inputs)
+    ctx.kept = tuple(isinstance(v, torch.Tensor) and k for v, k in zip(inputs, keep))
+    ctx.save_for_backward(*(v for v, k in zip(inputs, ctx.kept) if k))
+    if forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active():
+        ctx.save_for_forward(*(v for v in inputs if isinstance(v, torch.Tensor)))
+
+
+def _operands(ctx) -> tuple:
+    """(a, b) for the backward: a number as itself, a tensor not kept as None."""
+    saved = iter(ctx.saved_tensors)
+    return tuple(next(saved) if kept else s for kept, s in zip(ctx.kept, ctx.scalars))
+
+
+def _tangent_operands(ctx) -> tuple:
+    saved = iter(ctx.saved_tensors)
+    return tuple(next(saved) if s is None else s for s in ctx.scalars)
 
 
 @with_direct_call
@@ -41,29 +61,23 @@ class MulFunction(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, other = inputs
-        ctx.scalars = tuple(None if isinstance(v, torch.Tensor) else v for v in inputs)
-        ctx.save_for_backward(*_tensors(input, other))
-        ctx.save_for_forward(*_tensors(input, other))
-
-    @staticmethod
-    def _operands(ctx):
-        saved = iter(ctx.saved_tensors)
-        return tuple(next(saved) if s is None else s for s in ctx.scalars)
+        # a only for ∂e/∂b, b only for ∂e/∂a, as torch's MulBackward0 keeps them: stochastic depth's mask needs no
+        # gradient, so the activation it scales is not kept alive
+        _save(ctx, inputs, keep=(ctx.needs_input_grad[1], ctx.needs_input_grad[0]))
 
     @staticmethod
     def backward(ctx, grad_output):
-        a, b = MulFunction._operands(ctx)
+        a, b = _operands(ctx)
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_a = _to_operand(grad_output * _conj(b), a)  # eq. E1: ∂e/∂a = δ ⊙ b̄, summed by eq. E3
+            grad_a = _to_operand(grad_output * _conj(b), ctx.likes[0])  # eq. E1: ∂e/∂a = δ ⊙ b̄, summed by eq. E3
         if ctx.needs_input_grad[1]:
-            grad_b = _to_operand(grad_output * _conj(a), b)  # eq. E1: ∂e/∂b = δ ⊙ ā, summed by eq. E3
+            grad_b = _to_operand(grad_output * _conj(a), ctx.likes[1])  # eq. E1: ∂e/∂b = δ ⊙ ā, summed by eq. E3
         return grad_a, grad_b
 
     @staticmethod
     def jvp(ctx, input_t, other_t):
-        a, b = MulFunction._operands(ctx)
+        a, b = _tangent_operands(ctx)
         out = None
         if input_t is not None:
             out = input_t * b  # eq. E1, forward mode: ȧ ⊙ b + a ⊙ ḃ
@@ -85,24 +99,22 @@ class DivFunction(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.scalars = tuple(None if isinstance(v, torch.Tensor) else v for v in inputs)
-        ctx.save_for_backward(*_tensors(*inputs))
-        ctx.save_for_forward(*_tensors(*inputs))
+        _save(ctx, inputs, keep=(ctx.needs_input_grad[1], True))  # b for both gradients, a only for ∂e/∂b
 
     @staticmethod
     def backward(ctx, grad_output):
-        a, b = MulFunction._operands(ctx)
+        a, b = _operands(ctx)
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_a = _to_operand(grad_output / _conj(b), a)  # eq. E2: ∂e/∂a = δ / b̄, summed by eq. E3
+            grad_a = _to_operand(grad_output / _conj(b), ctx.likes[0])  # eq. E2: ∂e/∂a = δ / b̄, summed by eq. E3
         if ctx.needs_input_grad[1]:
             # a / b² as (a / b) / b: the order torch rounds in
-            grad_b = _to_operand(-grad_output * _conj((a / b) / b), b)  # eq. E2: ∂e/∂b = −δ ⊙ conj(a/b²), by E3
+            grad_b = _to_operand(-grad_output * _conj((a / b) / b), ctx.likes[1])  # eq. E2: −δ ⊙ conj(a/b²), by E3
         return grad_a, grad_b
 
     @staticmethod
     def jvp(ctx, input_t, other_t):
-        a, b = MulFunction._operands(ctx)
+        a, b = _tangent_operands(ctx)
         out = None
         if input_t is not None:
             out = input_t / b  # eq. E2, forward mode: ȧ / b − ḃ ⊙ a / b²
