@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import warnings
 from contextlib import nullcontext
+from numbers import Number
 
 import torch
 import torch.nn.functional as F
@@ -805,9 +806,9 @@ def silu(input, inplace=False) -> torch.Tensor:
 
 def _check_operands(op: str, input, other) -> None:
     """torch's TypeError unless each operand is a Tensor or a number (torch wraps a number into a 0-d tensor)."""
-    if not isinstance(input, (torch.Tensor, bool, int, float, complex)):
+    if not isinstance(input, (torch.Tensor, Number)):
         raise TypeError(f"{op}(): argument 'input' (position 1) must be Tensor, not {type(input).__name__}")
-    if not isinstance(other, (torch.Tensor, bool, int, float, complex)):
+    if not isinstance(other, (torch.Tensor, Number)):
         raise TypeError(f"{op}(): argument 'other' (position 2) must be Tensor or Number, not {type(other).__name__}")
 
 

@@ -75,6 +75,7 @@ def _routes() -> dict:
 
 # native function -> bp_torch's twin, called with the same arguments
 ROUTES: dict = _routes()
+_OPERATORS = frozenset({torch.Tensor.__mul__, torch.Tensor.__rmul__, torch.Tensor.__truediv__})
 
 
 def _name(func) -> str:
@@ -98,6 +99,11 @@ class Routed(TorchFunctionMode):
         kwargs = kwargs or {}
         twin = ROUTES.get(func)
         if twin is not None and "out" not in kwargs:
+            if func in _OPERATORS:
+                try:
+                    return twin(*args, **kwargs)
+                except TypeError:  # as torch's operators do: Python then asks the other operand (NumPy ...)
+                    return NotImplemented
             return twin(*args, **kwargs)
         out = func(*args, **kwargs)
         if self.native_calls is not None and isinstance(out, torch.Tensor) and out.grad_fn is not None:

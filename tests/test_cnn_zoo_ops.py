@@ -5,6 +5,7 @@ and bp_torch.routing, which sends a model's functional calls to them."""
 import copy
 import io
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -197,6 +198,15 @@ def test_routed_sends_functional_calls_and_methods_to_bp_torch():
     names = {n.name for n in report.nodes}
     assert {"ReluFunctionBackward", "MulFunctionBackward", "MeanFunctionBackward", "DivFunctionBackward"} <= names
     assert not torch.overrides._get_current_function_mode_stack()  # the mode is off again
+
+
+def test_routed_operators_take_numpy_scalars_and_refuse_as_torch():
+    x = torch.randn(3, requires_grad=True)
+    with bp_torch.routed():
+        assert (x * np.int64(2)).grad_fn.name() == "MulFunctionBackward"
+        assert (np.float32(0.5) * x).grad_fn.name() == "MulFunctionBackward"
+        with pytest.raises(TypeError):  # the operator returns NotImplemented, and Python raises, as without routing
+            x * "a"
 
 
 class Net(torch.nn.Module):
