@@ -28,6 +28,7 @@ ZOO = [
     ("densenet121", 32),
     ("googlenet", 32),
     ("inception_v3", 75),
+    ("inception_v3-aux", 299),
     ("squeezenet1_1", 32),
     ("shufflenet_v2_x0_5", 32),
     ("mobilenet_v2", 32),
@@ -38,21 +39,26 @@ ZOO = [
     ("regnet_y_400mf", 32),
 ]
 # googlenet keeps its two auxiliary classifiers (their losses are added, as its training recipe does); inception_v3's
-# auxiliary classifier pools 5x5 from a map that is 3x3 at 75x75, so it needs 299x299 inputs: left out here
-OPTIONS = {"googlenet": {"aux_logits": True, "init_weights": True}, "inception_v3": {"aux_logits": False}}
+# auxiliary classifier pools 5x5 windows, stride 3, from a 17x17 map: it needs 299x299 inputs ("inception_v3-aux"),
+# the smallest inputs (75x75) run without it
+OPTIONS = {
+    "googlenet": {"aux_logits": True, "init_weights": True},
+    "inception_v3": {"aux_logits": False},
+    "inception_v3-aux": {"aux_logits": True},
+}
 
 
 def build(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    return torchvision.models.get_model(name, weights=None, num_classes=10, **OPTIONS.get(name, {}))
+    return torchvision.models.get_model(name.split("-")[0], weights=None, num_classes=10, **OPTIONS.get(name, {}))
 
 
 def training_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     criterion = bnn.CrossEntropyLoss()
     out = model(x)
-    if isinstance(out, tuple):  # googlenet's (logits, aux2, aux1): the auxiliary losses weighted 0.3
+    if isinstance(out, tuple):  # (logits, auxiliary logits ...): the auxiliary losses weighted 0.3
         with bp_torch.routed():  # the weighting's * and + are ours too
-            return criterion(out[0], y) + 0.3 * (criterion(out[1], y) + criterion(out[2], y))
+            return criterion(out[0], y) + 0.3 * sum(criterion(aux, y) for aux in out[1:])
     return criterion(out, y)
 
 
