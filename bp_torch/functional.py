@@ -53,6 +53,7 @@ from bp_torch.autograd import (
     DropoutFunction,
     HardsigmoidFunction,
     HardswishFunction,
+    HardswishInplaceFunction,
     HardtanhFunction,
     LeakyReluFunction,
     LinearFunction,
@@ -65,6 +66,7 @@ from bp_torch.autograd import (
     ReluFunction,
     SigmoidFunction,
     SiluFunction,
+    SiluInplaceFunction,
     SoftmaxFunction,
     SumFunction,
     TanhFunction,
@@ -290,11 +292,14 @@ def _mark_view_write(output: torch.Tensor) -> torch.Tensor:
     return output
 
 
-def _inplace_by_copy(function, input: torch.Tensor, *args) -> torch.Tensor:
-    """``function`` in place, for a Function whose backward needs the input the write destroys: it runs out of place
-    on a copy (which it saves), and its output is copied into ``input`` (a copy's backward only moves δ)."""
+def _inplace_keeping_input(function, twin, input: torch.Tensor) -> torch.Tensor:
+    """``function`` in place through ``twin``, its in-place Function, given a copy of the input that its backward
+    reads; under torch.func or torch.compile (which cannot save an input a Function returns as-is) out of place on a
+    copy, copied back."""
     check_inplace(input)
-    return _mark_view_write(input.copy_(apply(function, input.clone(), *args)))
+    if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
+        return input.copy_(apply(function, input.clone()))
+    return _mark_view_write(apply(twin, input, input.clone()))
 
 
 def relu(input, inplace=False) -> torch.Tensor:
@@ -787,7 +792,9 @@ def hardswish(input, inplace=False) -> torch.Tensor:
     if has_torch_function_unary(input):
         return handle_torch_function(hardswish, (input,), input, inplace=inplace)
     check_tensor(input, "input", "hardswish")
-    return _inplace_by_copy(HardswishFunction, input) if inplace else apply(HardswishFunction, input)
+    if inplace:
+        return _inplace_keeping_input(HardswishFunction, HardswishInplaceFunction, input)
+    return apply(HardswishFunction, input)
 
 
 def silu(input, inplace=False) -> torch.Tensor:
@@ -801,7 +808,9 @@ def silu(input, inplace=False) -> torch.Tensor:
     if has_torch_function_unary(input):
         return handle_torch_function(silu, (input,), input, inplace=inplace)
     check_tensor(input, "input", "silu")
-    return _inplace_by_copy(SiluFunction, input) if inplace else apply(SiluFunction, input)
+    if inplace:
+        return _inplace_keeping_input(SiluFunction, SiluInplaceFunction, input)
+    return apply(SiluFunction, input)
 
 
 def _check_operands(op: str, input, other) -> None:

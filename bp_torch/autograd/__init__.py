@@ -21,7 +21,7 @@ Beyond the notes (equation labels D and M are ours, derived in ``docs/derivation
 - ``adaptive_pool``: ``AdaptiveAvgPool2dFunction`` (eq. M4, M5) and ``AdaptiveAvgPool2dInputGradFunction``;
 - ``batch_norm``: ``BatchNormFunction`` (eq. M6–M12);
 - ``hard_activations``: ``HardtanhFunction`` (ReLU6 too), ``HardsigmoidFunction``, ``HardswishFunction``,
-  ``SiluFunction`` (eq. H1–H4);
+  ``SiluFunction`` (eq. H1–H4), and the in-place twins of the last two, which keep a copy of x;
 - ``elementwise``: ``MulFunction``, ``DivFunction`` with broadcasting (eq. E1–E3);
 - ``reduction``: ``SumFunction``, ``MeanFunction`` over dimensions (eq. R1, R2).
 
@@ -42,7 +42,14 @@ from bp_torch.autograd.conv import (
 )
 from bp_torch.autograd.dropout import DropoutFunction
 from bp_torch.autograd.elementwise import DivFunction, MulFunction
-from bp_torch.autograd.hard_activations import HardsigmoidFunction, HardswishFunction, HardtanhFunction, SiluFunction
+from bp_torch.autograd.hard_activations import (
+    HardsigmoidFunction,
+    HardswishFunction,
+    HardswishInplaceFunction,
+    HardtanhFunction,
+    SiluFunction,
+    SiluInplaceFunction,
+)
 from bp_torch.autograd.linear import LinearFunction
 from bp_torch.autograd.loss import CrossEntropyFunction, MSELossFunction, NllLossFunction
 from bp_torch.autograd.max_pool import MaxPool2dFunction, MaxPool2dGatherFunction, MaxPool2dInputGradFunction
@@ -81,6 +88,8 @@ __all__ = [
     "HardsigmoidFunction",
     "HardswishFunction",
     "SiluFunction",
+    "HardswishInplaceFunction",
+    "SiluInplaceFunction",
     "MulFunction",
     "DivFunction",
     "SumFunction",

@@ -11,6 +11,8 @@ a float pass, and every fresh tensor its first-touch page faults. Both give torc
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch.autograd import Function
@@ -153,8 +155,7 @@ class HardsigmoidFunction(Function):
 @with_direct_call
 class HardswishFunction(Function):
     """x·relu6(x + 3)/6; backward δ·(x/3 + ½) for −3 < x < 3, δ from 3 up, 0 up to −3 (eq. H3). The derivative needs x,
-    which the output does not determine, so an in-place call runs this out of place on a copy
-    (``bp_torch.functional.hardswish``)."""
+    which the output does not determine: in place, ``HardswishInplaceFunction`` keeps a copy."""
 
     generate_vmap_rule = True
 
@@ -197,8 +198,8 @@ class HardswishFunction(Function):
 
 @with_direct_call
 class SiluFunction(Function):
-    """x·σ(x); backward δ·σ(x)(1 + x(1 − σ(x))) (eq. H4), in float32 for half-precision x as torch computes it. An
-    in-place call runs out of place on a copy (``bp_torch.functional.silu``): the derivative needs x."""
+    """x·σ(x); backward δ·σ(x)(1 + x(1 − σ(x))) (eq. H4), in float32 for half-precision x as torch computes it. The
+    derivative needs x: in place, ``SiluInplaceFunction`` keeps a copy."""
 
     generate_vmap_rule = True
 
@@ -231,3 +232,40 @@ class SiluFunction(Function):
     def jvp(ctx, input_t):
         (x,) = ctx.saved_tensors
         return (_opmath(input_t) * SiluFunction._slope(x)).to(input_t.dtype)  # eq. H4, forward mode
+
+
+def _in_place_twin(function: type[Function], write_: Callable) -> type[Function]:
+    """``function`` in place, for a derivative that reads the x the write destroys: called as ``(x, x.clone())``, it
+    writes the result into x, as torch's in-place op does, and keeps the clone for the backward. The output depends
+    on x's old values through the clone alone, so δ goes to the clone (whose backward passes it on to x's history)
+    and none to x itself; the backward and jvp are ``function``'s, on the clone."""
+
+    def forward(input, original):
+        return write_(input)
+
+    def setup_context(ctx, inputs, output):
+        input, original = inputs
+        ctx.mark_dirty(input)
+        ctx.on_view = input._is_view()
+        ctx.save_for_backward(original)
+        ctx.save_for_forward(original)
+
+    def backward(ctx, grad_output):
+        # x's own gradient is zero; on a view it must be a tensor, which CopySlices writes into the base's slice
+        zero = grad_output.new_zeros(()).expand_as(grad_output) if ctx.on_view else None
+        return zero, function.backward(ctx, grad_output)
+
+    def jvp(ctx, input_t, original_t):
+        tangent = function.jvp(ctx, original_t)
+        return tangent if input_t is None else input_t.copy_(tangent)  # an input changed in place: its tangent too
+
+    namespace = {"forward": forward, "setup_context": setup_context, "backward": backward, "jvp": jvp}
+    namespace = {k: staticmethod(v) for k, v in namespace.items()}
+    name = function.__name__.replace("Function", "InplaceFunction")
+    namespace.update(__module__=function.__module__, __qualname__=name, __doc__=f"{function.__name__}, in place.")
+    namespace["generate_vmap_rule"] = True
+    return with_direct_call(type(name, (Function,), namespace))
+
+
+HardswishInplaceFunction = _in_place_twin(HardswishFunction, torch._C._nn.hardswish_)
+SiluInplaceFunction = _in_place_twin(SiluFunction, torch._C._nn.silu_)
