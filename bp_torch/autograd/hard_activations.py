@@ -250,13 +250,15 @@ def _in_place_twin(function: type[Function], write_: Callable) -> type[Function]
         ctx.save_for_backward(original)
         ctx.save_for_forward(original)
 
+    derived_gradient, derived_jvp = function.backward, function.jvp
+
     def backward(ctx, grad_output):
         # x's own gradient is zero; on a view it must be a tensor, which CopySlices writes into the base's slice
         zero = grad_output.new_zeros(()).expand_as(grad_output) if ctx.on_view else None
-        return zero, function.backward(ctx, grad_output)
+        return zero, derived_gradient(ctx, grad_output)  # eq. H3 (hardswish) or H4 (silu), on the kept copy of x
 
     def jvp(ctx, input_t, original_t):
-        tangent = function.jvp(ctx, original_t)
+        tangent = derived_jvp(ctx, original_t)  # eq. H3 or H4, forward mode, on the copy's tangent
         return tangent if input_t is None else input_t.copy_(tangent)  # an input changed in place: its tangent too
 
     namespace = {"forward": forward, "setup_context": setup_context, "backward": backward, "jvp": jvp}
