@@ -132,14 +132,16 @@ print(f"L = ½Σ(ŷ − y)² = {loss.item():.4f}; predicted {int(y_hat.argmax())
 # (or the plain formula, for the loss). The reference is PyTorch's autograd through `torch.nn.functional`, on the
 # same weights, with every intermediate's gradient kept. From the loss down, Note B's section 2:
 #
-# $$\Delta\hat y = (\hat y - y) \odot \hat y\,(1 - \hat y), \qquad \Delta W = \Delta\hat y\, f^\top, \qquad
-# \Delta b = \Delta\hat y, \qquad \Delta f = W^\top \Delta\hat y \qquad \text{(eq. 17–30)}$$
+# $$\Delta\hat y = \hat y - y \ \text{(eq. 14–16)}, \qquad \Delta z = \Delta\hat y \odot \hat y\,(1 - \hat y)
+# \ \text{(eq. 17)}, \qquad \Delta W = \Delta z\, f^\top, \qquad \Delta b = \Delta z, \qquad \Delta f = W^\top \Delta z
+# \ \text{(eq. 19–30)}$$
 #
-# $$\Delta C^2_\sigma = \operatorname{up}(\Delta S^2)/4 \odot C^2 (1 - C^2), \qquad
+# $$\Delta C^2 = \tfrac14 \operatorname{up}(\Delta S^2) \ \text{(eq. 32)}, \qquad
+# \Delta C^2_\sigma = \Delta C^2 \odot C^2 (1 - C^2) \ \text{(eq. 37)}, \qquad
 # \Delta k^2 = \operatorname{rot180}(S^1) * \Delta C^2_\sigma, \qquad \Delta b^2 = \textstyle\sum \Delta C^2_\sigma
-# \qquad \text{(eq. 32–45)}$$
+# \ \text{(eq. 40, 45)}$$
 #
-# $$\Delta S^1 = \sum_q \Delta C^2_{\sigma,q} * \operatorname{rot180}(k^2_q) \qquad \text{(eq. 51)}$$
+# $$\Delta S^1 = \sum_q \Delta C^2_{\sigma,q} * \operatorname{rot180}(k^2_q) \ \text{(eq. 51)}$$
 #
 # and the same three steps again for C1 (eq. 52–64).
 

@@ -18,7 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "site"
-PAGES = ["derivation.html", "walkthrough.html"]
+MATH_PAGES = ["derivation.html", "walkthrough.html"]
+PAGES = [*MATH_PAGES, "training.html", "index.html"]  # the TensorBoard pictures, the start page
 REQUIRED = os.environ.get("BP_TORCH_SITE_TEST") == "1"
 # TeX that survived typesetting: a delimiter arithmatex leaves for MathJax, or a control sequence
 RAW_TEX = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$|\\(?:frac|sum|partial|delta|sigma|odot|mathbf|hat|tilde|top)\b")
@@ -56,24 +57,34 @@ def browser():
     session.quit()
 
 
-@pytest.fixture(scope="module", params=PAGES)
-def page(request, browser):
-    """The page opened from disk, after MathJax has typeset it; its screenshot saved."""
+def _open(browser, name: str):
+    """The page opened from disk, after MathJax has typeset it; its screenshot saved, at its first equation."""
     browser.get_log("performance")  # only this page's requests from here on
-    browser.get((SITE / request.param).as_uri())
+    browser.get((SITE / name).as_uri())
     browser.execute_async_script(
         "const done = arguments[arguments.length - 1];"
         "(window.MathJax && MathJax.startup ? MathJax.startup.promise : Promise.reject('no MathJax'))"
         ".then(() => done('ok'), (e) => done(String(e)));"
     )
+    browser.execute_script("document.querySelector('.arithmatex')?.scrollIntoView({block: 'center'})")
     shots = SITE / "_screenshots"
     shots.mkdir(exist_ok=True)
-    browser.save_screenshot(str(shots / request.param.replace(".html", ".png")))
-    return request.param, browser
+    browser.save_screenshot(str(shots / name.replace(".html", ".png")))
+    return name, browser
 
 
-def test_math_is_typeset(page):
-    name, browser = page
+@pytest.fixture(scope="module", params=PAGES)
+def page(request, browser):
+    return _open(browser, request.param)
+
+
+@pytest.fixture(scope="module", params=MATH_PAGES)
+def math_page(request, browser):
+    return _open(browser, request.param)
+
+
+def test_math_is_typeset(math_page):
+    name, browser = math_page
     typeset = browser.execute_script("return document.querySelectorAll('.arithmatex mjx-container svg').length")
     assert typeset >= 5, f"{name}: {typeset} typeset equations"
     # the text a reader sees, code blocks left out (Python may spell \( in a string)

@@ -1,12 +1,14 @@
 """docs/walkthrough.ipynb becomes the page walkthrough.md: run top to bottom at build time (git keeps it without
 outputs), then written as Markdown with its printed outputs and its figures (walkthrough_files/*.png), so its
-equations go through the same math rendering as every other page.
+equations go through the same math rendering as every other page. Pages link the notebook itself
+(``walkthrough.ipynb``, which a repository browser shows); on the site such a link goes to the page.
 
 ``BP_TORCH_DOCS_STEPS`` sets the walkthrough's training steps (its own default otherwise); the notebook reads real
 MNIST when it finds it (``$BP_TORCH_DATA``) and a small synthetic set otherwise, as it says on the page.
 """
 
 import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -53,3 +55,8 @@ def on_files(files, config):
     for uri, data in resources["outputs"].items():
         files.append(File.generated(config, uri, content=data))
     return files
+
+
+def on_page_markdown(markdown, page, config, files):
+    name = Path(NOTEBOOK).stem
+    return re.sub(rf"\]\(((?:\.\./)*){re.escape(NOTEBOOK)}([#)])", rf"](\1{name}.md\2", markdown)
