@@ -37,13 +37,13 @@ pre {{ margin: 0; padding: .5em 0; }}
 <body><header><a href="{home}">bp_torch</a> · <code>{path}</code></header>
 <pre class="highlight">{lines}</pre>
 <script>
-// #L51-L53: mark the whole span and bring its first line into view (a single #L51 is :target)
+// #L51 or #L51-L53: mark the line or the whole span and bring it to the middle of the window, code above it in view
 function mark() {{
   document.querySelectorAll(".marked").forEach((line) => line.classList.remove("marked"));
-  const span = /^#L(\\d+)-L(\\d+)$/.exec(location.hash);
+  const span = /^#L(\\d+)(?:-L(\\d+))?$/.exec(location.hash);
   if (!span) return;
-  for (let n = +span[1]; n <= +span[2]; n++) document.getElementById("L" + n)?.classList.add("marked");
-  document.getElementById("L" + span[1])?.scrollIntoView();
+  for (let n = +span[1]; n <= +(span[2] || span[1]); n++) document.getElementById("L" + n)?.classList.add("marked");
+  document.getElementById("L" + span[1])?.scrollIntoView({{ block: "center" }});
 }}
 window.addEventListener("hashchange", mark);
 mark();
