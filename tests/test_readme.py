@@ -1,5 +1,5 @@
-"""README.md fits on two screens, its examples run as written, its links land, and the user-facing docs name no
-machine of ours."""
+"""README.md fits on two screens, its links land, the examples of README and the site's pages run as written, and
+the user-facing docs name no machine of ours."""
 
 import re
 import subprocess
@@ -17,14 +17,20 @@ def test_readme_fits_on_two_screens():
     assert len(README.read_text().splitlines()) <= 160
 
 
-@pytest.mark.parametrize("number", range(len(re.findall(r"```python\n", README.read_text()))))
-def test_readme_python_examples_run(number):
-    """Each ```python block of README runs on its own, in a fresh interpreter, as a reader would paste it."""
-    block = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[number]
+def _python_blocks():
+    for path in USER_DOCS:
+        for number, block in enumerate(re.findall(r"```python\n(.*?)```", path.read_text(), re.S)):
+            yield pytest.param(block, id=f"{path.name}-{number}")
+
+
+@pytest.mark.parametrize("block", list(_python_blocks()))
+def test_python_examples_run(block):
+    """Each ```python block of README and of the site's pages runs on its own, in a fresh interpreter, as a reader
+    would paste it; a printed line it quotes in a comment is what it prints."""
     result = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     for comment in re.findall(r"print\(.*?\)  # (backward graph: .*)", block):
-        assert comment in result.stdout  # a printed line the README quotes is what it prints
+        assert comment in result.stdout
 
 
 def test_readme_links_land():

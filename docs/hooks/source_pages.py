@@ -18,7 +18,7 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
 
 ROOT = Path(__file__).resolve().parents[2]
-FOLDERS = ["bp_torch", "benchmarks", "docs", "tests"]  # the code a page may link
+FOLDERS = ["bp_torch", "benchmarks", "docs"]  # the code a page may link
 # a markdown link target: a relative path with an optional #Lnn or #Lnn-Lmm
 LINK = re.compile(r"\]\((?P<path>[\w./-]+\.py)(?P<lines>#L\d+(?:-L\d+)?)?\)")
 
