@@ -78,8 +78,8 @@ def test_max_pool2d():
     for _ in range(EXAMPLES):
         k, d, x = rng.randint(1, 4), rng.randint(1, 2), _map(rng)
         if min(x.shape[2:]) < d * (k - 1) + 1:
-            # a window whose taps all fall in the padding: torch's own CPU max_pool2d corrupts its heap (README
-            # "Limits"); bp_torch refuses nothing torch accepts there, but torch cannot be the reference
+            # a window whose taps all fall in the padding: torch's own CPU max_pool2d corrupts its heap
+            # (docs/limits.md); bp_torch refuses nothing torch accepts there, but torch cannot be the reference
             continue
         options = dict(stride=rng.choice([None, 1, 2, 3, (1, 2)]), padding=rng.randint(0, k // 2), dilation=d,
                        ceil_mode=rng.random() < 0.5, return_indices=rng.random() < 0.5)  # fmt: skip
