@@ -62,10 +62,10 @@ def show(fig, name: str) -> None:
 
 # %%
 def find_mnist() -> Path | None:
-    """A folder holding MNIST/raw: $BP_TORCH_DATA, or data/ or ../shared/data beside a parent of the cwd."""
+    """A folder holding MNIST/raw: $BP_TORCH_DATA, or data/ in the working folder or one above it."""
     candidates = [Path(os.environ["BP_TORCH_DATA"])] if os.environ.get("BP_TORCH_DATA") else []
     for folder in (Path.cwd(), *Path.cwd().parents):
-        candidates += [folder / "data", folder.parent / "shared" / "data"]
+        candidates.append(folder / "data")
     return next((c for c in candidates if (c / "MNIST" / "raw" / "t10k-images-idx3-ubyte").exists()), None)
 
 
