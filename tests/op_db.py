@@ -131,9 +131,10 @@ def shape_of(rng: random.Random, min_dim: int = 0, max_dim: int = 4, max_size: i
     return [0 if rng.random() < zero else rng.randint(1, max_size) for _ in range(dims)]
 
 
-def spell_int(rng: random.Random, v: int):
-    """``v`` as one of the spellings torch's parser reads as that integer."""
-    return rng.choice([v, v, v, np.int64(v), np.int32(v), torch.tensor(v), torch.tensor([v])])
+def spell_int(rng: random.Random, v: int, tensors: bool = True):
+    """``v`` as one of the spellings torch's parser reads as that integer (an int list's items and an int array
+    also as integer tensors; a plain int argument, such as a dim, not)."""
+    return rng.choice([v, v, v, np.int64(v), np.int32(v)] + ([torch.tensor(v), torch.tensor([v])] if tensors else []))
 
 
 def spell_pair(rng: random.Random, pair):
@@ -156,14 +157,15 @@ def spell_float(rng: random.Random, v: float):
 
 
 def spell_bool(rng: random.Random, v: bool):
-    return rng.choice([v, v, v, np.bool_(v)])
+    """A bool argument: torch's parser takes only Python's bools (numpy's bool is refused, see BAD_BOOLS)."""
+    return v
 
 
 # What may replace an argument to make the call invalid (torch decides: some it accepts).
 BAD_INTS = [0, -1, 2.0, 1.5, True, "2", None, (1, 2, 3), (), (2, 2.0), np.float64(2), np.bool_(True),
             torch.tensor(2.0), torch.tensor([1, 1]), torch.tensor(True), {1: 1}]  # fmt: skip
 BAD_FLOATS = ["0.3", None, (0.1,), [0.1], torch.tensor([0.1, 0.2]), torch.tensor(1 + 1j), 1j, {0.1: 0}]
-BAD_BOOLS = [0, 1, 1.0, "no", "", None, (True,), [False], torch.tensor(True), torch.tensor([True, False])]
+BAD_BOOLS = [0, 1, 1.0, "no", "", None, (True,), [False], np.bool_(True), torch.tensor(True), torch.tensor([True, False])]
 BAD_DTYPES = [1, "float64", torch.int64, torch.float64, np.float64, float, torch.device("cpu")]
 BAD_TENSORS = [1.0, [1.0, 2.0], "x", None, np.ones(3)]
 
@@ -214,7 +216,7 @@ def _avg_pool2d(rng: random.Random) -> Sample:
     x = tensor(rng, [rng.choice([0, 1, 2])][: rng.random() < 0.8] + [rng.randint(1, 3), *size], dtype)
     kwargs = dict(kernel_size=spell_pair(rng, kernel), padding=spell_pair(rng, padding),
                   ceil_mode=spell_bool(rng, rng.random() < 0.5), count_include_pad=spell_bool(rng, rng.random() < 0.5),
-                  divisor_override=rng.choice([None, None, None, spell_int(rng, rng.randint(1, 5))]))  # fmt: skip
+                  divisor_override=rng.choice([None, None, None, spell_int(rng, rng.randint(1, 5), tensors=False)]))  # fmt: skip
     if stride is not None:
         kwargs["stride"] = spell_pair(rng, stride)
     return Sample((x,), kwargs)
@@ -263,7 +265,7 @@ def _dropout(rng: random.Random) -> Sample:
 def _softmax(rng: random.Random) -> Sample:
     x = tensor(rng, shape_of(rng), dtype_of(rng))
     dim = rng.randint(-max(x.dim(), 1), max(x.dim(), 1) - 1)
-    kwargs = {"dim": spell_int(rng, dim)}
+    kwargs = {"dim": spell_int(rng, dim, tensors=False)}
     if rng.random() < 0.2:
         kwargs["dtype"] = rng.choice([torch.float64, torch.float32])
     return Sample((x,), kwargs)
@@ -287,9 +289,9 @@ def _class_input(rng, dtype):
     x = tensor(rng, shape, dtype, scale=rng.choice([1.0, 1.0, 30.0, 1e4]))
     g = torch.Generator().manual_seed(rng.getrandbits(32))
     target = torch.randint(0, C, [N, *extra] if batch else [], generator=g)
-    ignore = rng.choice([-100, -100, 0, C - 1, spell_int(rng, 1)])
+    ignore = rng.choice([-100, -100, 0, C - 1, spell_int(rng, 1, tensors=False)])
     if target.numel() and rng.random() < 0.3:
-        target.view(-1)[0] = -100
+        target.view(-1)[0] = int(ignore)  # an ignored target (out of the classes' range: only as ignore_index)
     return x, target, C, ignore
 
 
@@ -358,6 +360,8 @@ def _batch_norm(rng: random.Random) -> Sample:
     dtype = dtype_of(rng)
     C = rng.randint(1, 4)
     shape = [rng.randint(1, 3) if rng.random() < 0.95 else 0, C, *shape_of(rng, 0, 2, 4)]
+    if rng.random() < 0.8 and shape[0] == 1 and all(n == 1 for n in shape[2:]):
+        shape[0] = 2  # one value per channel in training is refused (a few such draws are kept)
     scale = rng.choice([1.0, 1.0, 1e-3])
     x = tensor(rng, shape, dtype, scale=scale) + rng.choice([0.0, 0.0, 100.0]) * scale  # |mean| ≫ std too
     tracked = rng.random() < 0.7
