@@ -454,3 +454,56 @@ def check_batch_norm(input, running_mean, running_var, weight, bias, training, m
                 f"batch_norm: {name} should contain {C} elements (the input's channels), but got {name} of size "
                 f"{list(t.shape)}"
             )
+
+
+# layer and group normalisation, attention (docs/derivation.md eq. T1–T12)
+
+
+def normalized_shape_of(normalized_shape) -> tuple[int, ...]:
+    """``normalized_shape`` as torch reads it, a sequence of ints (an int is refused, as torch refuses it)."""
+    if isinstance(normalized_shape, torch.Size | list | tuple) and all(_is_integer(s, False) for s in normalized_shape):
+        return tuple(int(s) for s in normalized_shape)
+    raise TypeError(
+        f"layer_norm(): argument 'normalized_shape' must be tuple of ints, not {_type_name(normalized_shape)}"
+    )
+
+
+def check_group_norm(input, num_groups, weight, bias) -> int:
+    """torch.nn.functional.group_norm's checks, with torch's exception types; returns ``num_groups`` as an int."""
+    _check_tensor(input, "input", "group_norm")
+    num_groups = int_arg(num_groups, "num_groups", "group_norm")
+    if input.dim() < 2:
+        raise RuntimeError(f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
+    C = input.shape[1]
+    if num_groups <= 0 or C % num_groups:
+        raise RuntimeError(
+            "Expected number of channels in input to be divisible by num_groups, but got input of shape "
+            f"{list(input.shape)} and num_groups={num_groups}"
+        )
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and (t.dim() != 1 or t.numel() != C):
+            raise RuntimeError(
+                f"Expected {name} to be a vector of size equal to the number of channels in input, but got {name} "
+                f"of shape {list(t.shape)} and input of shape {list(input.shape)}"
+            )
+    return num_groups
+
+
+def check_attention(query, key, value, attn_mask, dropout_p, is_causal) -> None:
+    """torch.nn.functional.scaled_dot_product_attention's checks, with torch's exception types."""
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        _check_tensor(t, name, "scaled_dot_product_attention")
+    if not query.dtype == key.dtype == value.dtype:
+        raise RuntimeError(
+            "Expected query, key, and value to have the same dtype, but got query.dtype: "
+            f"{query.dtype} key.dtype: {key.dtype} and value.dtype: {value.dtype} instead."
+        )
+    if attn_mask is not None and attn_mask.dtype not in (torch.bool, torch.float32, query.dtype):
+        raise RuntimeError(
+            "Expected attn_mask dtype to be bool or float or to match query dtype, but got attn_mask.dtype: "
+            f"{attn_mask.dtype} and  query.dtype: {query.dtype} instead."
+        )
+    if is_causal and attn_mask is not None:
+        raise RuntimeError("_scaled_dot_product_attention: Explicit attn_mask should not be set when is_causal=True")
+    if not 0 <= dropout_p <= 1:
+        raise RuntimeError(f"dropout probability has to be between 0 and 1, but got {dropout_p}")
