@@ -471,6 +471,8 @@ def normalized_shape_of(normalized_shape) -> tuple[int, ...]:
 def check_group_norm(input, num_groups, weight, bias) -> int:
     """torch.nn.functional.group_norm's checks, with torch's exception types; returns ``num_groups`` as an int."""
     _check_tensor(input, "input", "group_norm")
+    if isinstance(num_groups, torch.Tensor):  # torch's parser takes no tensor for this int
+        raise TypeError("group_norm(): argument 'num_groups' (position 2) must be int, not Tensor")
     num_groups = int_arg(num_groups, "num_groups", "group_norm")
     if input.dim() < 2:
         raise RuntimeError(f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
@@ -507,3 +509,11 @@ def check_attention(query, key, value, attn_mask, dropout_p, is_causal) -> None:
         raise RuntimeError("_scaled_dot_product_attention: Explicit attn_mask should not be set when is_causal=True")
     if not 0 <= dropout_p <= 1:
         raise RuntimeError(f"dropout probability has to be between 0 and 1, but got {dropout_p}")
+
+
+def eps_arg(eps, op: str) -> float:
+    """``eps`` as torch's parser reads a double (a number, a numpy scalar, a one-element tensor), else its
+    TypeError."""
+    if isinstance(eps, (str, bytes, complex)) or not hasattr(eps, "__float__"):
+        raise TypeError(f"{op}(): argument 'eps' (position 5) must be float, not {_type_name(eps)}")
+    return float(eps)

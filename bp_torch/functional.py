@@ -41,6 +41,7 @@ from bp_torch._arguments import (
     check_same_dtype_and_device,
     check_tensor,
     check_weight_not_differentiable,
+    eps_arg,
     normalized_shape_of,
     reduction_of,
 )
@@ -729,7 +730,8 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5) -> tor
         return handle_torch_function(layer_norm, (input, weight, bias), input, normalized_shape, weight=weight,
                                      bias=bias, eps=eps)  # fmt: skip
     check_tensor(input, "input", "layer_norm")
-    out, _, _ = apply(LayerNormFunction, input, normalized_shape_of(normalized_shape), weight, bias, float(eps))
+    shape = normalized_shape_of(normalized_shape)
+    out, _, _ = apply(LayerNormFunction, input, shape, weight, bias, eps_arg(eps, "layer_norm"))
     return out
 
 
@@ -754,7 +756,7 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5) -> torch.Ten
         return handle_torch_function(group_norm, (input, weight, bias), input, num_groups, weight=weight, bias=bias,
                                      eps=eps)  # fmt: skip
     num_groups = check_group_norm(input, num_groups, weight, bias)
-    out, _, _ = apply(GroupNormFunction, input, num_groups, weight, bias, float(eps))
+    out, _, _ = apply(GroupNormFunction, input, num_groups, weight, bias, eps_arg(eps, "group_norm"))
     return out
 
 
@@ -823,7 +825,7 @@ def addmm(input, mat1, mat2, *, beta=1, alpha=1, out=None) -> torch.Tensor:
         return handle_torch_function(addmm, (input, mat1, mat2), input, mat1, mat2, beta=beta, alpha=alpha, out=out)
     if out is not None:
         return torch.addmm(input, mat1, mat2, beta=beta, alpha=alpha, out=out)
-    return _product(AddmmFunction, input, mat1, mat2, beta, alpha, "addmm")
+    return _product(AddmmFunction, input, mat1, mat2, _number(beta), _number(alpha), "addmm")
 
 
 def baddbmm(input, batch1, batch2, *, beta=1, alpha=1, out=None) -> torch.Tensor:
@@ -839,7 +841,15 @@ def baddbmm(input, batch1, batch2, *, beta=1, alpha=1, out=None) -> torch.Tensor
                                      out=out)  # fmt: skip
     if out is not None:
         return torch.baddbmm(input, batch1, batch2, beta=beta, alpha=alpha, out=out)
-    return _product(AddmmFunction, input, batch1, batch2, beta, alpha, "baddbmm")
+    return _product(AddmmFunction, input, batch1, batch2, _number(beta), _number(alpha), "baddbmm")
+
+
+def _number(scalar):
+    """A scalar given as a 0-d tensor or a numpy scalar, as the Python number torch reads (others as they are: torch
+    judges them)."""
+    if isinstance(scalar, torch.Tensor) and scalar.dim() == 0 or type(scalar).__module__ == "numpy":
+        return scalar.item()
+    return scalar
 
 
 def _product(function, *args):
@@ -853,7 +863,7 @@ def _product(function, *args):
 
 
 def scaled_dot_product_attention(
-    query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
+    query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None, enable_gqa=False
 ) -> torch.Tensor:
     """softmax(s·QKᵀ + M)·V, as :func:`torch.nn.functional.scaled_dot_product_attention`, with the hand-derived
     backward (``bp_torch.autograd.ScaledDotProductAttentionFunction``, eq. T9–T12).

@@ -96,15 +96,12 @@ class ScaledDotProductAttentionFunction(Function):
             grad_scores = softmax_grad(p, grad_p, -1)  # eq. T11: ∂e/∂S = P ⊙ (∂e/∂P − Σ P ⊙ ∂e/∂P)
             if needs_bias:
                 grad_bias = _sum_to(grad_scores, bias.shape).to(bias.dtype)  # eq. T11: ∂e/∂M = ∂e/∂S, summed
-            # eq. T12: ∂e/∂Q = s·∂e/∂S·K, ∂e/∂Kᵀ = s·Qᴴ∂e/∂S (eq. T7 on S = s·QKᵀ)
-            kt = k.mT
-            grad_q, grad_kt = product_grads(
-                grad_scores * scale, q if needs_k else None, kt if needs_q else None, q.shape, kt.shape
-            )
-            if needs_q:
-                grad_query = grad_q.to(query.dtype)
-            if needs_k:
-                grad_key = sum_heads(grad_kt.mT, groups).to(key.dtype)
+            scaled = grad_scores * scale
+            if needs_q:  # eq. T12: ∂e/∂Q = s·∂e/∂S·K (eq. T7 on S = s·QKᵀ)
+                grad_query = product_grads(scaled, None, k.mT, q.shape, k.mT.shape)[0].to(query.dtype)
+            if needs_k:  # eq. T12: ∂e/∂K = s·(∂e/∂S)ᵀQ (eq. T7 on Sᵀ = s·KQᵀ)
+                grad_k = product_grads(scaled.mT, None, q.mT, k.shape, q.mT.shape)[0]
+                grad_key = sum_heads(grad_k, groups).to(key.dtype)
         return grad_query, grad_key, grad_value, grad_bias, None, None, None, None
 
     @staticmethod

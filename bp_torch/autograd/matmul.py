@@ -10,6 +10,8 @@ computed by ``MatmulFunction``, so every order of derivative is ours. Labels T a
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.autograd import Function
 
@@ -37,17 +39,19 @@ def product_grads(delta, a, b, a_shape, b_shape):
     if b is not None:
         if len(a_shape) == 2 and batch:
             # one matrix for the whole batch: Σ_i δ_i B_iᴴ as a single product over the batch's columns
-            m, n = delta.shape[-2:]
-            rows = delta.reshape(-1, m, n).transpose(0, 1).reshape(m, -1)  # (m, batch·n)
-            grad_a = matmul(rows, b.expand(*batch, *b.shape[-2:]).mH.reshape(-1, a_shape[-1]))  # eq. T7: Σ δBᴴ
+            m, n, count = *delta.shape[-2:], math.prod(batch)
+            rows = delta.reshape(count, m, n).transpose(0, 1).reshape(m, count * n)  # (m, batch·n)
+            columns = b.expand(*batch, *b.shape[-2:]).mH.reshape(count * n, a_shape[-1])  # (batch·n, k)
+            grad_a = matmul(rows, columns)  # eq. T7: ∂e/∂A = Σ δBᴴ
         else:
             grad_a = _sum_to(matmul(delta, b.mH), a_shape)  # eq. T7: ∂e/∂A = δBᴴ, summed where A was broadcast
         grad_a = grad_a.squeeze(0) if vector_a else grad_a
     if a is not None:
         if len(b_shape) == 2 and batch:
             # one matrix for the whole batch: Σ_i A_iᴴ δ_i as a single product over the batch's rows
-            a_rows = a.expand(*batch, *a.shape[-2:]).reshape(-1, a_shape[-1])  # (batch·m, k)
-            grad_b = matmul(a_rows.mH, delta.reshape(-1, delta.shape[-1]))  # eq. T7: ∂e/∂B = Σ Aᴴδ
+            rows = math.prod(batch) * delta.shape[-2]
+            a_rows = a.expand(*batch, *a.shape[-2:]).reshape(rows, a_shape[-1])  # (batch·m, k)
+            grad_b = matmul(a_rows.mH, delta.reshape(rows, delta.shape[-1]))  # eq. T7: ∂e/∂B = Σ Aᴴδ
         else:
             grad_b = _sum_to(matmul(a.mH, delta), b_shape)  # eq. T7: ∂e/∂B = Aᴴδ, summed where B was broadcast
         grad_b = grad_b.squeeze(-1) if vector_b else grad_b
