@@ -85,8 +85,9 @@ class ScaledDotProductAttentionFunction(Function):
         delta = upcast(grad_output)
         p_dropped = p if dropout is None else p * dropout
         upstream = needs_q or needs_k or needs_bias
-        # eq. T10: ∂e/∂P̃ = δVᴴ, ∂e/∂V = P̃ᴴδ (eq. T7 on O = P̃V)
-        grad_p, grad_v = product_grads(delta, p_dropped if needs_v else None, v if upstream else None, p.shape, v.shape)
+        # eq. T7 on O = P̃V
+        wanted = p_dropped if needs_v else None, v if upstream else None
+        grad_p, grad_v = product_grads(delta, *wanted, p.shape, v.shape)  # eq. T10: ∂e/∂P̃ = δVᴴ, ∂e/∂V = P̃ᴴδ
         grad_query = grad_key = grad_value = grad_bias = None
         if needs_v:
             grad_value = sum_heads(grad_v, groups).to(value.dtype)
@@ -97,10 +98,11 @@ class ScaledDotProductAttentionFunction(Function):
             if needs_bias:
                 grad_bias = _sum_to(grad_scores, bias.shape).to(bias.dtype)  # eq. T11: ∂e/∂M = ∂e/∂S, summed
             scaled = grad_scores * scale
-            if needs_q:  # eq. T12: ∂e/∂Q = s·∂e/∂S·K (eq. T7 on S = s·QKᵀ)
-                grad_query = product_grads(scaled, None, k.mT, q.shape, k.mT.shape)[0].to(query.dtype)
-            if needs_k:  # eq. T12: ∂e/∂K = s·(∂e/∂S)ᵀQ (eq. T7 on Sᵀ = s·KQᵀ)
-                grad_k = product_grads(scaled.mT, None, q.mT, k.shape, q.mT.shape)[0]
+            if needs_q:  # eq. T7 on S = s·QKᵀ
+                grad_q = product_grads(scaled, None, k.mT, q.shape, k.mT.shape)[0]  # eq. T12: ∂e/∂Q = s·∂e/∂S·K
+                grad_query = grad_q.to(query.dtype)
+            if needs_k:  # eq. T7 on Sᵀ = s·KQᵀ
+                grad_k = product_grads(scaled.mT, None, q.mT, k.shape, q.mT.shape)[0]  # eq. T12: s·(∂e/∂S)ᵀQ
                 grad_key = sum_heads(grad_k, groups).to(key.dtype)
         return grad_query, grad_key, grad_value, grad_bias, None, None, None, None
 
@@ -111,16 +113,16 @@ class ScaledDotProductAttentionFunction(Function):
         q, k, v = upcast(query), expand_heads(upcast(key), groups), expand_heads(upcast(value), groups)
         scores_t = torch.zeros_like(p)
         if query_t is not None:
-            scores_t = scores_t + matmul(upcast(query_t), k.mT) * scale  # Ṡ = s·Q̇Kᵀ ...
+            scores_t = scores_t + matmul(upcast(query_t), k.mT) * scale  # eq. T13: Ṡ = s·Q̇Kᵀ ...
         if key_t is not None:
-            scores_t = scores_t + matmul(q, expand_heads(upcast(key_t), groups).mT) * scale  # ... + s·QK̇ᵀ ...
+            scores_t = scores_t + matmul(q, expand_heads(upcast(key_t), groups).mT) * scale  # eq. T13: + s·QK̇ᵀ
         if bias_t is not None:
-            scores_t = scores_t + upcast(bias_t)  # ... + Ṁ
+            scores_t = scores_t + upcast(bias_t)  # eq. T13: + Ṁ
         if keep is not None:
             scores_t = scores_t.masked_fill(keep.logical_not(), 0.0)  # a masked score stays −∞
-        p_t = softmax_grad(p, scores_t, -1)  # eq. D5, forward mode: Ṗ = P ⊙ (Ṡ − Σ P ⊙ Ṡ)
+        p_t = softmax_grad(p, scores_t, -1)  # eq. T13: Ṗ = P ⊙ (Ṡ − Σ P ⊙ Ṡ), eq. D5 forward
         p_dropped, p_dropped_t = (p, p_t) if dropout is None else (p * dropout, p_t * dropout)
-        out_t = matmul(p_dropped_t, v)  # Ȯ = Ṗ̃V ...
+        out_t = matmul(p_dropped_t, v)  # eq. T13: Ȯ = Ṗ̃V ...
         if value_t is not None:
-            out_t = out_t + matmul(p_dropped, expand_heads(upcast(value_t), groups))  # ... + P̃V̇
+            out_t = out_t + matmul(p_dropped, expand_heads(upcast(value_t), groups))  # eq. T13: + P̃V̇
         return out_t.to(query.dtype), None

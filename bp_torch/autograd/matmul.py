@@ -85,9 +85,9 @@ class MatmulFunction(Function):
     @staticmethod
     def jvp(ctx, input_t, other_t, _):
         a, b = ctx.saved_tensors
-        out_t = matmul(input_t, b) if input_t is not None else None  # Ċ = ȦB ...
+        out_t = matmul(input_t, b) if input_t is not None else None  # eq. T13: Ċ = ȦB ...
         if other_t is not None:
-            out_t = matmul(a, other_t) if out_t is None else out_t + matmul(a, other_t)  # ... + AḂ
+            out_t = matmul(a, other_t) if out_t is None else out_t + matmul(a, other_t)  # eq. T13: + AḂ
         return out_t
 
 
@@ -126,9 +126,9 @@ class AddmmFunction(Function):
         a, b = ctx.saved_tensors
         out_t = torch.zeros(ctx.output_shape, dtype=a.dtype, device=a.device)
         if input_t is not None:
-            out_t = out_t + ctx.beta * input_t  # β·i̇, broadcast
+            out_t = out_t + ctx.beta * input_t  # eq. T13: β·i̇, broadcast
         if mat1_t is not None:
-            out_t = out_t + ctx.alpha * matmul(mat1_t, b)  # α·ȦB
+            out_t = out_t + ctx.alpha * matmul(mat1_t, b)  # eq. T13: α·ȦB
         if mat2_t is not None:
-            out_t = out_t + ctx.alpha * matmul(a, mat2_t)  # α·AḂ
+            out_t = out_t + ctx.alpha * matmul(a, mat2_t)  # eq. T13: α·AḂ
         return out_t
