@@ -15,6 +15,7 @@ argument types they read, spelled as torch spells them: an int, a numpy integer,
 
 from __future__ import annotations
 
+import math
 import operator
 
 import torch
@@ -471,12 +472,16 @@ def normalized_shape_of(normalized_shape) -> tuple[int, ...]:
 def check_group_norm(input, num_groups, weight, bias) -> int:
     """torch.nn.functional.group_norm's checks, with torch's exception types; returns ``num_groups`` as an int."""
     _check_tensor(input, "input", "group_norm")
-    if isinstance(num_groups, torch.Tensor):  # torch's parser takes no tensor for this int
+    if isinstance(num_groups, torch.Tensor) and (num_groups.dim() or num_groups.is_floating_point()):
         raise TypeError("group_norm(): argument 'num_groups' (position 2) must be int, not Tensor")
     num_groups = int_arg(num_groups, "num_groups", "group_norm")
     if input.dim() < 2:
         raise RuntimeError(f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
     C = input.shape[1]
+    # torch.nn.functional.group_norm's own check (num_groups=0 divides by zero there, as here)
+    size = [input.shape[0] * C // num_groups, num_groups, *input.shape[2:]]
+    if math.prod(size) == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
     if num_groups <= 0 or C % num_groups:
         raise RuntimeError(
             "Expected number of channels in input to be divisible by num_groups, but got input of shape "
@@ -495,6 +500,8 @@ def check_attention(query, key, value, attn_mask, dropout_p, is_causal) -> None:
     """torch.nn.functional.scaled_dot_product_attention's checks, with torch's exception types."""
     for name, t in (("query", query), ("key", key), ("value", value)):
         _check_tensor(t, name, "scaled_dot_product_attention")
+    if attn_mask is not None:
+        _check_tensor(attn_mask, "attn_mask", "scaled_dot_product_attention")
     if not query.dtype == key.dtype == value.dtype:
         raise RuntimeError(
             "Expected query, key, and value to have the same dtype, but got query.dtype: "
@@ -514,6 +521,6 @@ def check_attention(query, key, value, attn_mask, dropout_p, is_causal) -> None:
 def eps_arg(eps, op: str) -> float:
     """``eps`` as torch's parser reads a double (a number, a numpy scalar, a one-element tensor), else its
     TypeError."""
-    if isinstance(eps, (str, bytes, complex)) or not hasattr(eps, "__float__"):
+    if isinstance(eps, (str, bytes, complex)) or not hasattr(eps, "__float__") or getattr(eps, "ndim", 0):
         raise TypeError(f"{op}(): argument 'eps' (position 5) must be float, not {_type_name(eps)}")
     return float(eps)

@@ -775,6 +775,8 @@ def gelu(input, approximate="none") -> torch.Tensor:
     if has_torch_function_unary(input):
         return handle_torch_function(gelu, (input,), input, approximate=approximate)
     check_tensor(input, "input", "gelu")
+    if not isinstance(approximate, str):
+        raise TypeError(f"gelu(): argument 'approximate' must be str, not {type(approximate).__name__}")
     if approximate not in ("none", "tanh"):
         raise RuntimeError("approximate argument must be either none or tanh.")
     return apply(GeluFunction, input, approximate)

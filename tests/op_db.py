@@ -556,7 +556,8 @@ def _multi_head_attention(rng: random.Random) -> Sample:
     args = (query, key, value, E, heads, t(3 * E, E), t(3 * E) if rng.random() < 0.7 else None,
             t(1, 1, E) if add_bias_kv else None, t(1, 1, E) if add_bias_kv else None, rng.random() < 0.3,
             rng.choice([0.0, 0.5]) if need_weights else 0.0, t(E, E), t(E) if rng.random() < 0.7 else None)  # fmt: skip
-    return Sample(args, kwargs, grads=(0, 1, 2, 5, 6, 7, 8, 11, 12), seed=rng.getrandbits(16))
+    random_draws = kwargs["training"] and args[10] > 0  # a dropout mask is drawn: reseeded (else widened to float64)
+    return Sample(args, kwargs, grads=(0, 1, 2, 5, 6, 7, 8, 11, 12), seed=rng.getrandbits(16) if random_draws else None)
 
 
 def _outputs(function):
