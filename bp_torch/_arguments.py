@@ -480,7 +480,7 @@ def check_group_norm(input, num_groups, weight, bias) -> int:
     C = input.shape[1]
     # torch.nn.functional.group_norm's own check (num_groups=0 divides by zero there, as here)
     size = [input.shape[0] * C // num_groups, num_groups, *input.shape[2:]]
-    if math.prod(size) == 1:
+    if size[0] * math.prod(size[2:]) == 1:  # torch's _verify_batch_size: every dimension but the groups
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
     if num_groups <= 0 or C % num_groups:
         raise RuntimeError(
