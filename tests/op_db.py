@@ -560,6 +560,22 @@ def _multi_head_attention(rng: random.Random) -> Sample:
     return Sample(args, kwargs, grads=(0, 1, 2, 5, 6, 7, 8, 11, 12), seed=rng.getrandbits(16) if random_draws else None)
 
 
+EINSUMS = [("bgHid,bgHjd->bgHij", "bgHid", "bgHjd"), ("bgHij,bgHjd->bgHid", "bgHij", "bgHjd"), ("ij,jk", "ij", "jk"),
+           ("bij,bjk->bik", "bij", "bjk"), ("ik,jk->ij", "ik", "jk"), ("i,i->", "i", "i"), ("i,j->ij", "i", "j"),
+           ("bij,jk->bki", "bij", "jk"), ("ii,ij->j", "ii", "ij"), ("ij,jk -> ik", "ij", "jk")]  # fmt: skip
+
+
+def _einsum(rng: random.Random) -> Sample:
+    """A two-operand einsum: batched matrix products (maxvit's attention among them), and, for torch's own path,
+    a diagonal; batch indices of size 1 broadcast."""
+    equation, a, b = rng.choice(EINSUMS)
+    size = {i: rng.randint(0 if rng.random() < 0.05 else 1, 3) for i in set(a + b)}
+    size["i"] = size.get("j", 2) if "ii" in a else size.get("i", 2)
+    shape_a = [size[i] if i not in "bg" or rng.random() < 0.8 else 1 for i in a]
+    dtype = dtype_of(rng, complex_ok=True)
+    return Sample((equation, tensor(rng, shape_a, dtype), tensor(rng, [size[i] for i in b], dtype)), grads=(1, 2))
+
+
 def _outputs(function):
     """multi_head_attention_forward returning the outputs that are tensors (the weights may be None); with dropout,
     both sides draw from the same seed (its masks are F.dropout's where the weights are returned, the only case
@@ -590,6 +606,8 @@ OPS += [
             _sdpa_with_seed(F.scaled_dot_product_attention), _attention,
             _faults(attn_mask=BAD_TENSORS[:-2] + [torch.ones(1, dtype=torch.int64)], dropout_p=[1.5, -0.1]),
             opinfo=("nn.functional.scaled_dot_product_attention",)),
+    OpEntry("einsum", BF.einsum, torch.einsum, _einsum, _faults(**{"0": ["ij,jk->il", "ij,jk->ii", 3]}),
+            opinfo=("einsum",)),
     OpEntry("multi_head_attention_forward", _outputs(BF.multi_head_attention_forward),
             _outputs(F.multi_head_attention_forward), _multi_head_attention, _faults(**{"3": [3, 5]}),
             opinfo=("nn.functional.multi_head_attention_forward",)),
