@@ -3,7 +3,8 @@
     python benchmarks/transformer_step.py                      # vit_b_16, 8 images of 32x32 (5 tokens)
     python benchmarks/transformer_step.py --model vit_b_16 --size 64 --batch 8 --repeats 7
 
-Prints each side's median step time and the ratio (manual/native); a ratio, not a time, is the figure to quote.
+Prints each side's median step time and the ratio (manual/native), then each side's peak memory of a step (bench.py's
+profiler count) and its ratio; ratios, not times, are the figures to quote.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench.py beside it
 
 from bp_torch import functional as BF  # noqa: E402
 from bp_torch import nn as bnn  # noqa: E402
@@ -63,8 +65,14 @@ def main(argv=None) -> None:
             step()
             times[impl].append(time.perf_counter() - start)
     native, manual = (statistics.median(times[i]) for i in ("native", "manual"))
-    print(f"{args.model} {args.batch}x3x{args.size}x{args.size} step: native {native * 1e3:.0f} ms, "
-          f"manual {manual * 1e3:.0f} ms, ratio {manual / native:.3f}")  # fmt: skip
+    shape = f"{args.batch}x3x{args.size}x{args.size}"
+    print(f"{args.model} {shape} step: native {native * 1e3:.0f} ms, manual {manual * 1e3:.0f} ms, "
+          f"ratio {manual / native:.3f}")  # fmt: skip
+    from bench import peak_bytes
+
+    peak = {impl: peak_bytes(step, torch.device("cpu")) for impl, step in steps.items()}
+    print(f"{args.model} {shape} peak memory: native {peak['native'] / 2**20:.1f} MiB, manual "
+          f"{peak['manual'] / 2**20:.1f} MiB, ratio {peak['manual'] / peak['native']:.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":
