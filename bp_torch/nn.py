@@ -398,9 +398,23 @@ def _derived_twin(kind: type[nn.Module]) -> type[nn.Module] | None:
     replaced = {n for n, v in vars(twin).items() if callable(v) and n != "__init__" and hasattr(base, n)}
     if any(getattr(kind, n) is not getattr(base, n) for n in replaced | {"forward"}):
         return None  # a forward of its own: left native, and named in the summary
-    derived = type(kind.__name__, (twin, kind), {"__module__": __name__, "__qualname__": kind.__qualname__})
+    namespace = {"__module__": __name__, "__qualname__": kind.__qualname__, "__reduce_ex__": _reduce_derived}
+    derived = type(kind.__name__, (twin, kind), namespace)
     _DERIVED[kind], _DERIVED_NATIVE[derived] = derived, kind
     return derived
+
+
+def _reduce_derived(module: nn.Module, protocol: int):
+    """Pickles (torch.save, deepcopy) a module of a derived class as its subclass and its state: the derived class,
+    made at run time, is made again when the module is loaded."""
+    return _rebuild_derived, (_DERIVED_NATIVE[type(module)], module.__getstate__())
+
+
+def _rebuild_derived(kind: type[nn.Module], state: dict) -> nn.Module:
+    module = kind.__new__(kind)
+    module.__setstate__(state)
+    module.__class__ = _derived_twin(kind)
+    return module
 
 
 def convert(model: nn.Module, rule: str = "backprop") -> tuple[nn.Module, Conversion]:

@@ -2,6 +2,7 @@
 MultiheadAttention against torch's (backward rules included), and vit_b_16 converted with no native node."""
 
 import copy
+import io
 
 import pytest
 import torch
@@ -55,7 +56,12 @@ def test_linear_subclass_with_linears_forward_is_converted_and_restored():
     assert "LinearFunction" in type(layer(x).grad_fn).__name__
     bnn.to_native(model)
     assert type(layer) is nn.modules.linear.NonDynamicallyQuantizableLinear and "feedback" not in layer._buffers
-    copy.deepcopy(bnn.convert(nn.Sequential(layer))[0])  # the derived class is an ordinary class
+    model, _ = bnn.convert(model, rule="fa")  # the class derived at run time pickles as the subclass and its state
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded, copied = torch.load(buffer, weights_only=False), copy.deepcopy(model)
+    assert type(loaded[0]) is type(copied[0]) is type(layer) and torch.equal(loaded[0].feedback, layer.feedback)
 
 
 def test_subclass_with_its_own_forward_stays_native_and_is_named():
