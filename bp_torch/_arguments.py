@@ -15,6 +15,7 @@ argument types they read, spelled as torch spells them: an int, a numpy integer,
 
 from __future__ import annotations
 
+import math
 import operator
 
 import torch
@@ -454,3 +455,72 @@ def check_batch_norm(input, running_mean, running_var, weight, bias, training, m
                 f"batch_norm: {name} should contain {C} elements (the input's channels), but got {name} of size "
                 f"{list(t.shape)}"
             )
+
+
+# layer and group normalisation, attention (docs/derivation.md eq. T1–T12)
+
+
+def normalized_shape_of(normalized_shape) -> tuple[int, ...]:
+    """``normalized_shape`` as torch reads it, a sequence of ints (an int is refused, as torch refuses it)."""
+    if isinstance(normalized_shape, torch.Size | list | tuple) and all(_is_integer(s, False) for s in normalized_shape):
+        return tuple(int(s) for s in normalized_shape)
+    raise TypeError(
+        f"layer_norm(): argument 'normalized_shape' must be tuple of ints, not {_type_name(normalized_shape)}"
+    )
+
+
+def check_group_norm(input, num_groups, weight, bias) -> int:
+    """torch.nn.functional.group_norm's checks, with torch's exception types; returns ``num_groups`` as an int."""
+    _check_tensor(input, "input", "group_norm")
+    if isinstance(num_groups, torch.Tensor) and (num_groups.dim() or num_groups.is_floating_point()):
+        raise TypeError("group_norm(): argument 'num_groups' (position 2) must be int, not Tensor")
+    num_groups = int_arg(num_groups, "num_groups", "group_norm")
+    if input.dim() < 2:
+        raise RuntimeError(f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
+    C = input.shape[1]
+    # torch.nn.functional.group_norm's own check (num_groups=0 divides by zero there, as here)
+    size = [input.shape[0] * C // num_groups, num_groups, *input.shape[2:]]
+    if size[0] * math.prod(size[2:]) == 1:  # torch's _verify_batch_size: every dimension but the groups
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
+    if num_groups <= 0 or C % num_groups:
+        raise RuntimeError(
+            "Expected number of channels in input to be divisible by num_groups, but got input of shape "
+            f"{list(input.shape)} and num_groups={num_groups}"
+        )
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and (t.dim() != 1 or t.numel() != C):
+            raise RuntimeError(
+                f"Expected {name} to be a vector of size equal to the number of channels in input, but got {name} "
+                f"of shape {list(t.shape)} and input of shape {list(input.shape)}"
+            )
+    return num_groups
+
+
+def check_attention(query, key, value, attn_mask, dropout_p, is_causal) -> None:
+    """torch.nn.functional.scaled_dot_product_attention's checks, with torch's exception types."""
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        _check_tensor(t, name, "scaled_dot_product_attention")
+    if attn_mask is not None:
+        _check_tensor(attn_mask, "attn_mask", "scaled_dot_product_attention")
+    if not query.dtype == key.dtype == value.dtype:
+        raise RuntimeError(
+            "Expected query, key, and value to have the same dtype, but got query.dtype: "
+            f"{query.dtype} key.dtype: {key.dtype} and value.dtype: {value.dtype} instead."
+        )
+    if attn_mask is not None and attn_mask.dtype not in (torch.bool, torch.float32, query.dtype):
+        raise RuntimeError(
+            "Expected attn_mask dtype to be bool or float or to match query dtype, but got attn_mask.dtype: "
+            f"{attn_mask.dtype} and  query.dtype: {query.dtype} instead."
+        )
+    if is_causal and attn_mask is not None:
+        raise RuntimeError("_scaled_dot_product_attention: Explicit attn_mask should not be set when is_causal=True")
+    if not 0 <= dropout_p <= 1:
+        raise RuntimeError(f"dropout probability has to be between 0 and 1, but got {dropout_p}")
+
+
+def eps_arg(eps, op: str) -> float:
+    """``eps`` as torch's parser reads a double (a number, a numpy scalar, a one-element tensor), else its
+    TypeError."""
+    if isinstance(eps, (str, bytes, complex)) or not hasattr(eps, "__float__") or getattr(eps, "ndim", 0):
+        raise TypeError(f"{op}(): argument 'eps' (position 5) must be float, not {_type_name(eps)}")
+    return float(eps)

@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import warnings
 from contextlib import nullcontext
 
@@ -28,16 +29,20 @@ from torch.overrides import handle_torch_function, has_torch_function_unary, has
 
 from bp_torch._arguments import (
     check_adaptive_avg_pool2d,
+    check_attention,
     check_avg_pool2d,
     check_batch_norm,
     check_conv2d,
     check_dropout_probability,
+    check_group_norm,
     check_inplace,
     check_linear,
     check_max_pool2d,
     check_same_dtype_and_device,
     check_tensor,
     check_weight_not_differentiable,
+    eps_arg,
+    normalized_shape_of,
     reduction_of,
 )
 from bp_torch._function import apply
@@ -59,11 +64,17 @@ from bp_torch.autograd import (
     SoftmaxFunction,
     TanhFunction,
 )
+from bp_torch.autograd.attention import ScaledDotProductAttentionFunction
+from bp_torch.autograd.gelu import GeluFunction
+from bp_torch.autograd.layer_norm import GroupNormFunction, LayerNormFunction
+from bp_torch.autograd.matmul import AddmmFunction, MatmulFunction
 
 __all__ = ["conv2d", "avg_pool2d", "sigmoid", "linear"]
 __all__ += ["relu", "relu_", "leaky_relu", "leaky_relu_", "tanh", "dropout"]
 __all__ += ["softmax", "log_softmax", "nll_loss", "cross_entropy", "mse_loss"]
 __all__ += ["max_pool2d", "max_pool2d_with_indices", "adaptive_avg_pool2d", "batch_norm"]
+__all__ += ["layer_norm", "group_norm", "gelu", "matmul", "bmm", "addmm", "baddbmm", "scaled_dot_product_attention"]
+__all__ += ["multi_head_attention_forward", "einsum"]
 
 
 def _autocast_lower_precision(*tensors: torch.Tensor | None):
@@ -692,3 +703,225 @@ def batch_norm(
         BatchNormFunction, input, weight, bias, running_mean, running_var, training, float(momentum), float(eps)
     )
     return out
+
+
+# --- the transformer's operations (docs/derivation.md eq. T1–T12) -------------------------------------------------
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5) -> torch.Tensor:
+    """Layer normalisation, as :func:`torch.nn.functional.layer_norm`, with the hand-derived backward.
+
+    Over the trailing ``normalized_shape`` dimensions of each sample: y = γ ⊙ (x − μ)/√(σ² + ε) + β (eq. T1).
+    Backward (``bp_torch.autograd.LayerNormFunction``): ∂e/∂β = Σδ, ∂e/∂γ = Σδ⊙x̂ over the samples (T2), and with
+    g = γ⊙δ, ∂e/∂x = (g − mean g − x̂·mean(g⊙x̂))/σ̂ over each sample's normalised values (T3).
+
+    Args:
+        input: ``(*, *normalized_shape)``.
+        normalized_shape: int or sequence of ints, the trailing dimensions normalised together.
+        weight, bias: γ and β, of ``normalized_shape``, or ``None`` (γ = 1, β = 0).
+        eps: ε, added to the variance.
+
+    Example::
+
+        >>> layer_norm(torch.tensor([[1.0, 3.0]]), (2,))
+        tensor([[-1.0000,  1.0000]])
+    """
+    if has_torch_function_variadic(input, weight, bias):
+        return handle_torch_function(layer_norm, (input, weight, bias), input, normalized_shape, weight=weight,
+                                     bias=bias, eps=eps)  # fmt: skip
+    check_tensor(input, "input", "layer_norm")
+    shape = normalized_shape_of(normalized_shape)
+    out, _, _ = apply(LayerNormFunction, input, shape, weight, bias, eps_arg(eps, "layer_norm"))
+    return out
+
+
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5) -> torch.Tensor:
+    """Group normalisation, as :func:`torch.nn.functional.group_norm`, with the hand-derived backward.
+
+    The C channels in ``num_groups`` groups, each group of each sample normalised over its channels and positions,
+    then γ and β per channel (eq. T1). Backward (``bp_torch.autograd.GroupNormFunction``): eq. T2, T3 over a group.
+
+    Args:
+        input: ``(N, C, *)``.
+        num_groups: divides C.
+        weight, bias: γ and β, ``(C,)``, or ``None``.
+        eps: ε, added to the variance.
+
+    Example::
+
+        >>> group_norm(torch.tensor([[[1.0], [3.0]]]), 1).flatten()
+        tensor([-1.0000,  1.0000])
+    """
+    if has_torch_function_variadic(input, weight, bias):
+        return handle_torch_function(group_norm, (input, weight, bias), input, num_groups, weight=weight, bias=bias,
+                                     eps=eps)  # fmt: skip
+    num_groups = check_group_norm(input, num_groups, weight, bias)
+    out, _, _ = apply(GroupNormFunction, input, num_groups, weight, bias, eps_arg(eps, "group_norm"))
+    return out
+
+
+def gelu(input, approximate="none") -> torch.Tensor:
+    """x·Φ(x), or its tanh approximation, as :func:`torch.nn.functional.gelu`; backward δ·y' (eq. T5, T6).
+
+    Args:
+        input: any shape.
+        approximate: ``"none"`` (exact, y' = Φ + xφ) or ``"tanh"`` (y = ½x(1 + tanh(√(2/π)(x + 0.044715x³)))).
+
+    Example::
+
+        >>> gelu(torch.tensor([0.0, 1.0]))
+        tensor([0.0000, 0.8413])
+    """
+    if has_torch_function_unary(input):
+        return handle_torch_function(gelu, (input,), input, approximate=approximate)
+    check_tensor(input, "input", "gelu")
+    if not isinstance(approximate, str):
+        raise TypeError(f"gelu(): argument 'approximate' must be str, not {type(approximate).__name__}")
+    if approximate not in ("none", "tanh"):
+        raise RuntimeError("approximate argument must be either none or tanh.")
+    return apply(GeluFunction, input, approximate)
+
+
+def matmul(input, other, *, out=None) -> torch.Tensor:
+    """The matrix product, as :func:`torch.matmul` (batches broadcast, 1-D operands a row or a column), with the
+    backward of eq. T7: ∂e/∂A = δBᴴ, ∂e/∂B = Aᴴδ (Note A eq. 8, 7), summed over broadcast batch dimensions.
+
+    ``out=`` is torch's own (torch differentiates no ``out=`` call).
+
+    Example::
+
+        >>> matmul(torch.ones(2, 3), torch.ones(3))
+        tensor([3., 3.])
+    """
+    if has_torch_function_variadic(input, other):
+        return handle_torch_function(matmul, (input, other), input, other, out=out)
+    if out is not None:
+        return torch.matmul(input, other, out=out)
+    return _product(MatmulFunction, input, other, "matmul")
+
+
+def bmm(input, mat2, *, out=None) -> torch.Tensor:
+    """Batched matrix product of two ``(b, n, m)``, ``(b, m, p)`` tensors, as :func:`torch.bmm` (backward eq. T7).
+
+    Example::
+
+        >>> bmm(torch.ones(2, 1, 3), torch.ones(2, 3, 1)).flatten()
+        tensor([3., 3.])
+    """
+    if has_torch_function_variadic(input, mat2):
+        return handle_torch_function(bmm, (input, mat2), input, mat2, out=out)
+    if out is not None:
+        return torch.bmm(input, mat2, out=out)
+    return _product(MatmulFunction, input, mat2, "bmm")
+
+
+def addmm(input, mat1, mat2, *, beta=1, alpha=1, out=None) -> torch.Tensor:
+    """β·input + α·mat1 @ mat2, as :func:`torch.addmm` (input broadcast to the product's shape); backward eq. T8.
+
+    Example::
+
+        >>> addmm(torch.ones(2), torch.ones(1, 3), torch.ones(3, 2), beta=2)
+        tensor([[5., 5.]])
+    """
+    if has_torch_function_variadic(input, mat1, mat2):
+        return handle_torch_function(addmm, (input, mat1, mat2), input, mat1, mat2, beta=beta, alpha=alpha, out=out)
+    if out is not None:
+        return torch.addmm(input, mat1, mat2, beta=beta, alpha=alpha, out=out)
+    return _product(AddmmFunction, input, mat1, mat2, _number(beta), _number(alpha), "addmm")
+
+
+def baddbmm(input, batch1, batch2, *, beta=1, alpha=1, out=None) -> torch.Tensor:
+    """β·input + α·batch1 @ batch2 for each matrix of the batch, as :func:`torch.baddbmm`; backward eq. T8.
+
+    Example::
+
+        >>> baddbmm(torch.zeros(1, 1, 1), torch.ones(1, 1, 3), torch.ones(1, 3, 1), alpha=2).flatten()
+        tensor([6.])
+    """
+    if has_torch_function_variadic(input, batch1, batch2):
+        return handle_torch_function(baddbmm, (input, batch1, batch2), input, batch1, batch2, beta=beta, alpha=alpha,
+                                     out=out)  # fmt: skip
+    if out is not None:
+        return torch.baddbmm(input, batch1, batch2, beta=beta, alpha=alpha, out=out)
+    return _product(AddmmFunction, input, batch1, batch2, _number(beta), _number(alpha), "baddbmm")
+
+
+def _number(scalar):
+    """A scalar given as a 0-d tensor or a numpy scalar, as the Python number torch reads (others as they are: torch
+    judges them)."""
+    if isinstance(scalar, torch.Tensor) and scalar.dim() == 0 or type(scalar).__module__ == "numpy":
+        return scalar.item()
+    return scalar
+
+
+def _product(function, *args):
+    """A product's Function on its tensors cast as autocast casts the matrix products (its lower-precision list)."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    for t, name in zip(tensors, ("input", "other", "mat2")):
+        check_tensor(t, name, args[-1])
+    cast, autocast_off = _autocast_lower_precision(*tensors)
+    with autocast_off:
+        return apply(function, *cast, *args[len(tensors) :])
+
+
+def scaled_dot_product_attention(
+    query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None, enable_gqa=False
+) -> torch.Tensor:
+    """softmax(s·QKᵀ + M)·V, as :func:`torch.nn.functional.scaled_dot_product_attention`, with the hand-derived
+    backward (``bp_torch.autograd.ScaledDotProductAttentionFunction``, eq. T9–T12).
+
+    Args:
+        query: ``(*, L, E)``; key: ``(*, S, E)``; value: ``(*, S, Ev)`` (batch dimensions broadcast).
+        attn_mask: boolean (True: may attend) or float (added to the scores), broadcast to ``(*, L, S)``.
+        dropout_p: the probability of dropping an attention weight (always applied when positive, as torch's);
+            the survivors scaled by 1/(1 − p). The masks are drawn by ``torch.bernoulli``, not torch's kernel's.
+        is_causal: query i attends to keys j ≤ i (the top-left causal mask); no ``attn_mask`` with it.
+        scale: s; default 1/√E.
+        enable_gqa: grouped-query attention: the key and value heads (dim −3) each serve several query heads.
+
+    Shape:
+        ``(*, L, Ev)``.
+
+    Example::
+
+        >>> q = torch.zeros(1, 2, 4)
+        >>> scaled_dot_product_attention(q, q, torch.tensor([[[1.0], [3.0]]]))
+        tensor([[[2.],
+                 [2.]]])
+    """
+    if has_torch_function_variadic(query, key, value, attn_mask):
+        return handle_torch_function(scaled_dot_product_attention, (query, key, value, attn_mask), query, key, value,
+                                     attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                                     enable_gqa=enable_gqa)  # fmt: skip
+    check_attention(query, key, value, attn_mask, dropout_p, is_causal)
+    (query, key, value, attn_mask), autocast_off = _autocast_lower_precision(query, key, value, attn_mask)
+    L, S, E = query.shape[-2], key.shape[-2], query.shape[-1]
+    scale = 1 / math.sqrt(E) if scale is None else float(scale)
+    groups = 1
+    if enable_gqa and query.dim() >= 3 and key.shape[-3] != query.shape[-3]:
+        if query.shape[-3] % key.shape[-3] or query.shape[-3] % value.shape[-3]:
+            raise RuntimeError("Number of heads in key and value must divide the number of heads in query")
+        groups = query.shape[-3] // key.shape[-3]
+    keep = bias = dropout = None
+    if is_causal:
+        keep = torch.ones(L, S, dtype=torch.bool, device=query.device).tril()
+    elif attn_mask is not None and attn_mask.dtype == torch.bool:
+        keep = attn_mask
+    elif attn_mask is not None:
+        bias = attn_mask
+    if dropout_p > 0:
+        key_batch = (*key.shape[:-3], key.shape[-3] * groups) if key.dim() >= 3 else key.shape[:-2]
+        shape = (*torch.broadcast_shapes(query.shape[:-2], key_batch), L, S)
+        dtype = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else query.dtype
+        if dropout_p == 1:
+            dropout = torch.zeros(shape, dtype=dtype, device=query.device)
+        else:  # eq. D4: m / (1 − p)
+            dropout = torch.empty(shape, dtype=dtype, device=query.device).bernoulli_(1 - dropout_p) / (1 - dropout_p)
+    with autocast_off:
+        out, _ = apply(ScaledDotProductAttentionFunction, query, key, value, bias, keep, dropout, scale, groups)
+    return out
+
+
+# made of the functions above (a module of its own, which imports this one)
+from bp_torch._einsum import einsum  # noqa: E402
+from bp_torch._multi_head_attention import multi_head_attention_forward  # noqa: E402

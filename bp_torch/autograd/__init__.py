@@ -21,6 +21,13 @@ Beyond the notes (equation labels D and M are ours, derived in ``docs/derivation
 - ``adaptive_pool``: ``AdaptiveAvgPool2dFunction`` (eq. M4, M5) and ``AdaptiveAvgPool2dInputGradFunction``;
 - ``batch_norm``: ``BatchNormFunction`` (eq. M6–M12).
 
+The transformer's operations (equation labels T, ours):
+
+- ``layer_norm``: ``LayerNormFunction``, ``GroupNormFunction`` (eq. T1–T4);
+- ``gelu``: ``GeluFunction`` (eq. T5, T6);
+- ``matmul``: ``MatmulFunction`` (matmul, bmm) and ``AddmmFunction`` (addmm, baddbmm) (eq. T7, T8);
+- ``attention``: ``ScaledDotProductAttentionFunction`` (eq. T9–T12).
+
 Every backward is written with forward tensor ops only (conv2d, matmul, pad, flip, sum ...): never autograd,
 ``torch.nn.grad``, ``torch.func`` or an ``aten.*_backward`` op. Arguments arrive validated and normalised by
 ``bp_torch.functional``.
@@ -28,6 +35,7 @@ Every backward is written with forward tensor ops only (conv2d, matmul, pad, fli
 
 from bp_torch.autograd.activation import LeakyReluFunction, ReluFunction, SigmoidFunction, TanhFunction
 from bp_torch.autograd.adaptive_pool import AdaptiveAvgPool2dFunction, AdaptiveAvgPool2dInputGradFunction
+from bp_torch.autograd.attention import ScaledDotProductAttentionFunction
 from bp_torch.autograd.batch_norm import BatchNormFunction
 from bp_torch.autograd.conv import (
     Conv2dFunction,
@@ -37,8 +45,11 @@ from bp_torch.autograd.conv import (
     conv2d_weight_grad,
 )
 from bp_torch.autograd.dropout import DropoutFunction
+from bp_torch.autograd.gelu import GeluFunction
+from bp_torch.autograd.layer_norm import GroupNormFunction, LayerNormFunction
 from bp_torch.autograd.linear import LinearFunction
 from bp_torch.autograd.loss import CrossEntropyFunction, MSELossFunction, NllLossFunction
+from bp_torch.autograd.matmul import AddmmFunction, MatmulFunction
 from bp_torch.autograd.max_pool import MaxPool2dFunction, MaxPool2dGatherFunction, MaxPool2dInputGradFunction
 from bp_torch.autograd.pool import AvgPool2dFunction, avg_pool2d_divisor
 from bp_torch.autograd.softmax import LogSoftmaxFunction, SoftmaxFunction
@@ -69,4 +80,11 @@ __all__ = [
     "AdaptiveAvgPool2dFunction",
     "AdaptiveAvgPool2dInputGradFunction",
     "BatchNormFunction",
+    # the transformer's operations (eq. T1–T12)
+    "LayerNormFunction",
+    "GroupNormFunction",
+    "GeluFunction",
+    "MatmulFunction",
+    "AddmmFunction",
+    "ScaledDotProductAttentionFunction",
 ]

@@ -27,8 +27,7 @@ class SoftmaxFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         (p,) = ctx.saved_tensors
-        t = grad_output * p
-        return torch.addcmul(t, p, t.sum(ctx.dim, keepdim=True), value=-1), None  # eq. D5: p ⊙ δ − p Σ p ⊙ δ
+        return softmax_grad(p, grad_output, ctx.dim), None  # eq. D5
 
     @staticmethod
     def jvp(ctx, input_t, _):
@@ -66,3 +65,9 @@ class LogSoftmaxFunction(Function):
     def jvp(ctx, input_t, _):
         (out,) = ctx.saved_tensors
         return input_t - (out.exp() * input_t).sum(ctx.dim, keepdim=True)  # eq. D6, forward mode: ẋ − Σ p ẋ
+
+
+def softmax_grad(p: torch.Tensor, grad_output: torch.Tensor, dim: int) -> torch.Tensor:
+    """∂e/∂x of p = softmax(x) along ``dim``, from δ = ∂e/∂p and the output p (eq. D5)."""
+    t = grad_output * p
+    return torch.addcmul(t, p, t.sum(dim, keepdim=True), value=-1)  # eq. D5: p ⊙ δ − p Σ p ⊙ δ
