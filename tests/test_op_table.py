@@ -122,7 +122,8 @@ def _layout(t: torch.Tensor) -> str:
     return "other"
 
 
-def _judge(ours, theirs, ref, what: str, elementwise: bool, precision: torch.dtype | None = None, layout=True):
+def _judge(ours, theirs, ref, what: str, elementwise: bool, precision: torch.dtype | None = None, layout=True,
+           float64_ulps: float = 64):  # fmt: skip
     """``ours`` as close to the float64 ``ref`` as ``theirs`` (torch) is, within twice its distance and a few ulps
     of ``precision`` (the lowest of the call; None: ``ref`` is torch's own float64 result, not a truth, and only a
     gross difference counts); non-finite entries where torch has them, the same ones."""
@@ -149,7 +150,7 @@ def _judge(ours, theirs, ref, what: str, elementwise: bool, precision: torch.dty
     err_o, err_t, scale = (o - r).abs()[m], (t - r).abs()[m], r.abs()[m]
     eps = torch.finfo(precision or ours.dtype).eps
     if precision is None:  # against torch's float64: sums in another order, any formulation of the same equation
-        bound = 2 * eps * scale + 64 * eps * max(scale.max().item(), 1.0)
+        bound = 2 * eps * scale + float64_ulps * eps * max(scale.max().item(), 1.0)
     elif elementwise:  # each value rounded once or twice where torch rounds it once
         bound = 2 * err_t + 4 * eps * scale + 4 * torch.finfo(precision).tiny
     else:  # sums in another order: a few ulps of the largest value, in float32 for half precision ("opmath")
@@ -199,10 +200,10 @@ def compare(op: OpEntry, sample: Sample, rng: random.Random, what: str) -> bool:
     assert len(ours.outputs) == len(theirs.outputs), what
     for i, (a, b, r) in enumerate(zip(ours.outputs, theirs.outputs, ref.outputs)):
         assert a.requires_grad == b.requires_grad, f"{what}: output {i} requires_grad {a.requires_grad}"
-        _judge(a, b, r, f"{what} output {i}", op.elementwise, precision, layout=not plain)
+        _judge(a, b, r, f"{what} output {i}", op.elementwise, precision, not plain, op.float64_ulps)
     for a, b, r in zip(ours.args, theirs.args, ref.args):  # arguments updated in place (running statistics)
         if isinstance(a, torch.Tensor) and not a.requires_grad:
-            _judge(a, b, r, f"{what} argument updated in place", False, precision)
+            _judge(a, b, r, f"{what} argument updated in place", False, precision, True, op.float64_ulps)
     for key in wanted:
         _judge(
             ours.grads and ours.grads[key],
@@ -211,7 +212,8 @@ def compare(op: OpEntry, sample: Sample, rng: random.Random, what: str) -> bool:
             f"{what} gradient of {key}",
             op.elementwise,
             precision,
-            layout=not plain,
+            not plain,
+            op.float64_ulps,
         )
     return True
 
@@ -287,24 +289,18 @@ def test_second_order_matches_torch(op: OpEntry):
     for i, sample, keys in _finite_float64(op, 12):
         results = []
         for which in ("ours", "theirs"):
-            primals = [sample.tensors()[k].detach().clone().requires_grad_() for k in keys]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                out = _as_function(op, sample, keys, which)(*primals)
-                if not out.requires_grad:
-                    results.append(None)
-                    continue
-                g = torch.Generator().manual_seed(i)
-                upstream = torch.randn(out.shape, generator=g, dtype=out.dtype)
-                grads = torch.autograd.grad(out, primals, upstream, create_graph=True, allow_unused=True)
-                v = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in primals]
-                total = sum((gr * vi).sum().real for gr, vi in zip(grads, v) if gr is not None and gr.requires_grad)
-                if not isinstance(total, torch.Tensor):
-                    results.append([None] * len(primals))
-                    continue
-                results.append(torch.autograd.grad(total, primals, allow_unused=True))
+            try:
+                results.append(_second_order(op, sample, keys, which, i))
+            except RuntimeError:
+                if which == "ours":
+                    raise
+                # torch has no double backward here (its CPU attention kernel; layer_norm's without a weight): ours
+                # is held by gradgradcheck (README "Limits")
+                results.append("torch raised")
         ours, theirs = results
         what = f"{op.name} draw {i} {sample.describe()} second order"
+        if isinstance(theirs, str):
+            continue
         if ours is None or theirs is None:
             assert ours is theirs, what
             continue
@@ -314,6 +310,24 @@ def test_second_order_matches_torch(op: OpEntry):
                 continue
             a = torch.zeros_like(b) if a is None else a
             torch.testing.assert_close(a, b, equal_nan=True, msg=f"{what} of {key}")
+
+
+def _second_order(op, sample, keys, which, i):
+    """The gradient of ⟨∂e/∂inputs, v⟩ with respect to the inputs at ``keys`` (None: nothing requires grad)."""
+    primals = [sample.tensors()[k].detach().clone().requires_grad_() for k in keys]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = _as_function(op, sample, keys, which)(*primals)
+        if not out.requires_grad:
+            return None
+        g = torch.Generator().manual_seed(i)
+        upstream = torch.randn(out.shape, generator=g, dtype=out.dtype)
+        grads = torch.autograd.grad(out, primals, upstream, create_graph=True, allow_unused=True)
+        v = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in primals]
+        total = sum((gr * vi).sum().real for gr, vi in zip(grads, v) if gr is not None and gr.requires_grad)
+        if not isinstance(total, torch.Tensor):
+            return [None] * len(primals)
+        return torch.autograd.grad(total, primals, allow_unused=True)
 
 
 @ops
