@@ -45,7 +45,7 @@ class BatchNormFunction(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, weight, *_, training, momentum, eps = inputs
+        input, weight, bias, *_, training, momentum, eps = inputs
         _, mean, invstd = output
         ctx.mark_non_differentiable(mean, invstd)
         needs_input, needs_weight = ctx.needs_input_grad[:2]
@@ -54,6 +54,9 @@ class BatchNormFunction(Function):
         ctx.save_for_backward(input if keep_input else None, weight if needs_input else None, mean, invstd)
         ctx.save_for_forward(input, weight, mean, invstd)
         ctx.training, ctx.eps = training, eps
+        # the parameters' gradients come back in their own dtypes, even when γ itself is not saved
+        ctx.weight_like = (weight.dtype, weight.shape) if weight is not None else None
+        ctx.bias_like = (bias.dtype, bias.shape) if bias is not None else None
         ctx.channels_last = is_channels_last(input)
 
     @staticmethod
@@ -66,7 +69,7 @@ class BatchNormFunction(Function):
         per_channel = (1, -1) + (1,) * (delta.dim() - 2)
         m = max(delta.numel() // max(delta.shape[1], 1), 1)  # values per channel (an empty batch has no gradient)
         x = upcast(input) if input is not None else None
-        if ctx.training and torch.is_grad_enabled():
+        if ctx.training and torch.is_grad_enabled() and x is not None:
             # a graph of this backward is being built (double backward): μ and σ̂ as the functions of x they are
             var, mean = torch.var_mean(x, dims, correction=0)
             invstd = torch.rsqrt(var + ctx.eps)
@@ -100,9 +103,9 @@ class BatchNormFunction(Function):
                 grad_input = add_b_x(x, b.view(per_channel))  # eq. M10: c + a·δ + b·x
             grad_input = in_layout(grad_input.to(dtype), ctx.channels_last)
         if needs_weight:
-            grad_weight = sum_delta_x_hat.to(weight.dtype).reshape(weight.shape)  # eq. M9: ∂e/∂γ = Σ δ·x̂
+            grad_weight = sum_delta_x_hat.to(ctx.weight_like[0]).reshape(ctx.weight_like[1])  # eq. M9: ∂e/∂γ = Σ δ·x̂
         if needs_bias:
-            grad_bias = sum_delta.to(dtype if weight is None else weight.dtype)  # eq. M8: ∂e/∂β = Σ δ
+            grad_bias = sum_delta.to(ctx.bias_like[0]).reshape(ctx.bias_like[1])  # eq. M8: ∂e/∂β = Σ δ
         return grad_input, grad_weight, grad_bias, None, None, None, None, None
 
     @staticmethod
