@@ -3,6 +3,7 @@ torch or a float64 reference (to be folded into the op table)."""
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -92,3 +93,105 @@ def test_fine_tuning_a_converted_resnet_with_a_frozen_stem():
     model.conv1.requires_grad_(False)
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     assert model.bn1.weight.grad is not None and model.conv1.weight.grad is None
+
+
+# --- scalar arguments parsed as torch's argument parser parses them -------------------------------------------------
+
+_SPELLINGS = [
+    0.25,
+    1,
+    True,
+    np.float64(0.25),
+    np.float32(0.25),
+    np.int64(1),
+    np.bool_(True),
+    np.array(0.25),
+    torch.tensor(0.25),
+    torch.tensor(1),
+    torch.tensor(True),
+    torch.tensor([0.25]),
+    torch.tensor(0.25, requires_grad=True),
+    "0.25",
+    None,
+    1 + 2j,
+    1.5,
+    -1,
+    float("nan"),
+    torch.float64,
+    torch.tensor([1]),
+]
+
+_x, _t = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
+_SCALAR_ARGUMENTS = {
+    "batch_norm momentum": lambda M, v: M.batch_norm(_x, None, None, training=True, momentum=v),
+    "batch_norm eps": lambda M, v: M.batch_norm(_x, None, None, training=True, eps=v),
+    "batch_norm training": lambda M, v: M.batch_norm(_x, torch.zeros(3), torch.ones(3), training=v),
+    "leaky_relu negative_slope": lambda M, v: M.leaky_relu(_x, v),
+    "dropout training": lambda M, v: M.dropout(_x, 0.5, v),
+    "dropout p": lambda M, v: M.dropout(_x, v),
+    "nll_loss ignore_index": lambda M, v: M.nll_loss(_x, _t, ignore_index=v),
+    "cross_entropy ignore_index": lambda M, v: M.cross_entropy(_x, _t, ignore_index=v),
+    "cross_entropy label_smoothing": lambda M, v: M.cross_entropy(_x, _t, label_smoothing=v),
+    "softmax dim": lambda M, v: M.softmax(_x, v),
+    "log_softmax dim": lambda M, v: M.log_softmax(_x, v),
+    "softmax dtype": lambda M, v: M.softmax(_x, 1, dtype=v),
+    "log_softmax dtype": lambda M, v: M.log_softmax(_x, 1, dtype=v),
+}
+
+
+def _outcome(call, module, value):
+    torch.manual_seed(0)
+    try:
+        return call(module, value)
+    except Exception as error:  # noqa: BLE001 - the type is what is compared
+        return type(error)
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("argument", list(_SCALAR_ARGUMENTS))
+def test_scalar_arguments_parse_as_torch_parses_them(argument):
+    """Every spelling torch's parser accepts gives torch's value; every one it refuses, torch's exception type
+    (ignore_index=1.5 is not class 1, dropout(training="no") and softmax(dtype=1) raise TypeError)."""
+    call = _SCALAR_ARGUMENTS[argument]
+    for value in _SPELLINGS:
+        ours, theirs = _outcome(call, BF, value), _outcome(call, F, value)
+        if isinstance(theirs, type):
+            assert ours is theirs, f"{argument}={value!r}: ours {ours!r}, torch {theirs.__name__}"
+        else:
+            assert isinstance(ours, torch.Tensor), f"{argument}={value!r}: ours {ours!r}, torch accepts it"
+            torch.testing.assert_close(ours, theirs, equal_nan=True, msg=f"{argument}={value!r}")
+
+
+# --- valid calls torch accepts --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("op", ["nll_loss", "cross_entropy"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_unbatched_input_with_a_one_element_target(op, reduction):
+    """A (C,) input with a (1,) target: torch's forward reads it as one target (its backward then fails on the
+    sizes); ours is the batch of one, gradient included, as with the 0-d target torch differentiates."""
+    x, weight = torch.randn(3, dtype=torch.float64), torch.rand(3, dtype=torch.float64)
+    ours = _grads(lambda x: getattr(BF, op)(x, torch.tensor([1]), weight, reduction=reduction), [x], {}, (0,))
+    theirs = _grads(lambda x: getattr(F, op)(x, torch.tensor(1), weight, reduction=reduction), [x], {}, (0,))
+    torch.testing.assert_close(ours, theirs)
+    with pytest.raises(RuntimeError, match="size mismatch"):  # torch's own inconsistency, pinned
+        _grads(lambda x: getattr(F, op)(x, torch.tensor([1]), weight, reduction=reduction), [x], {}, (0,))
+
+
+@pytest.mark.filterwarnings("ignore:Using a target size")
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("input_shape, target_shape", [((3, 1), (1, 4)), ((4,), (3, 4)), ((3, 4), (4,))])
+def test_mse_loss_weight_has_the_input_size(input_shape, target_shape, reduction):
+    """The weight is checked against the input's own size (not the broadcast one) and broadcast by the product;
+    its gradient sums over the copies. A weight of the broadcast size is refused, as by torch."""
+    d = torch.float64
+    args = [torch.randn(input_shape, dtype=d), torch.randn(target_shape, dtype=d), torch.rand(input_shape, dtype=d)]
+    ours = _grads(_positional(BF.mse_loss, "mse_loss"), args, {"reduction": reduction}, (0, 1, 2), True)
+    theirs = _grads(_positional(F.mse_loss, "mse_loss"), args, {"reduction": reduction}, (0, 1, 2), True)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b)
+    broadcast = torch.broadcast_shapes(input_shape, target_shape)
+    if broadcast != input_shape:
+        for M in (BF, F):
+            with pytest.raises(ValueError, match="same size"):
+                M.mse_loss(args[0], args[1], weight=torch.rand(broadcast, dtype=d))

@@ -25,7 +25,8 @@ def _reduce(per_element: torch.Tensor, reduction: str, denominator=None) -> torc
 
 @with_direct_call
 class MSELossFunction(Function):
-    """L = Σ w (ŷ − y)² / D, torch's ``mse_loss`` (no ½; D = the element count, or Σw with a weight, for ``"mean"``);
+    """L = Σ w (ŷ − y)² / D, torch's ``mse_loss`` (no ½; D = the element count, or Σw with a weight, for ``"mean"``;
+    the input and target come broadcast, the weight of the input's size as given, broadcast by the product);
     backward ∂L/∂ŷ = 2w(ŷ − y)/D = −∂L/∂y (Note B eq. 13–16, eq. D7), ∂L/∂w (eq. D8)."""
 
     generate_vmap_rule = True
@@ -61,11 +62,12 @@ class MSELossFunction(Function):
             grad_input = delta if ctx.needs_input_grad[0] else None
             grad_target = -delta if ctx.needs_input_grad[1] else None  # eq. D7: ∂L/∂y = −∂L/∂ŷ
         if ctx.needs_input_grad[2]:
+            # the weight has the input's size, broadcast against the target: its gradient sums over the copies
             squared = diff * diff
             if ctx.reduction == "mean":
-                grad_weight = (squared - loss) * scale  # eq. D8: ∂L/∂w = ((ŷ − y)² − L)/Σw
+                grad_weight = (squared.sum_to_size(weight.shape) - loss) * scale  # eq. D8: ((ŷ − y)² − L)/Σw
             else:
-                grad_weight = squared * scale  # eq. D8: ∂L/∂w = (ŷ − y)²
+                grad_weight = (squared * scale).sum_to_size(weight.shape)  # eq. D8: ∂L/∂w = (ŷ − y)²
         return grad_input, grad_target, grad_weight, None
 
     @staticmethod
