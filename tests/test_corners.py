@@ -195,3 +195,109 @@ def test_mse_loss_weight_has_the_input_size(input_shape, target_shape, reduction
         for M in (BF, F):
             with pytest.raises(ValueError, match="same size"):
                 M.mse_loss(args[0], args[1], weight=torch.rand(broadcast, dtype=d))
+
+
+# --- corners: class weights, non-finite values, extreme arguments, cancellation -------------------------------------
+
+_CLASS_WEIGHTS = {  # targets, weight, label_smoothing
+    "negative weights": ([0, 1], [1.0, -0.5, 2.0], 0.0),
+    "negative total": ([0, 1], [-1.0, -0.5, 2.0], 0.0),
+    "negative total smoothed": ([0, 1], [-1.0, -0.5, 2.0], 0.1),
+    "zero total": ([0, 1], [1.0, -1.0, 2.0], 0.0),
+    "zero total smoothed": ([0, 1], [1.0, -1.0, 2.0], 0.1),
+    "zero weights": ([0, 1], [0.0, 0.0, 2.0], 0.0),
+    "one ignored": ([-100, 1], [1.0, 0.0, 2.0], 0.0),
+    "all ignored": ([-100, -100], None, 0.0),
+    "all ignored smoothed": ([-100, -100], None, 0.1),
+}
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize(
+    "case, op",
+    [
+        (case, op)
+        for case in _CLASS_WEIGHTS
+        for op in ("cross_entropy", "nll_loss")
+        if op == "cross_entropy" or not _CLASS_WEIGHTS[case][2]
+    ],
+)
+def test_class_weights_of_any_sign_and_a_zero_total(case, op, reduction, both_formulas):
+    """Negative class weights (a negative mean denominator) give torch's gradients, not ~1e307 from a clamp; a zero
+    denominator gives non-finite gradients where torch's are (NaN loss), and an ignored position zero."""
+    targets, weight, smoothing = _CLASS_WEIGHTS[case]
+    d = torch.float64
+    x, target = torch.randn(2, 3, dtype=d), torch.tensor(targets)
+    weight = None if weight is None else torch.tensor(weight, dtype=d)
+    kwargs = {"reduction": reduction, **({"label_smoothing": smoothing} if smoothing else {})}
+    results = []
+    for M in (BF, F):
+        leaf = x.clone().requires_grad_()
+        loss = getattr(M, op)(leaf, target, weight, **kwargs)
+        loss.sum().backward()
+        results.append((loss.detach(), leaf.grad))
+    (loss, grad), (expected_loss, expected_grad) = results
+    torch.testing.assert_close(loss, expected_loss, equal_nan=True)
+    if torch.isfinite(expected_grad).all():
+        torch.testing.assert_close(grad, expected_grad)
+    else:  # 0/0 and x/0: which non-finite value comes out depends on the order of operations
+        assert torch.equal(torch.isfinite(grad), torch.isfinite(expected_grad)), (grad, expected_grad)
+
+
+_NON_FINITE = torch.tensor([-1e3, -1.0, -0.0, 0.0, 1.0, 1e3, float("nan"), float("inf"), -float("inf")])
+_ELEMENTWISE = {
+    "relu": (BF.relu, F.relu),
+    "leaky_relu": (lambda x: BF.leaky_relu(x, 0.2), lambda x: F.leaky_relu(x, 0.2)),
+    "leaky_relu slope 3": (lambda x: BF.leaky_relu(x, 3.0), lambda x: F.leaky_relu(x, 3.0)),
+    "leaky_relu slope 1e20": (lambda x: BF.leaky_relu(x, 1e20), lambda x: F.leaky_relu(x, 1e20)),
+    "tanh": (BF.tanh, torch.tanh),
+    "sigmoid": (BF.sigmoid, torch.sigmoid),
+    "softmax": (lambda x: BF.softmax(x, 0), lambda x: torch.softmax(x, 0)),
+    "log_softmax": (lambda x: BF.log_softmax(x, 0), lambda x: torch.log_softmax(x, 0)),
+}
+
+
+@pytest.mark.parametrize("upstream", [1.0, float("inf"), -float("inf"), float("nan")])
+@pytest.mark.parametrize("name", list(_ELEMENTWISE))
+def test_non_finite_inputs_and_upstream_gradients_propagate_as_in_torch(name, upstream, both_formulas):
+    """relu at NaN passes δ, an infinite δ where the derivative is 0 gives 0 (a select, not 0·∞), tanh and sigmoid
+    keep ∞ where their derivative is positive, leaky_relu's gradient is exact for any slope: torch's, bit for bit
+    where it is not NaN."""
+    ours, theirs = _ELEMENTWISE[name]
+    finite_input = name in ("softmax", "log_softmax")  # one NaN or ∞ would make the whole softmax NaN
+    x = torch.tensor([-2.0, -1.0, 0.0, 0.5, 3.0]) if finite_input else _NON_FINITE
+    delta = torch.ones_like(x)
+    delta[1] = upstream
+    grads = []
+    for f in (ours, theirs):
+        leaf = x.clone().requires_grad_()
+        f(leaf).backward(delta)
+        grads.append(leaf.grad)
+    torch.testing.assert_close(grads[0], grads[1], equal_nan=True, rtol=1e-6, atol=1e-6)  # float32 rounding
+
+
+@pytest.mark.parametrize("output_size", [1, 2, (2, 3), 4])
+def test_adaptive_avg_pool2d_infinite_gradient_reaches_its_window_alone(output_size, both_formulas):
+    x = torch.randn(1, 2, 5, 7, requires_grad=True)
+    out = BF.adaptive_avg_pool2d(x, output_size)
+    delta = torch.ones_like(out)
+    delta[0, 0, 0, 0] = float("inf")
+    (ours,) = torch.autograd.grad(out, x, delta)
+    (theirs,) = torch.autograd.grad(F.adaptive_avg_pool2d(x, output_size), x, delta)
+    torch.testing.assert_close(ours, theirs, equal_nan=True)
+
+
+def test_batch_norm_gradients_keep_their_digits_when_the_mean_dwarfs_the_spread(both_formulas):
+    """|μ| ≫ σ: Σδx − μΣδ would cancel; within a few times torch's own float32 distance to the float64 truth."""
+    x, delta = torch.randn(16, 3, 6, 6) * 0.01 + 1000, torch.randn(16, 3, 6, 6)
+    w, b = torch.rand(3) + 0.5, torch.randn(3)
+
+    def grads(f, dtype):
+        leaves = [t.to(dtype).clone().requires_grad_() for t in (x, w, b)]
+        f(leaves[0], None, None, leaves[1], leaves[2], training=True).backward(delta.to(dtype))
+        return [t.grad.double() for t in leaves]
+
+    truth = grads(F.batch_norm, torch.float64)
+    for ours, theirs, exact in zip(grads(BF.batch_norm, torch.float32), grads(F.batch_norm, torch.float32), truth):
+        torch_error = (theirs - exact).abs().max()
+        assert (ours - exact).abs().max() <= 4 * torch_error + 1e-6 * exact.abs().max()

@@ -77,13 +77,14 @@ class BatchNormFunction(Function):
         grad_input = grad_weight = grad_bias = None
         needs_sum = needs_bias or needs_weight or (needs_input and ctx.training)
         sum_delta = delta.sum(dims) if needs_sum else None  # eq. M8: Σ δ
-        x_hat = sum_delta_x_hat = None
+        x_hat = centered = sum_delta_x_hat = None
         if x is not None and is_literal():
             x_hat = (x - mean.view(per_channel)) * invstd.view(per_channel)  # eq. M6: x̂ = (x − μ)/σ̂
             sum_delta_x_hat = (delta * x_hat).sum(dims)  # eq. M9: Σ δ·x̂
         elif x is not None:
-            # Σ δ·x̂ = (Σ δ·x − μ Σ δ)/σ̂: no x̂ map in memory (cancels digits when |μ| ≫ σ; literal mode does not)
-            sum_delta_x_hat = torch.addcmul((delta * x).sum(dims), mean, sum_delta, value=-1) * invstd  # eq. M9
+            # x − μ first: Σ δ·x − μ Σ δ would cancel the digits of Σ δ·x̂ when |μ| ≫ σ
+            centered = x - mean.view(per_channel)
+            sum_delta_x_hat = (delta * centered).sum(dims) * invstd  # eq. M9: Σ δ·x̂ = Σ δ·(x − μ)/σ̂
         if needs_input:
             scale = invstd if gamma is None else gamma * invstd  # γ/σ̂
             if not ctx.training:
@@ -94,13 +95,13 @@ class BatchNormFunction(Function):
                     m * delta - sum_delta.view(per_channel) - x_hat * sum_delta_x_hat.view(per_channel)
                 )
             else:
-                # eq. M10 as one affine map per channel, c + a·δ + b·x with a = γ/σ̂: no x̂ map in memory
+                # eq. M10 as one affine map per channel, c + a·δ + b·(x − μ) with a = γ/σ̂: no x̂ map in memory
                 b = scale * invstd * sum_delta_x_hat * (-1 / m)
-                c = torch.addcmul(scale * sum_delta * (-1 / m), b, mean, value=-1)
+                c = scale * sum_delta * (-1 / m)
                 grad_input = torch.addcmul(c.view(per_channel), delta, scale.view(per_channel))
                 # in place outside torch.func, where vmap has no batching rule for addcmul_ and would loop
                 add_b_x = grad_input.addcmul if torch._C._are_functorch_transforms_active() else grad_input.addcmul_
-                grad_input = add_b_x(x, b.view(per_channel))  # eq. M10: c + a·δ + b·x
+                grad_input = add_b_x(centered, b.view(per_channel))  # eq. M10: c + a·δ + b·(x − μ)
             grad_input = in_layout(grad_input.to(dtype), ctx.channels_last)
         if needs_weight:
             grad_weight = sum_delta_x_hat.to(ctx.weight_like[0]).reshape(ctx.weight_like[1])  # eq. M9: ∂e/∂γ = Σ δ·x̂

@@ -189,18 +189,17 @@ class CrossEntropyFunction(Function):
         if eps > 0:
             spread = _per_element(kept.to(a.dtype) * (eps / C))
             a = torch.addcmul(a, w if w is not None else torch.ones_like(a), spread)  # eq. D11: + m_n ε w_c / C
-        return a, a.sum(1, keepdim=True), _per_element(factor) if ctx.reduction == "none" else factor
+        return a, a.sum(1, keepdim=True), _per_element(factor)
 
     @staticmethod
     def _indices(ctx, target, weight, scale, dtype):
-        """The kept positions m, the classes (ignored made 0), m·w_t and δ/D (δ per position for "none")."""
+        """The kept positions m, the classes (ignored made 0), m·w_t and, per position, δ/D where kept, else 0."""
         kept, classes = _safe_targets(target, ctx.ignore_index)
         w_t = weight[classes] * kept if weight is not None else kept.to(dtype)
-        if ctx.reduction != "mean":
-            return kept, classes, w_t, scale
-        # every target ignored: D = 0, torch's loss NaN and its gradient zero (as every a_n and s_n is): a positive
-        # floor keeps δ/D finite, and no real D is below it
-        return kept, classes, w_t, scale / w_t.sum().clamp_min(torch.finfo(dtype).tiny)
+        # D = Σ m_n w_{t_n} as it is: negative class weights may make it negative, or zero (then, as torch's, the
+        # kept positions' gradients are not finite); an ignored position's gradient is zero whatever δ/D is
+        factor = scale / w_t.sum() if ctx.reduction == "mean" else scale
+        return kept, classes, w_t, torch.where(kept, factor, 0)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -235,18 +234,18 @@ class CrossEntropyFunction(Function):
         target class and, with smoothing, −ε w_c/(C·D) at every class of the kept positions."""
         eps, C = ctx.label_smoothing, p.shape[1]
         kept, classes, w_t, factor = CrossEntropyFunction._indices(ctx, target, weight, scale, p.dtype)
-        at_target = w_t * factor  # w_{t_n}/D, zero where ignored
+        at_target = w_t * factor  # w_{t_n}/D, zero where ignored (factor is)
         s = (
             at_target
             if eps == 0
-            else at_target * (1 - eps) + kept * factor * (eps * (weight.sum() if weight is not None else C) / C)
+            else at_target * (1 - eps) + factor * (eps * (weight.sum() if weight is not None else C) / C)
         )
         grad = p * _per_element(s)  # eq. D10: s p / D
         index = _per_element(classes)
         grad.scatter_add_(1, index, _per_element(at_target * (eps - 1)))  # eq. D10: − a/D at the targets
         if eps > 0:
             w = _class_weight(weight, p) if weight is not None else 1
-            grad -= _per_element(kept * factor) * (w * (eps / C))  # eq. D10: − a/D, what smoothing spreads
+            grad -= _per_element(factor) * (w * (eps / C))  # eq. D10: − a/D, what smoothing spreads
         return grad
 
     @staticmethod

@@ -27,14 +27,14 @@ class SoftmaxFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         (p,) = ctx.saved_tensors
-        t = grad_output * p
-        return torch.addcmul(t, p, t.sum(ctx.dim, keepdim=True), value=-1), None  # eq. D5: p ⊙ δ − p Σ p ⊙ δ
+        # p ⊙ (δ − Σ p ⊙ δ), as torch's kernel: the difference is taken before the product, so a δ constant along
+        # dim gives exactly 0 (p ⊙ δ − p Σ p ⊙ δ leaves the rounding of both products)
+        return p * (grad_output - (grad_output * p).sum(ctx.dim, keepdim=True)), None  # eq. D5: p ⊙ δ − p Σ p ⊙ δ
 
     @staticmethod
     def jvp(ctx, input_t, _):
         (p,) = ctx.saved_tensors
-        t = input_t * p
-        return torch.addcmul(t, p, t.sum(ctx.dim, keepdim=True), value=-1)  # eq. D5, forward mode: Jẋ, J symmetric
+        return p * (input_t - (input_t * p).sum(ctx.dim, keepdim=True))  # eq. D5, forward mode: Jẋ, J symmetric
 
 
 @with_direct_call
