@@ -104,3 +104,9 @@ def is_channels_last(t: torch.Tensor) -> bool:
 def in_layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """A gradient in its input's layout (channels_last or plainly contiguous)."""
     return t.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def opmath(t: torch.Tensor | None) -> torch.Tensor | None:
+    """float16/bfloat16 as float32, the "opmath" type torch's kernels compute reduced-precision gradients in (each
+    backward casts its result back once, at the end); other dtypes and None unchanged."""
+    return t.float() if t is not None and t.dtype in (torch.float16, torch.bfloat16) else t

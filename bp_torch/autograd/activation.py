@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.autograd import Function
 
 from bp_torch._formulas import is_literal
-from bp_torch._function import with_direct_call
+from bp_torch._function import opmath, with_direct_call
 
 
 @with_direct_call
@@ -29,11 +29,12 @@ class SigmoidFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         (out,) = ctx.saved_tensors
-        out = out.conj()  # complex: PyTorch's gradient is δ·conj(σ'), and conj(σ(1−σ)) = C̄(1−C̄); real: out itself
+        dtype, delta = grad_output.dtype, opmath(grad_output)  # half precision: computed in float32, as torch's
+        out = opmath(out).conj()  # complex: PyTorch's gradient is δ·conj(σ'), conj(σ(1−σ)) = C̄(1−C̄); real: out
         if is_literal():
-            return grad_output * out * (1 - out)  # Note B eq. 37/57: ΔC_σ = ΔC ⊙ C(1−C)
+            return (delta * out * (1 - out)).to(dtype)  # Note B eq. 37/57: ΔC_σ = ΔC ⊙ C(1−C)
         # a product, never a difference t − t·C: an infinite δ stays infinite where C(1−C) > 0, as in torch
-        return (1 - out) * out * grad_output  # Note B eq. 37/57: ΔC ⊙ C(1−C)
+        return ((1 - out) * out * delta).to(dtype)  # Note B eq. 37/57: ΔC ⊙ C(1−C)
 
     @staticmethod
     def jvp(ctx, input_t):
@@ -136,12 +137,13 @@ class TanhFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         (out,) = ctx.saved_tensors
+        dtype, delta, out = grad_output.dtype, opmath(grad_output), opmath(out)  # half precision: in float32
         if is_literal():
-            return grad_output * (1 - out * out).conj()  # eq. D3: δ ⊙ conj(1 − y²)
+            return (delta * (1 - out * out).conj()).to(dtype)  # eq. D3: δ ⊙ conj(1 − y²)
         # 1 − ȳ² as (1 − ȳ)(1 + ȳ): where |y| → 1, 1 ∓ y is exact and the product keeps every digit, while 1 − y·y
         # (and δ − (δȳ)ȳ more so) cancels the rounding of y² up to the result's size
         y = out.conj()
-        return (1 - y) * (1 + y) * grad_output  # eq. D3: δ ⊙ (1 − ȳ)(1 + ȳ)
+        return ((1 - y) * (1 + y) * delta).to(dtype)  # eq. D3: δ ⊙ (1 − ȳ)(1 + ȳ)
 
     @staticmethod
     def jvp(ctx, input_t):

@@ -14,7 +14,7 @@ from torch.autograd import Function
 
 from bp_torch._arguments import Pair
 from bp_torch._formulas import is_literal
-from bp_torch._function import in_layout, is_channels_last, nested_apply, with_direct_call
+from bp_torch._function import in_layout, is_channels_last, nested_apply, opmath, with_direct_call
 from bp_torch.autograd.pool import upsample
 
 
@@ -81,6 +81,8 @@ class AdaptiveAvgPool2dInputGradFunction(Function):
 
     @staticmethod
     def forward(delta, input_size: Pair):
+        if delta.dtype in (torch.float16, torch.bfloat16):  # half precision: summed in float32, as torch's
+            return AdaptiveAvgPool2dInputGradFunction.forward(opmath(delta), input_size).to(delta.dtype)
         H_out, W_out = delta.shape[-2:]
         (H, W) = input_size
         if is_literal() or 0 in (H_out, W_out):

@@ -14,6 +14,7 @@ from torch.autograd import Function
 
 from bp_torch._formulas import is_literal
 from bp_torch._function import in_layout, is_channels_last, with_direct_call
+from bp_torch._function import opmath as upcast
 
 
 @with_direct_call
@@ -69,8 +70,9 @@ class BatchNormFunction(Function):
         per_channel = (1, -1) + (1,) * (delta.dim() - 2)
         m = max(delta.numel() // max(delta.shape[1], 1), 1)  # values per channel (an empty batch has no gradient)
         x = upcast(input) if input is not None else None
-        if ctx.training and torch.is_grad_enabled() and x is not None:
-            # a graph of this backward is being built (double backward): μ and σ̂ as the functions of x they are
+        if ctx.training and (torch.is_grad_enabled() or x is not input) and x is not None:
+            # a graph of this backward is being built (double backward): μ and σ̂ as the functions of x they are;
+            # half precision: in float32, as torch's kernel gives them only rounded to the input's dtype
             var, mean = torch.var_mean(x, dims, correction=0)
             invstd = torch.rsqrt(var + ctx.eps)
         gamma = weight.reshape(-1) if weight is not None else None
@@ -130,8 +132,3 @@ class BatchNormFunction(Function):
         if bias_t is not None:
             out_t = out_t + bias_t.reshape(per_channel)  # eq. M12: β̇
         return out_t.to(dtype), None, None
-
-
-def upcast(t: torch.Tensor) -> torch.Tensor:
-    """float16/bfloat16 as float32 (the precision torch's kernels accumulate in); other dtypes unchanged."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t

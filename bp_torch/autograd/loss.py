@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.autograd import Function
 
 from bp_torch._formulas import is_literal
-from bp_torch._function import nested_apply, with_direct_call
+from bp_torch._function import nested_apply, opmath, with_direct_call
 from bp_torch.autograd.softmax import LogSoftmaxFunction, SoftmaxFunction
 
 
@@ -48,6 +48,9 @@ class MSELossFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         input, target, weight, loss = ctx.saved_tensors
+        dtypes = [t.dtype if t is not None else None for t in (input, target, weight)]
+        # half precision: computed in float32 (torch's opmath), each gradient cast back to its input's dtype
+        input, target, weight, loss, grad_output = map(opmath, (input, target, weight, loss, grad_output))
         grad_input = grad_target = grad_weight = None
         diff = input - target
         # D: the element count ("mean"), Σw ("mean" with a weight), 1 ("sum", "none")
@@ -68,7 +71,7 @@ class MSELossFunction(Function):
                 grad_weight = (squared.sum_to_size(weight.shape) - loss) * scale  # eq. D8: ((ŷ − y)² − L)/Σw
             else:
                 grad_weight = (squared * scale).sum_to_size(weight.shape)  # eq. D8: ∂L/∂w = (ŷ − y)²
-        return grad_input, grad_target, grad_weight, None
+        return (*(g if g is None else g.to(d) for g, d in zip((grad_input, grad_target, grad_weight), dtypes)), None)
 
     @staticmethod
     def jvp(ctx, input_t, target_t, weight_t, _):
@@ -131,13 +134,14 @@ class NllLossFunction(Function):
         target, weight = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
-        classes, coefficient = NllLossFunction._coefficients(ctx, target, weight, grad_output)
+        dtype, grad_output = grad_output.dtype, opmath(grad_output)  # half precision: −w/D·δ in float32
+        classes, coefficient = NllLossFunction._coefficients(ctx, target, opmath(weight), grad_output)
         zeros, index = grad_output.new_zeros(ctx.input_shape), _per_element(classes)
         # times the incoming δ (one per position for "none"); under torch.func out of place (vmap batches no
         # in-place scatter without a loop)
         scatter = zeros.scatter if torch._C._are_functorch_transforms_active() else zeros.scatter_
         grad_input = scatter(1, index, _per_element(coefficient * grad_output))  # eq. D9: −w_{t_n}/D at t_n
-        return grad_input, None, None, None, None
+        return grad_input.to(dtype), None, None, None, None
 
     @staticmethod
     def jvp(ctx, input_t, target_t, weight_t, _, __):
@@ -204,6 +208,10 @@ class CrossEntropyFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         input, target, weight = ctx.saved_tensors
+        dtypes = [t.dtype if t is not None else None for t in (input, target, weight)]
+        # half precision: p, the targets and δ/D in float32 (torch's opmath), each gradient cast back at the end
+        input, weight, grad_output = opmath(input), opmath(weight), opmath(grad_output)
+        target = opmath(target) if ctx.probabilities else target
         grad_input = grad_target = grad_weight = None
         eps, C = ctx.label_smoothing, input.shape[1]
         scale = grad_output if ctx.reduction == "none" else grad_output.reshape(())
@@ -226,7 +234,8 @@ class CrossEntropyFunction(Function):
                 smoothed = target * (1 - eps) + eps / C if eps > 0 else target
                 dims = [d for d in range(input.dim()) if d != 1]
                 grad_weight = -(smoothed * log_p * factor).sum(dims)  # eq. D12: ∂L/∂w_c = −Σ_n q̃_nc ℓ_nc / D
-        return grad_input, grad_target, grad_weight, None, None, None
+        grads = (g if g is None else g.to(d) for g, d in zip((grad_input, grad_target, grad_weight), dtypes))
+        return (*grads, None, None, None)
 
     @staticmethod
     def _index_grad(ctx, p, target, weight, scale):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.autograd import Function
 
-from bp_torch._function import nested_apply, with_direct_call
+from bp_torch._function import nested_apply, opmath, with_direct_call
 
 
 @with_direct_call
@@ -27,9 +27,11 @@ class SoftmaxFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         (p,) = ctx.saved_tensors
+        dtype, delta, p = grad_output.dtype, opmath(grad_output), opmath(p)  # half precision: in float32
         # p ⊙ (δ − Σ p ⊙ δ), as torch's kernel: the difference is taken before the product, so a δ constant along
         # dim gives exactly 0 (p ⊙ δ − p Σ p ⊙ δ leaves the rounding of both products)
-        return p * (grad_output - (grad_output * p).sum(ctx.dim, keepdim=True)), None  # eq. D5: p ⊙ δ − p Σ p ⊙ δ
+        grad_input = p * (delta - (delta * p).sum(ctx.dim, keepdim=True))  # eq. D5: p ⊙ δ − p Σ p ⊙ δ
+        return grad_input.to(dtype), None
 
     @staticmethod
     def jvp(ctx, input_t, _):
@@ -56,11 +58,12 @@ class LogSoftmaxFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         (out,) = ctx.saved_tensors
-        total = grad_output.sum(ctx.dim, keepdim=True)
+        dtype, delta = grad_output.dtype, opmath(grad_output)  # half precision: in float32, as torch's kernel
+        total = delta.sum(ctx.dim, keepdim=True)
         # p = e^ℓ, computed as softmax(ℓ) (Σ e^ℓ = 1): one fused pass, faster on the CPU than exp, and through
         # SoftmaxFunction when a graph of the backward is built
-        p = nested_apply(SoftmaxFunction, out, ctx.dim)
-        return torch.addcmul(grad_output, p, total, value=-1), None  # eq. D6: δ − p Σ δ, p = e^ℓ
+        p = nested_apply(SoftmaxFunction, opmath(out), ctx.dim)
+        return torch.addcmul(delta, p, total, value=-1).to(dtype), None  # eq. D6: δ − p Σ δ, p = e^ℓ
 
     @staticmethod
     def jvp(ctx, input_t, _):
