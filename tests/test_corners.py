@@ -380,3 +380,66 @@ def test_half_precision_gradients_as_close_to_the_truth_as_torch(name, dtype, bo
     truth, ours, theirs = grad(F, torch.float64), grad(BF, dtype), grad(F, dtype)
     scale = truth.abs().max()
     assert (ours - truth).abs().max() / scale <= 1.25 * (theirs - truth).abs().max() / scale + 1e-4
+
+
+# --- gradient layouts: torch's, for channels_last, transposed and sliced inputs and upstream gradients --------------
+
+_TARGET = torch.zeros(2, 4, 5, dtype=torch.long)
+_LAYOUT_OPS = {
+    "relu": lambda M, x: M.relu(x),
+    "leaky_relu": lambda M, x: M.leaky_relu(x, 0.1),
+    "tanh": lambda M, x: (M.tanh if M is BF else torch.tanh)(x),
+    "sigmoid": lambda M, x: (M.sigmoid if M is BF else torch.sigmoid)(x),
+    "softmax": lambda M, x: M.softmax(x, 1),
+    "log_softmax": lambda M, x: M.log_softmax(x, 1),
+    "mse_loss": lambda M, x: M.mse_loss(x, torch.ones(2, 3, 4, 5)),
+    "mse_loss none": lambda M, x: M.mse_loss(x, torch.ones(2, 3, 4, 5), reduction="none"),
+    "mse_loss weight": lambda M, x: M.mse_loss(x, torch.ones(2, 3, 4, 5), weight=torch.ones(2, 3, 4, 5)),
+    "adaptive_avg_pool2d 1x1": lambda M, x: M.adaptive_avg_pool2d(x, 1),
+    "adaptive_avg_pool2d 3x3": lambda M, x: M.adaptive_avg_pool2d(x, 3),
+    "avg_pool2d overlapping": lambda M, x: M.avg_pool2d(x, 3, 1, 1),
+    "max_pool2d overlapping": lambda M, x: M.max_pool2d(x, 3, 1, 1),
+    "batch_norm": lambda M, x: M.batch_norm(x, None, None, training=True),
+    "cross_entropy": lambda M, x: M.cross_entropy(x, _TARGET),
+    "cross_entropy none": lambda M, x: M.cross_entropy(x, _TARGET, reduction="none"),
+}
+
+
+def _laid_out(shape, kind):
+    if kind == "channels_last" and len(shape) == 4:
+        return torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    if kind == "transposed" and len(shape) == 4:
+        return torch.randn(*shape[:2], shape[3], shape[2]).transpose(2, 3)
+    if kind == "sliced" and len(shape) == 4:
+        return torch.randn(*shape[:3], 2 * shape[3])[..., ::2]
+    return torch.randn(shape)
+
+
+@pytest.mark.parametrize("delta_layout", ["contiguous", "channels_last", "transposed"])
+@pytest.mark.parametrize("input_layout", ["contiguous", "channels_last", "transposed", "sliced"])
+@pytest.mark.parametrize("name", list(_LAYOUT_OPS))
+def test_gradient_strides_are_torchs(name, input_layout, delta_layout, both_formulas):
+    """tanh's and sigmoid's gradients follow δ (torch's TensorIterator puts δ first), log_softmax's and the
+    unweighted squared error's are contiguous (torch's kernels allocate them so), adaptive pooling to 1×1 too."""
+    f, x = _LAYOUT_OPS[name], _laid_out((2, 3, 4, 5), input_layout)
+    strides = []
+    for M in (BF, F):
+        leaf = x.clone(memory_format=torch.preserve_format).requires_grad_()
+        out = f(M, leaf)
+        delta = _laid_out(tuple(out.shape), delta_layout)
+        (grad,) = torch.autograd.grad(out, leaf, delta)
+        strides.append(grad.stride())
+    assert strides[0] == strides[1]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("input_layout", ["channels_last", "transposed"])
+def test_nll_loss_of_a_non_contiguous_input_differentiates(input_layout, reduction):
+    """torch's nll_loss accepts a non-contiguous 4-D input, then its backward refuses it ("grad_input must be
+    contiguous"); ours differentiates it, as its contiguous copy (pinned: README Limits)."""
+    x = _laid_out((2, 3, 4, 5), input_layout).double()
+    ours = _grads(lambda t: BF.nll_loss(t, _TARGET, reduction=reduction), [x], {}, (0,))
+    theirs = _grads(lambda t: F.nll_loss(t, _TARGET, reduction=reduction), [x.contiguous()], {}, (0,))
+    torch.testing.assert_close(ours, theirs)
+    with pytest.raises(RuntimeError, match="grad_input must be contiguous"):
+        _grads(lambda t: F.nll_loss(t, _TARGET, reduction=reduction), [x], {}, (0,))

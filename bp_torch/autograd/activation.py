@@ -34,7 +34,7 @@ class SigmoidFunction(Function):
         if is_literal():
             return (delta * out * (1 - out)).to(dtype)  # Note B eq. 37/57: ΔC_σ = ΔC ⊙ C(1−C)
         # a product, never a difference t − t·C: an infinite δ stays infinite where C(1−C) > 0, as in torch
-        return ((1 - out) * out * delta).to(dtype)  # Note B eq. 37/57: ΔC ⊙ C(1−C)
+        return (delta * ((1 - out) * out)).to(dtype)  # Note B eq. 37/57: ΔC ⊙ C(1−C), in δ's layout (as torch's)
 
     @staticmethod
     def jvp(ctx, input_t):
@@ -143,7 +143,7 @@ class TanhFunction(Function):
         # 1 − ȳ² as (1 − ȳ)(1 + ȳ): where |y| → 1, 1 ∓ y is exact and the product keeps every digit, while 1 − y·y
         # (and δ − (δȳ)ȳ more so) cancels the rounding of y² up to the result's size
         y = out.conj()
-        return ((1 - y) * (1 + y) * delta).to(dtype)  # eq. D3: δ ⊙ (1 − ȳ)(1 + ȳ)
+        return (delta * ((1 - y) * (1 + y))).to(dtype)  # eq. D3: δ ⊙ (1 − ȳ)(1 + ȳ), in δ's layout (as torch's)
 
     @staticmethod
     def jvp(ctx, input_t):

@@ -65,7 +65,8 @@ class AdaptiveAvgPool2dFunction(Function):
         if not ctx.needs_input_grad[0]:
             return None, None
         grad_input = spread(grad_output, ctx.input_size)  # eq. M5: ∂e/∂x = A_Hᵀ δ A_W
-        return in_layout(grad_input, ctx.channels_last), None
+        # torch pools to 1 × 1 as a mean over H and W, whose gradient (an expanded δ) comes back contiguous
+        return in_layout(grad_input, ctx.channels_last and ctx.output_size != (1, 1)), None
 
     @staticmethod
     def jvp(ctx, input_t, _):

@@ -59,9 +59,11 @@ class MSELossFunction(Function):
         else:
             scale = grad_output / (weight.sum() if weight is not None else diff.numel())
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            weighted = diff if weight is None else diff * weight
             # with Note B's ½ (w = ½, D = 1 per image) this is its ŷ − y, the first factor of eq. 17's Δŷ
-            delta = weighted * (2 * scale)  # Note B eq. 13/17, eq. D7: ∂L/∂ŷ = 2w(ŷ − y)/D
+            if weight is None:  # contiguous, as torch's mse_loss_backward allocates it
+                delta = (diff * (2 * scale)).contiguous()  # Note B eq. 13/17, eq. D7: ∂L/∂ŷ = 2(ŷ − y)/D
+            else:  # in the layout of torch's composed weighted form: δ's, else the weight's
+                delta = (scale * weight) * (2 * diff)  # Note B eq. 13/17, eq. D7: ∂L/∂ŷ = 2w(ŷ − y)/D
             grad_input = delta if ctx.needs_input_grad[0] else None
             grad_target = -delta if ctx.needs_input_grad[1] else None  # eq. D7: ∂L/∂y = −∂L/∂ŷ
         if ctx.needs_input_grad[2]:
@@ -70,7 +72,7 @@ class MSELossFunction(Function):
             if ctx.reduction == "mean":
                 grad_weight = (squared.sum_to_size(weight.shape) - loss) * scale  # eq. D8: ((ŷ − y)² − L)/Σw
             else:
-                grad_weight = (squared * scale).sum_to_size(weight.shape)  # eq. D8: ∂L/∂w = (ŷ − y)²
+                grad_weight = (scale * squared).sum_to_size(weight.shape)  # eq. D8: ∂L/∂w = (ŷ − y)², δ's layout
         return (*(g if g is None else g.to(d) for g, d in zip((grad_input, grad_target, grad_weight), dtypes)), None)
 
     @staticmethod

@@ -63,7 +63,8 @@ class LogSoftmaxFunction(Function):
         # p = e^ℓ, computed as softmax(ℓ) (Σ e^ℓ = 1): one fused pass, faster on the CPU than exp, and through
         # SoftmaxFunction when a graph of the backward is built
         p = nested_apply(SoftmaxFunction, opmath(out), ctx.dim)
-        return torch.addcmul(delta, p, total, value=-1).to(dtype), None  # eq. D6: δ − p Σ δ, p = e^ℓ
+        grad_input = torch.addcmul(delta, p, total, value=-1)  # eq. D6: δ − p Σ δ, p = e^ℓ
+        return grad_input.to(dtype).contiguous(), None  # contiguous, as torch's kernel allocates it
 
     @staticmethod
     def jvp(ctx, input_t, _):
