@@ -477,6 +477,8 @@ def check_batch_norm(input, running_mean, running_var, weight, bias, training, m
             _check_tensor(t, name, op)
     bool_arg(training, "training", op)
     momentum, eps = float_arg(momentum, "momentum", op), float_arg(eps, "eps", op)
+    if input.dim() == 1 and input.numel() == 0:
+        return momentum, eps  # torch returns an empty 1-D input as it is, checking nothing else
     if input.dim() < 2:
         raise RuntimeError(
             f"Expected input of at least 2 dimensions (N, C, *) to batch_norm, but got input of size: "

@@ -704,5 +704,9 @@ def batch_norm(
                                      running_mean, running_var, weight=weight, bias=bias, training=training,
                                      momentum=momentum, eps=eps)  # fmt: skip
     momentum, eps = check_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    if input.dim() == 1:  # empty (check_batch_norm): as an empty batch of the parameters' channels, nothing to update
+        channels = next((t.numel() for t in (weight, bias) if t is not None), 0)
+        out, _, _ = apply(BatchNormFunction, input.view(0, channels), weight, bias, None, None, training, momentum, eps)
+        return out.view(0)
     out, _, _ = apply(BatchNormFunction, input, weight, bias, running_mean, running_var, training, momentum, eps)
     return out

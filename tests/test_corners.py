@@ -443,3 +443,54 @@ def test_nll_loss_of_a_non_contiguous_input_differentiates(input_layout, reducti
     torch.testing.assert_close(ours, theirs)
     with pytest.raises(RuntimeError, match="grad_input must be contiguous"):
         _grads(lambda t: F.nll_loss(t, _TARGET, reduction=reduction), [x], {}, (0,))
+
+
+# --- PyTorch's own OpInfo samples ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_of_an_empty_1d_input(training):
+    """torch returns an empty 1-D input as it is (the parameters' gradients zero), whatever the statistics."""
+    results = []
+    for M in (BF, F):
+        x, w, b = (
+            torch.empty(0, requires_grad=True),
+            torch.ones(3, requires_grad=True),
+            torch.ones(3, requires_grad=True),
+        )
+        out = M.batch_norm(x, torch.empty(0), torch.empty(0), w, b, training=training)
+        out.sum().backward()
+        results.append((out, x.grad, w.grad, b.grad))
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("name", ["nn.functional.batch_norm", "nn.functional.cross_entropy"])
+def test_torchs_opinfo_samples(name):
+    """torch's own samples (common_methods_invocations.op_db): values, gradients and second order in float64."""
+    common = pytest.importorskip("torch.testing._internal.common_methods_invocations")
+    ours = getattr(BF, name.rsplit(".", 1)[1])
+    for op in (o for o in common.op_db if o.name == name):
+        for sample in op.sample_inputs("cpu", torch.float64, requires_grad=True):
+            args, kwargs = (sample.input, *sample.args), sample.kwargs
+            leaves = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor) and t.requires_grad]
+            expected, out = op(*args, **kwargs), ours(*args, **kwargs)
+            torch.testing.assert_close(out, expected, equal_nan=True)
+            delta = torch.randn_like(expected)
+            first = [
+                torch.autograd.grad(o, leaves, delta, create_graph=True, allow_unused=True) for o in (out, expected)
+            ]
+            for a, b in zip(*first):
+                torch.testing.assert_close(a, b, equal_nan=True)
+            connected = [
+                i for i, (a, b) in enumerate(zip(*first)) if a is not None and a.requires_grad and b.requires_grad
+            ]
+            if connected:
+                second = [
+                    torch.autograd.grad(
+                        sum((g[i] ** 2).sum() for i in connected), leaves, allow_unused=True, materialize_grads=True
+                    )
+                    for g in first
+                ]
+                for a, b in zip(*second):
+                    torch.testing.assert_close(a, b, equal_nan=True)
