@@ -10,13 +10,17 @@ argument types they read, spelled as torch spells them: an int, a numpy integer,
 
 - :func:`int_arg`: ``SymInt`` (conv2d's ``groups``); :func:`optional_int_arg`: ``int?`` (``divisor_override``);
 - :func:`int_list`, :func:`int_pair`, :func:`positive_int_pair`: ``int[2]`` (kernel_size, stride, padding, dilation);
-- :func:`bool_arg`: ``bool`` (``ceil_mode``, ``count_include_pad``: a Python bool and nothing else).
+- :func:`bool_arg`: ``bool`` (``ceil_mode``, ``count_include_pad``, ``training``: a Python bool and nothing else);
+- :func:`float_arg`: ``float`` (``eps``, ``momentum``, ``p``, ``label_smoothing``) and ``Scalar``
+  (``negative_slope``): a Python or numpy number, a bool, a 0-d tensor that does not require grad;
+- :func:`dim_arg`: ``int`` (softmax's ``dim``), :func:`optional_dtype_arg`: ``ScalarType?`` (softmax's ``dtype``).
 """
 
 from __future__ import annotations
 
 import math
 import operator
+import sys
 
 import torch
 
@@ -73,6 +77,48 @@ def bool_arg(value, name: str, op: str) -> bool:
     """torch's ``bool`` argument: True or False, nothing else (not 0, 1, "no" or a numpy bool)."""
     if not isinstance(value, bool):
         raise TypeError(f"{op}(): argument '{name}' must be bool, not {_type_name(value)}")
+    return value
+
+
+def _is_numpy_number(value) -> bool:
+    """A numpy scalar of a bool, integer, floating or complex dtype (not a numpy array, not even a 0-d one)."""
+    np = sys.modules.get("numpy")
+    return np is not None and isinstance(value, (np.number, np.bool_))
+
+
+def float_arg(value, name: str, op: str, scalar: bool = False) -> float:
+    """torch's ``float`` (C++ double) argument, or with ``scalar`` its ``Scalar`` read as a float: a Python float,
+    int or bool, a numpy number, or a 0-d tensor that does not require grad; TypeError otherwise. A complex number
+    is a TypeError as a ``float``; as a ``Scalar`` it parses, then fails converting (RuntimeError), as in torch."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 0 or value.requires_grad:
+            kind = "Number" if scalar else "float"
+            raise TypeError(f"{op}(): argument '{name}' must be {kind}, not a Tensor of size {list(value.shape)}")
+        value = value.item()
+    elif _is_numpy_number(value):
+        value = value.item()
+    if isinstance(value, complex):
+        if scalar:
+            raise RuntimeError(f"{op}: argument '{name}'={value!r} cannot be converted to type float without overflow")
+        raise TypeError(f"{op}(): argument '{name}' must be float, not complex")
+    if not isinstance(value, (bool, int, float)):
+        raise TypeError(f"{op}(): argument '{name}' must be {'Number' if scalar else 'float'}, not {_type_name(value)}")
+    return float(value)
+
+
+def dim_arg(value, name: str, op: str) -> int:
+    """torch's ``int`` (C++ int64_t) argument: as :func:`int_arg`, but a tensor must be 0-d and not bool."""
+    if isinstance(value, torch.Tensor) and (value.dtype == torch.bool or value.dim() != 0):
+        raise TypeError(
+            f"{op}(): argument '{name}' must be int, not a {value.dtype} Tensor of size {list(value.shape)}"
+        )
+    return int_arg(value, name, op)
+
+
+def optional_dtype_arg(value, name: str, op: str) -> torch.dtype | None:
+    """torch's ``ScalarType?`` argument: None or a torch.dtype (not an int, a string or a numpy type)."""
+    if value is not None and not isinstance(value, torch.dtype):
+        raise TypeError(f"{op}(): argument '{name}' must be torch.dtype, not {_type_name(value)}")
     return value
 
 
@@ -334,9 +380,16 @@ def reduction_of(reduction: str, size_average=None, reduce=None) -> str:
     return ("none", "mean", "sum")[_reduction.get_enum(reduction)]
 
 
-def check_dropout_probability(p) -> None:
-    if p < 0.0 or p > 1.0:
+def check_dropout(p, training) -> float:
+    """dropout's ``p`` (a float in [0, 1]: ValueError outside, RuntimeError for NaN, as torch's kernel) and
+    ``training`` (a bool); returns p as a float."""
+    value = float_arg(p, "p", "dropout")
+    if value < 0.0 or value > 1.0:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    bool_arg(training, "training", "dropout")
+    if value != value:
+        raise RuntimeError(f"dropout probability has to be between 0 and 1, but got {p}")
+    return value
 
 
 def check_weight_not_differentiable(weight, op: str = "nll_loss_forward") -> None:
@@ -416,17 +469,17 @@ def check_adaptive_avg_pool2d(input, output_size) -> Pair:
     return pair
 
 
-def check_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps) -> None:
-    """Validate batch_norm's arguments with the exception types torch raises."""
+def check_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps) -> tuple[float, float]:
+    """Validate batch_norm's arguments with the exception types torch raises; return momentum and eps as floats."""
     op = "batch_norm"
     _check_tensor(input, "input", op)
     for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
         if t is not None:
             _check_tensor(t, name, op)
     bool_arg(training, "training", op)
-    for name, value in (("momentum", momentum), ("eps", eps)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"batch_norm(): argument '{name}' must be float, not {type(value).__name__}")
+    momentum, eps = float_arg(momentum, "momentum", op), float_arg(eps, "eps", op)
+    if input.dim() == 1 and input.numel() == 0:
+        return momentum, eps  # torch returns an empty 1-D input as it is, checking nothing else
     if input.dim() < 2:
         raise RuntimeError(
             f"Expected input of at least 2 dimensions (N, C, *) to batch_norm, but got input of size: "
@@ -455,6 +508,7 @@ def check_batch_norm(input, running_mean, running_var, weight, bias, training, m
                 f"batch_norm: {name} should contain {C} elements (the input's channels), but got {name} of size "
                 f"{list(t.shape)}"
             )
+    return momentum, eps
 
 
 # layer and group normalisation, attention (docs/derivation.md eq. T1–T12)

@@ -33,7 +33,7 @@ from bp_torch._arguments import (
     check_avg_pool2d,
     check_batch_norm,
     check_conv2d,
-    check_dropout_probability,
+    check_dropout,
     check_group_norm,
     check_inplace,
     check_linear,
@@ -41,8 +41,12 @@ from bp_torch._arguments import (
     check_same_dtype_and_device,
     check_tensor,
     check_weight_not_differentiable,
+    dim_arg,
     eps_arg,
+    float_arg,
+    int_arg,
     normalized_shape_of,
+    optional_dtype_arg,
     reduction_of,
 )
 from bp_torch._function import apply
@@ -320,7 +324,8 @@ def leaky_relu(input, negative_slope=0.01, inplace=False) -> torch.Tensor:
     if has_torch_function_unary(input):
         return handle_torch_function(leaky_relu, (input,), input, negative_slope=negative_slope, inplace=inplace)
     check_tensor(input, "input", "leaky_relu")
-    return _maybe_inplace(LeakyReluFunction, input, float(negative_slope), inplace=bool(inplace))
+    negative_slope = float_arg(negative_slope, "negative_slope", "leaky_relu", scalar=True)
+    return _maybe_inplace(LeakyReluFunction, input, negative_slope, inplace=bool(inplace))
 
 
 def leaky_relu_(input, negative_slope=0.01) -> torch.Tensor:
@@ -366,7 +371,7 @@ def dropout(input, p=0.5, training=True, inplace=False) -> torch.Tensor:
     """
     if has_torch_function_unary(input):
         return handle_torch_function(dropout, (input,), input, p=p, training=training, inplace=inplace)
-    check_dropout_probability(p)
+    p = check_dropout(p, training)
     check_tensor(input, "input", "dropout")
     if not training or p == 0 or input.numel() == 0:
         return input
@@ -406,8 +411,10 @@ def _autocast_float32(op: str, *tensors: torch.Tensor | None):
 def _softmax_input(name: str, input, dim, stacklevel: int, dtype):
     """The input cast to ``dtype`` (or float32 as CUDA autocast does) and the dimension, by torch's rules."""
     check_tensor(input, "input", name)
+    dtype = optional_dtype_arg(dtype, "dtype", name)
     if dim is None:
         dim = F._get_softmax_dim(name, input.dim(), stacklevel + 1)
+    dim = dim_arg(dim, "dim", name)
     if dtype is not None:
         return input.to(dtype), dim, nullcontext()
     (input,), autocast_off = _autocast_float32("softmax", input)
@@ -457,9 +464,14 @@ def log_softmax(input, dim=None, _stacklevel=3, dtype=None) -> torch.Tensor:
 
 
 def _class_inputs(input, target):
-    """An unbatched ``(C,)`` input as a batch of one (its target too): the Functions read classes along dim 1."""
+    """An unbatched ``(C,)`` input as a batch of one (its target too): the Functions read classes along dim 1.
+
+    A ``(1,)`` class-index target with a ``(C,)`` input, which torch's forward takes as one target (its backward
+    then fails on the sizes), is that batch of one too."""
     if input.dim() == 1 and (target.dim() == 0 or target.shape == input.shape):
         return input.unsqueeze(0), target.unsqueeze(0), True
+    if input.dim() == 1 and target.shape == (1,):
+        return input.unsqueeze(0), target, True
     return input, target, False
 
 
@@ -487,11 +499,12 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
     for name, t in (("input", input), ("target", target)):
         check_tensor(t, name, "nll_loss")
     reduction = reduction_of(reduction, size_average, reduce)
+    ignore_index = int_arg(ignore_index, "ignore_index", "nll_loss")
     check_weight_not_differentiable(weight)
     input, target, unbatched = _class_inputs(input, target)
     (input, weight), autocast_off = _autocast_float32("nll_loss", input, weight)
     with autocast_off:
-        out = apply(NllLossFunction, input, target, weight, reduction, int(ignore_index))
+        out = apply(NllLossFunction, input, target, weight, reduction, ignore_index)
     return out.squeeze(0) if unbatched and reduction == "none" else out
 
 
@@ -522,6 +535,8 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     for name, t in (("input", input), ("target", target)):
         check_tensor(t, name, "cross_entropy")
     reduction = reduction_of(reduction, size_average, reduce)
+    ignore_index = int_arg(ignore_index, "ignore_index", "cross_entropy")
+    label_smoothing = float_arg(label_smoothing, "label_smoothing", "cross_entropy")
     if target.shape != input.shape:  # class indices: no gradient for the weight, as in torch
         check_weight_not_differentiable(weight)
     input, target, unbatched = _class_inputs(input, target)
@@ -531,9 +546,9 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     )
     target = soft[0] if probabilities else target
     # torch ignores a negative smoothing and refuses one above 1 (in its forward, which our forward is)
-    smoothing = float(label_smoothing) if label_smoothing > 0 else 0.0
+    smoothing = label_smoothing if label_smoothing > 0 else 0.0
     with autocast_off:
-        out = apply(CrossEntropyFunction, input, target, weight, reduction, int(ignore_index), smoothing)
+        out = apply(CrossEntropyFunction, input, target, weight, reduction, ignore_index, smoothing)
     return out.squeeze(0) if unbatched and reduction == "none" else out
 
 
@@ -566,10 +581,11 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
         )
     if weight is None or size_average is not None or reduce is not None:  # torch's weighted form checks its own
         reduction = reduction_of(reduction, size_average, reduce)
+    given_size = input.size()
     input, target = torch.broadcast_tensors(input, target)
     if weight is not None:
         check_tensor(weight, "weight", "mse_loss")
-        if weight.size() != input.size():
+        if weight.size() != given_size:  # the input's own size, not the broadcast one (torch's rule)
             raise ValueError("Weights and input must have the same size.")
         if reduction not in ("none", "mean", "sum"):
             raise ValueError(f"Invalid reduction mode: {reduction}. Expected one of 'none', 'mean', 'sum'.")
@@ -698,10 +714,12 @@ def batch_norm(
         return handle_torch_function(batch_norm, (input, running_mean, running_var, weight, bias), input,
                                      running_mean, running_var, weight=weight, bias=bias, training=training,
                                      momentum=momentum, eps=eps)  # fmt: skip
-    check_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
-    out, _, _ = apply(
-        BatchNormFunction, input, weight, bias, running_mean, running_var, training, float(momentum), float(eps)
-    )
+    momentum, eps = check_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    if input.dim() == 1:  # empty (check_batch_norm): as an empty batch of the parameters' channels, nothing to update
+        channels = next((t.numel() for t in (weight, bias) if t is not None), 0)
+        out, _, _ = apply(BatchNormFunction, input.view(0, channels), weight, bias, None, None, training, momentum, eps)
+        return out.view(0)
+    out, _, _ = apply(BatchNormFunction, input, weight, bias, running_mean, running_var, training, momentum, eps)
     return out
 
 

@@ -230,7 +230,7 @@ def _avg_pool2d(rng: random.Random) -> Sample:
     x = tensor(rng, [rng.choice([0, 1, 2])][: rng.random() < 0.8] + [rng.randint(1, 3), *size], dtype)
     kwargs = dict(kernel_size=spell_pair(rng, kernel), padding=spell_pair(rng, padding),
                   ceil_mode=spell_bool(rng, rng.random() < 0.5), count_include_pad=spell_bool(rng, rng.random() < 0.5),
-                  divisor_override=rng.choice([None, None, None, spell_int(rng, rng.randint(1, 5), tensors=False)]))  # fmt: skip
+                  divisor_override=rng.choice([None, None, None, spell_int(rng, rng.randint(1, 5), False)]))  # fmt: skip
     if stride is not None:
         kwargs["stride"] = spell_pair(rng, stride)
     return Sample((x,), kwargs)
