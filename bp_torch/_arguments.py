@@ -10,12 +10,17 @@ argument types they read, spelled as torch spells them: an int, a numpy integer,
 
 - :func:`int_arg`: ``SymInt`` (conv2d's ``groups``); :func:`optional_int_arg`: ``int?`` (``divisor_override``);
 - :func:`int_list`, :func:`int_pair`, :func:`positive_int_pair`: ``int[2]`` (kernel_size, stride, padding, dilation);
-- :func:`bool_arg`: ``bool`` (``ceil_mode``, ``count_include_pad``: a Python bool and nothing else).
+- :func:`bool_arg`: ``bool`` (``ceil_mode``, ``count_include_pad``, ``training``: a Python bool and nothing else);
+- :func:`float_arg`: ``float`` (``eps``, ``momentum``, ``p``, ``label_smoothing``) and ``Scalar``
+  (``negative_slope``): a Python or numpy number, a bool, a 0-d tensor that does not require grad;
+- :func:`dim_arg`: ``int`` (softmax's ``dim``), :func:`optional_dtype_arg`: ``ScalarType?`` (softmax's ``dtype``).
 """
 
 from __future__ import annotations
 
+import math
 import operator
+import sys
 
 import torch
 
@@ -72,6 +77,48 @@ def bool_arg(value, name: str, op: str) -> bool:
     """torch's ``bool`` argument: True or False, nothing else (not 0, 1, "no" or a numpy bool)."""
     if not isinstance(value, bool):
         raise TypeError(f"{op}(): argument '{name}' must be bool, not {_type_name(value)}")
+    return value
+
+
+def _is_numpy_number(value) -> bool:
+    """A numpy scalar of a bool, integer, floating or complex dtype (not a numpy array, not even a 0-d one)."""
+    np = sys.modules.get("numpy")
+    return np is not None and isinstance(value, (np.number, np.bool_))
+
+
+def float_arg(value, name: str, op: str, scalar: bool = False) -> float:
+    """torch's ``float`` (C++ double) argument, or with ``scalar`` its ``Scalar`` read as a float: a Python float,
+    int or bool, a numpy number, or a 0-d tensor that does not require grad; TypeError otherwise. A complex number
+    is a TypeError as a ``float``; as a ``Scalar`` it parses, then fails converting (RuntimeError), as in torch."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 0 or value.requires_grad:
+            kind = "Number" if scalar else "float"
+            raise TypeError(f"{op}(): argument '{name}' must be {kind}, not a Tensor of size {list(value.shape)}")
+        value = value.item()
+    elif _is_numpy_number(value):
+        value = value.item()
+    if isinstance(value, complex):
+        if scalar:
+            raise RuntimeError(f"{op}: argument '{name}'={value!r} cannot be converted to type float without overflow")
+        raise TypeError(f"{op}(): argument '{name}' must be float, not complex")
+    if not isinstance(value, (bool, int, float)):
+        raise TypeError(f"{op}(): argument '{name}' must be {'Number' if scalar else 'float'}, not {_type_name(value)}")
+    return float(value)
+
+
+def dim_arg(value, name: str, op: str) -> int:
+    """torch's ``int`` (C++ int64_t) argument: as :func:`int_arg`, but a tensor must be 0-d and not bool."""
+    if isinstance(value, torch.Tensor) and (value.dtype == torch.bool or value.dim() != 0):
+        raise TypeError(
+            f"{op}(): argument '{name}' must be int, not a {value.dtype} Tensor of size {list(value.shape)}"
+        )
+    return int_arg(value, name, op)
+
+
+def optional_dtype_arg(value, name: str, op: str) -> torch.dtype | None:
+    """torch's ``ScalarType?`` argument: None or a torch.dtype (not an int, a string or a numpy type)."""
+    if value is not None and not isinstance(value, torch.dtype):
+        raise TypeError(f"{op}(): argument '{name}' must be torch.dtype, not {_type_name(value)}")
     return value
 
 
@@ -333,9 +380,16 @@ def reduction_of(reduction: str, size_average=None, reduce=None) -> str:
     return ("none", "mean", "sum")[_reduction.get_enum(reduction)]
 
 
-def check_dropout_probability(p) -> None:
-    if p < 0.0 or p > 1.0:
+def check_dropout(p, training) -> float:
+    """dropout's ``p`` (a float in [0, 1]: ValueError outside, RuntimeError for NaN, as torch's kernel) and
+    ``training`` (a bool); returns p as a float."""
+    value = float_arg(p, "p", "dropout")
+    if value < 0.0 or value > 1.0:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    bool_arg(training, "training", "dropout")
+    if value != value:
+        raise RuntimeError(f"dropout probability has to be between 0 and 1, but got {p}")
+    return value
 
 
 def check_weight_not_differentiable(weight, op: str = "nll_loss_forward") -> None:
@@ -415,17 +469,17 @@ def check_adaptive_avg_pool2d(input, output_size) -> Pair:
     return pair
 
 
-def check_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps) -> None:
-    """Validate batch_norm's arguments with the exception types torch raises."""
+def check_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps) -> tuple[float, float]:
+    """Validate batch_norm's arguments with the exception types torch raises; return momentum and eps as floats."""
     op = "batch_norm"
     _check_tensor(input, "input", op)
     for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
         if t is not None:
             _check_tensor(t, name, op)
     bool_arg(training, "training", op)
-    for name, value in (("momentum", momentum), ("eps", eps)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"batch_norm(): argument '{name}' must be float, not {type(value).__name__}")
+    momentum, eps = float_arg(momentum, "momentum", op), float_arg(eps, "eps", op)
+    if input.dim() == 1 and input.numel() == 0:
+        return momentum, eps  # torch returns an empty 1-D input as it is, checking nothing else
     if input.dim() < 2:
         raise RuntimeError(
             f"Expected input of at least 2 dimensions (N, C, *) to batch_norm, but got input of size: "
@@ -454,3 +508,73 @@ def check_batch_norm(input, running_mean, running_var, weight, bias, training, m
                 f"batch_norm: {name} should contain {C} elements (the input's channels), but got {name} of size "
                 f"{list(t.shape)}"
             )
+    return momentum, eps
+
+
+# layer and group normalisation, attention (docs/derivation.md eq. T1–T12)
+
+
+def normalized_shape_of(normalized_shape) -> tuple[int, ...]:
+    """``normalized_shape`` as torch reads it, a sequence of ints (an int is refused, as torch refuses it)."""
+    if isinstance(normalized_shape, torch.Size | list | tuple) and all(_is_integer(s, False) for s in normalized_shape):
+        return tuple(int(s) for s in normalized_shape)
+    raise TypeError(
+        f"layer_norm(): argument 'normalized_shape' must be tuple of ints, not {_type_name(normalized_shape)}"
+    )
+
+
+def check_group_norm(input, num_groups, weight, bias) -> int:
+    """torch.nn.functional.group_norm's checks, with torch's exception types; returns ``num_groups`` as an int."""
+    _check_tensor(input, "input", "group_norm")
+    if isinstance(num_groups, torch.Tensor) and (num_groups.dim() or num_groups.is_floating_point()):
+        raise TypeError("group_norm(): argument 'num_groups' (position 2) must be int, not Tensor")
+    num_groups = int_arg(num_groups, "num_groups", "group_norm")
+    if input.dim() < 2:
+        raise RuntimeError(f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
+    C = input.shape[1]
+    # torch.nn.functional.group_norm's own check (num_groups=0 divides by zero there, as here)
+    size = [input.shape[0] * C // num_groups, num_groups, *input.shape[2:]]
+    if size[0] * math.prod(size[2:]) == 1:  # torch's _verify_batch_size: every dimension but the groups
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
+    if num_groups <= 0 or C % num_groups:
+        raise RuntimeError(
+            "Expected number of channels in input to be divisible by num_groups, but got input of shape "
+            f"{list(input.shape)} and num_groups={num_groups}"
+        )
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and (t.dim() != 1 or t.numel() != C):
+            raise RuntimeError(
+                f"Expected {name} to be a vector of size equal to the number of channels in input, but got {name} "
+                f"of shape {list(t.shape)} and input of shape {list(input.shape)}"
+            )
+    return num_groups
+
+
+def check_attention(query, key, value, attn_mask, dropout_p, is_causal) -> None:
+    """torch.nn.functional.scaled_dot_product_attention's checks, with torch's exception types."""
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        _check_tensor(t, name, "scaled_dot_product_attention")
+    if attn_mask is not None:
+        _check_tensor(attn_mask, "attn_mask", "scaled_dot_product_attention")
+    if not query.dtype == key.dtype == value.dtype:
+        raise RuntimeError(
+            "Expected query, key, and value to have the same dtype, but got query.dtype: "
+            f"{query.dtype} key.dtype: {key.dtype} and value.dtype: {value.dtype} instead."
+        )
+    if attn_mask is not None and attn_mask.dtype not in (torch.bool, torch.float32, query.dtype):
+        raise RuntimeError(
+            "Expected attn_mask dtype to be bool or float or to match query dtype, but got attn_mask.dtype: "
+            f"{attn_mask.dtype} and  query.dtype: {query.dtype} instead."
+        )
+    if is_causal and attn_mask is not None:
+        raise RuntimeError("_scaled_dot_product_attention: Explicit attn_mask should not be set when is_causal=True")
+    if not 0 <= dropout_p <= 1:
+        raise RuntimeError(f"dropout probability has to be between 0 and 1, but got {dropout_p}")
+
+
+def eps_arg(eps, op: str) -> float:
+    """``eps`` as torch's parser reads a double (a number, a numpy scalar, a one-element tensor), else its
+    TypeError."""
+    if isinstance(eps, (str, bytes, complex)) or not hasattr(eps, "__float__") or getattr(eps, "ndim", 0):
+        raise TypeError(f"{op}(): argument 'eps' (position 5) must be float, not {_type_name(eps)}")
+    return float(eps)

@@ -109,3 +109,9 @@ def in_layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
         return t.contiguous(memory_format=torch.channels_last)
     except RuntimeError:  # vmap (a backward under torch.func.jacrev) has no layout to ask for
         return t
+
+
+def opmath(t: torch.Tensor | None) -> torch.Tensor | None:
+    """float16/bfloat16 as float32, the "opmath" type torch's kernels compute reduced-precision gradients in (each
+    backward casts its result back once, at the end); other dtypes and None unchanged."""
+    return t.float() if t is not None and t.dtype in (torch.float16, torch.bfloat16) else t

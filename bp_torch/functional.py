@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import warnings
 from contextlib import nullcontext
 from numbers import Number
@@ -30,16 +31,24 @@ from torch.overrides import handle_torch_function, has_torch_function_unary, has
 
 from bp_torch._arguments import (
     check_adaptive_avg_pool2d,
+    check_attention,
     check_avg_pool2d,
     check_batch_norm,
     check_conv2d,
-    check_dropout_probability,
+    check_dropout,
+    check_group_norm,
     check_inplace,
     check_linear,
     check_max_pool2d,
     check_same_dtype_and_device,
     check_tensor,
     check_weight_not_differentiable,
+    dim_arg,
+    eps_arg,
+    float_arg,
+    int_arg,
+    normalized_shape_of,
+    optional_dtype_arg,
     reduction_of,
 )
 from bp_torch._function import apply
@@ -71,6 +80,10 @@ from bp_torch.autograd import (
     SumFunction,
     TanhFunction,
 )
+from bp_torch.autograd.attention import ScaledDotProductAttentionFunction
+from bp_torch.autograd.gelu import GeluFunction
+from bp_torch.autograd.layer_norm import GroupNormFunction, LayerNormFunction
+from bp_torch.autograd.matmul import AddmmFunction, MatmulFunction
 from bp_torch.autograd.reduction import reduced_dims
 
 __all__ = ["conv2d", "avg_pool2d", "sigmoid", "linear"]
@@ -78,6 +91,8 @@ __all__ += ["relu", "relu_", "leaky_relu", "leaky_relu_", "tanh", "dropout"]
 __all__ += ["softmax", "log_softmax", "nll_loss", "cross_entropy", "mse_loss"]
 __all__ += ["max_pool2d", "max_pool2d_with_indices", "adaptive_avg_pool2d", "batch_norm"]
 __all__ += ["hardtanh", "hardtanh_", "relu6", "hardsigmoid", "hardswish", "silu", "mul", "div", "sum", "mean"]
+__all__ += ["layer_norm", "group_norm", "gelu", "matmul", "bmm", "addmm", "baddbmm", "scaled_dot_product_attention"]
+__all__ += ["multi_head_attention_forward", "einsum"]
 
 
 def _autocast_lower_precision(*tensors: torch.Tensor | None):
@@ -343,7 +358,8 @@ def leaky_relu(input, negative_slope=0.01, inplace=False) -> torch.Tensor:
     if has_torch_function_unary(input):
         return handle_torch_function(leaky_relu, (input,), input, negative_slope=negative_slope, inplace=inplace)
     check_tensor(input, "input", "leaky_relu")
-    return _maybe_inplace(LeakyReluFunction, input, float(negative_slope), inplace=bool(inplace))
+    negative_slope = float_arg(negative_slope, "negative_slope", "leaky_relu", scalar=True)
+    return _maybe_inplace(LeakyReluFunction, input, negative_slope, inplace=bool(inplace))
 
 
 def leaky_relu_(input, negative_slope=0.01) -> torch.Tensor:
@@ -389,7 +405,7 @@ def dropout(input, p=0.5, training=True, inplace=False) -> torch.Tensor:
     """
     if has_torch_function_unary(input):
         return handle_torch_function(dropout, (input,), input, p=p, training=training, inplace=inplace)
-    check_dropout_probability(p)
+    p = check_dropout(p, training)
     check_tensor(input, "input", "dropout")
     if not training or p == 0 or input.numel() == 0:
         return input
@@ -429,8 +445,10 @@ def _autocast_float32(op: str, *tensors: torch.Tensor | None):
 def _softmax_input(name: str, input, dim, stacklevel: int, dtype):
     """The input cast to ``dtype`` (or float32 as CUDA autocast does) and the dimension, by torch's rules."""
     check_tensor(input, "input", name)
+    dtype = optional_dtype_arg(dtype, "dtype", name)
     if dim is None:
         dim = F._get_softmax_dim(name, input.dim(), stacklevel + 1)
+    dim = dim_arg(dim, "dim", name)
     if dtype is not None:
         return input.to(dtype), dim, nullcontext()
     (input,), autocast_off = _autocast_float32("softmax", input)
@@ -480,9 +498,14 @@ def log_softmax(input, dim=None, _stacklevel=3, dtype=None) -> torch.Tensor:
 
 
 def _class_inputs(input, target):
-    """An unbatched ``(C,)`` input as a batch of one (its target too): the Functions read classes along dim 1."""
+    """An unbatched ``(C,)`` input as a batch of one (its target too): the Functions read classes along dim 1.
+
+    A ``(1,)`` class-index target with a ``(C,)`` input, which torch's forward takes as one target (its backward
+    then fails on the sizes), is that batch of one too."""
     if input.dim() == 1 and (target.dim() == 0 or target.shape == input.shape):
         return input.unsqueeze(0), target.unsqueeze(0), True
+    if input.dim() == 1 and target.shape == (1,):
+        return input.unsqueeze(0), target, True
     return input, target, False
 
 
@@ -510,11 +533,12 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
     for name, t in (("input", input), ("target", target)):
         check_tensor(t, name, "nll_loss")
     reduction = reduction_of(reduction, size_average, reduce)
+    ignore_index = int_arg(ignore_index, "ignore_index", "nll_loss")
     check_weight_not_differentiable(weight)
     input, target, unbatched = _class_inputs(input, target)
     (input, weight), autocast_off = _autocast_float32("nll_loss", input, weight)
     with autocast_off:
-        out = apply(NllLossFunction, input, target, weight, reduction, int(ignore_index))
+        out = apply(NllLossFunction, input, target, weight, reduction, ignore_index)
     return out.squeeze(0) if unbatched and reduction == "none" else out
 
 
@@ -545,6 +569,8 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     for name, t in (("input", input), ("target", target)):
         check_tensor(t, name, "cross_entropy")
     reduction = reduction_of(reduction, size_average, reduce)
+    ignore_index = int_arg(ignore_index, "ignore_index", "cross_entropy")
+    label_smoothing = float_arg(label_smoothing, "label_smoothing", "cross_entropy")
     if target.shape != input.shape:  # class indices: no gradient for the weight, as in torch
         check_weight_not_differentiable(weight)
     input, target, unbatched = _class_inputs(input, target)
@@ -554,9 +580,9 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     )
     target = soft[0] if probabilities else target
     # torch ignores a negative smoothing and refuses one above 1 (in its forward, which our forward is)
-    smoothing = float(label_smoothing) if label_smoothing > 0 else 0.0
+    smoothing = label_smoothing if label_smoothing > 0 else 0.0
     with autocast_off:
-        out = apply(CrossEntropyFunction, input, target, weight, reduction, int(ignore_index), smoothing)
+        out = apply(CrossEntropyFunction, input, target, weight, reduction, ignore_index, smoothing)
     return out.squeeze(0) if unbatched and reduction == "none" else out
 
 
@@ -589,10 +615,11 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
         )
     if weight is None or size_average is not None or reduce is not None:  # torch's weighted form checks its own
         reduction = reduction_of(reduction, size_average, reduce)
+    given_size = input.size()
     input, target = torch.broadcast_tensors(input, target)
     if weight is not None:
         check_tensor(weight, "weight", "mse_loss")
-        if weight.size() != input.size():
+        if weight.size() != given_size:  # the input's own size, not the broadcast one (torch's rule)
             raise ValueError("Weights and input must have the same size.")
         if reduction not in ("none", "mean", "sum"):
             raise ValueError(f"Invalid reduction mode: {reduction}. Expected one of 'none', 'mean', 'sum'.")
@@ -721,10 +748,12 @@ def batch_norm(
         return handle_torch_function(batch_norm, (input, running_mean, running_var, weight, bias), input,
                                      running_mean, running_var, weight=weight, bias=bias, training=training,
                                      momentum=momentum, eps=eps)  # fmt: skip
-    check_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
-    out, _, _ = apply(
-        BatchNormFunction, input, weight, bias, running_mean, running_var, training, float(momentum), float(eps)
-    )
+    momentum, eps = check_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    if input.dim() == 1:  # empty (check_batch_norm): as an empty batch of the parameters' channels, nothing to update
+        channels = next((t.numel() for t in (weight, bias) if t is not None), 0)
+        out, _, _ = apply(BatchNormFunction, input.view(0, channels), weight, bias, None, None, training, momentum, eps)
+        return out.view(0)
+    out, _, _ = apply(BatchNormFunction, input, weight, bias, running_mean, running_var, training, momentum, eps)
     return out
 
 
@@ -896,3 +925,225 @@ def mean(input, dim=None, keepdim=False, *, dtype=None) -> torch.Tensor:
     if has_torch_function_unary(input):
         return handle_torch_function(mean, (input,), input, dim, keepdim, dtype=dtype)
     return _reduce(MeanFunction, "mean", torch.mean, input, dim, keepdim, dtype)
+
+
+# --- the transformer's operations (docs/derivation.md eq. T1–T12) -------------------------------------------------
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5) -> torch.Tensor:
+    """Layer normalisation, as :func:`torch.nn.functional.layer_norm`, with the hand-derived backward.
+
+    Over the trailing ``normalized_shape`` dimensions of each sample: y = γ ⊙ (x − μ)/√(σ² + ε) + β (eq. T1).
+    Backward (``bp_torch.autograd.LayerNormFunction``): ∂e/∂β = Σδ, ∂e/∂γ = Σδ⊙x̂ over the samples (T2), and with
+    g = γ⊙δ, ∂e/∂x = (g − mean g − x̂·mean(g⊙x̂))/σ̂ over each sample's normalised values (T3).
+
+    Args:
+        input: ``(*, *normalized_shape)``.
+        normalized_shape: int or sequence of ints, the trailing dimensions normalised together.
+        weight, bias: γ and β, of ``normalized_shape``, or ``None`` (γ = 1, β = 0).
+        eps: ε, added to the variance.
+
+    Example::
+
+        >>> layer_norm(torch.tensor([[1.0, 3.0]]), (2,))
+        tensor([[-1.0000,  1.0000]])
+    """
+    if has_torch_function_variadic(input, weight, bias):
+        return handle_torch_function(layer_norm, (input, weight, bias), input, normalized_shape, weight=weight,
+                                     bias=bias, eps=eps)  # fmt: skip
+    check_tensor(input, "input", "layer_norm")
+    shape = normalized_shape_of(normalized_shape)
+    out, _, _ = apply(LayerNormFunction, input, shape, weight, bias, eps_arg(eps, "layer_norm"))
+    return out
+
+
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5) -> torch.Tensor:
+    """Group normalisation, as :func:`torch.nn.functional.group_norm`, with the hand-derived backward.
+
+    The C channels in ``num_groups`` groups, each group of each sample normalised over its channels and positions,
+    then γ and β per channel (eq. T1). Backward (``bp_torch.autograd.GroupNormFunction``): eq. T2, T3 over a group.
+
+    Args:
+        input: ``(N, C, *)``.
+        num_groups: divides C.
+        weight, bias: γ and β, ``(C,)``, or ``None``.
+        eps: ε, added to the variance.
+
+    Example::
+
+        >>> group_norm(torch.tensor([[[1.0], [3.0]]]), 1).flatten()
+        tensor([-1.0000,  1.0000])
+    """
+    if has_torch_function_variadic(input, weight, bias):
+        return handle_torch_function(group_norm, (input, weight, bias), input, num_groups, weight=weight, bias=bias,
+                                     eps=eps)  # fmt: skip
+    num_groups = check_group_norm(input, num_groups, weight, bias)
+    out, _, _ = apply(GroupNormFunction, input, num_groups, weight, bias, eps_arg(eps, "group_norm"))
+    return out
+
+
+def gelu(input, approximate="none") -> torch.Tensor:
+    """x·Φ(x), or its tanh approximation, as :func:`torch.nn.functional.gelu`; backward δ·y' (eq. T5, T6).
+
+    Args:
+        input: any shape.
+        approximate: ``"none"`` (exact, y' = Φ + xφ) or ``"tanh"`` (y = ½x(1 + tanh(√(2/π)(x + 0.044715x³)))).
+
+    Example::
+
+        >>> gelu(torch.tensor([0.0, 1.0]))
+        tensor([0.0000, 0.8413])
+    """
+    if has_torch_function_unary(input):
+        return handle_torch_function(gelu, (input,), input, approximate=approximate)
+    check_tensor(input, "input", "gelu")
+    if not isinstance(approximate, str):
+        raise TypeError(f"gelu(): argument 'approximate' must be str, not {type(approximate).__name__}")
+    if approximate not in ("none", "tanh"):
+        raise RuntimeError("approximate argument must be either none or tanh.")
+    return apply(GeluFunction, input, approximate)
+
+
+def matmul(input, other, *, out=None) -> torch.Tensor:
+    """The matrix product, as :func:`torch.matmul` (batches broadcast, 1-D operands a row or a column), with the
+    backward of eq. T7: ∂e/∂A = δBᴴ, ∂e/∂B = Aᴴδ (Note A eq. 8, 7), summed over broadcast batch dimensions.
+
+    ``out=`` is torch's own (torch differentiates no ``out=`` call).
+
+    Example::
+
+        >>> matmul(torch.ones(2, 3), torch.ones(3))
+        tensor([3., 3.])
+    """
+    if has_torch_function_variadic(input, other):
+        return handle_torch_function(matmul, (input, other), input, other, out=out)
+    if out is not None:
+        return torch.matmul(input, other, out=out)
+    return _product(MatmulFunction, input, other, "matmul")
+
+
+def bmm(input, mat2, *, out=None) -> torch.Tensor:
+    """Batched matrix product of two ``(b, n, m)``, ``(b, m, p)`` tensors, as :func:`torch.bmm` (backward eq. T7).
+
+    Example::
+
+        >>> bmm(torch.ones(2, 1, 3), torch.ones(2, 3, 1)).flatten()
+        tensor([3., 3.])
+    """
+    if has_torch_function_variadic(input, mat2):
+        return handle_torch_function(bmm, (input, mat2), input, mat2, out=out)
+    if out is not None:
+        return torch.bmm(input, mat2, out=out)
+    return _product(MatmulFunction, input, mat2, "bmm")
+
+
+def addmm(input, mat1, mat2, *, beta=1, alpha=1, out=None) -> torch.Tensor:
+    """β·input + α·mat1 @ mat2, as :func:`torch.addmm` (input broadcast to the product's shape); backward eq. T8.
+
+    Example::
+
+        >>> addmm(torch.ones(2), torch.ones(1, 3), torch.ones(3, 2), beta=2)
+        tensor([[5., 5.]])
+    """
+    if has_torch_function_variadic(input, mat1, mat2):
+        return handle_torch_function(addmm, (input, mat1, mat2), input, mat1, mat2, beta=beta, alpha=alpha, out=out)
+    if out is not None:
+        return torch.addmm(input, mat1, mat2, beta=beta, alpha=alpha, out=out)
+    return _product(AddmmFunction, input, mat1, mat2, _number(beta), _number(alpha), "addmm")
+
+
+def baddbmm(input, batch1, batch2, *, beta=1, alpha=1, out=None) -> torch.Tensor:
+    """β·input + α·batch1 @ batch2 for each matrix of the batch, as :func:`torch.baddbmm`; backward eq. T8.
+
+    Example::
+
+        >>> baddbmm(torch.zeros(1, 1, 1), torch.ones(1, 1, 3), torch.ones(1, 3, 1), alpha=2).flatten()
+        tensor([6.])
+    """
+    if has_torch_function_variadic(input, batch1, batch2):
+        return handle_torch_function(baddbmm, (input, batch1, batch2), input, batch1, batch2, beta=beta, alpha=alpha,
+                                     out=out)  # fmt: skip
+    if out is not None:
+        return torch.baddbmm(input, batch1, batch2, beta=beta, alpha=alpha, out=out)
+    return _product(AddmmFunction, input, batch1, batch2, _number(beta), _number(alpha), "baddbmm")
+
+
+def _number(scalar):
+    """A scalar given as a 0-d tensor or a numpy scalar, as the Python number torch reads (others as they are: torch
+    judges them)."""
+    if isinstance(scalar, torch.Tensor) and scalar.dim() == 0 or type(scalar).__module__ == "numpy":
+        return scalar.item()
+    return scalar
+
+
+def _product(function, *args):
+    """A product's Function on its tensors cast as autocast casts the matrix products (its lower-precision list)."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    for t, name in zip(tensors, ("input", "other", "mat2")):
+        check_tensor(t, name, args[-1])
+    cast, autocast_off = _autocast_lower_precision(*tensors)
+    with autocast_off:
+        return apply(function, *cast, *args[len(tensors) :])
+
+
+def scaled_dot_product_attention(
+    query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None, enable_gqa=False
+) -> torch.Tensor:
+    """softmax(s·QKᵀ + M)·V, as :func:`torch.nn.functional.scaled_dot_product_attention`, with the hand-derived
+    backward (``bp_torch.autograd.ScaledDotProductAttentionFunction``, eq. T9–T12).
+
+    Args:
+        query: ``(*, L, E)``; key: ``(*, S, E)``; value: ``(*, S, Ev)`` (batch dimensions broadcast).
+        attn_mask: boolean (True: may attend) or float (added to the scores), broadcast to ``(*, L, S)``.
+        dropout_p: the probability of dropping an attention weight (always applied when positive, as torch's);
+            the survivors scaled by 1/(1 − p). The masks are drawn by ``torch.bernoulli``, not torch's kernel's.
+        is_causal: query i attends to keys j ≤ i (the top-left causal mask); no ``attn_mask`` with it.
+        scale: s; default 1/√E.
+        enable_gqa: grouped-query attention: the key and value heads (dim −3) each serve several query heads.
+
+    Shape:
+        ``(*, L, Ev)``.
+
+    Example::
+
+        >>> q = torch.zeros(1, 2, 4)
+        >>> scaled_dot_product_attention(q, q, torch.tensor([[[1.0], [3.0]]]))
+        tensor([[[2.],
+                 [2.]]])
+    """
+    if has_torch_function_variadic(query, key, value, attn_mask):
+        return handle_torch_function(scaled_dot_product_attention, (query, key, value, attn_mask), query, key, value,
+                                     attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                                     enable_gqa=enable_gqa)  # fmt: skip
+    check_attention(query, key, value, attn_mask, dropout_p, is_causal)
+    (query, key, value, attn_mask), autocast_off = _autocast_lower_precision(query, key, value, attn_mask)
+    L, S, E = query.shape[-2], key.shape[-2], query.shape[-1]
+    scale = 1 / math.sqrt(E) if scale is None else float(scale)
+    groups = 1
+    if enable_gqa and query.dim() >= 3 and key.shape[-3] != query.shape[-3]:
+        if query.shape[-3] % key.shape[-3] or query.shape[-3] % value.shape[-3]:
+            raise RuntimeError("Number of heads in key and value must divide the number of heads in query")
+        groups = query.shape[-3] // key.shape[-3]
+    keep = bias = dropout = None
+    if is_causal:
+        keep = torch.ones(L, S, dtype=torch.bool, device=query.device).tril()
+    elif attn_mask is not None and attn_mask.dtype == torch.bool:
+        keep = attn_mask
+    elif attn_mask is not None:
+        bias = attn_mask
+    if dropout_p > 0:
+        key_batch = (*key.shape[:-3], key.shape[-3] * groups) if key.dim() >= 3 else key.shape[:-2]
+        shape = (*torch.broadcast_shapes(query.shape[:-2], key_batch), L, S)
+        dtype = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else query.dtype
+        if dropout_p == 1:
+            dropout = torch.zeros(shape, dtype=dtype, device=query.device)
+        else:  # eq. D4: m / (1 − p)
+            dropout = torch.empty(shape, dtype=dtype, device=query.device).bernoulli_(1 - dropout_p) / (1 - dropout_p)
+    with autocast_off:
+        out, _ = apply(ScaledDotProductAttentionFunction, query, key, value, bias, keep, dropout, scale, groups)
+    return out
+
+
+# made of the functions above (a module of its own, which imports this one)
+from bp_torch._einsum import einsum  # noqa: E402
+from bp_torch._multi_head_attention import multi_head_attention_forward  # noqa: E402

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from bp_torch import functional as BF
 from bp_torch import routing
@@ -34,6 +35,7 @@ __all__ = ["Conv2d", "AvgPool2d", "Sigmoid", "Linear", "convert", "to_native", "
 __all__ += ["ReLU", "LeakyReLU", "Tanh", "Dropout", "Softmax", "LogSoftmax", "MSELoss", "NLLLoss", "CrossEntropyLoss"]
 __all__ += ["MaxPool2d", "AdaptiveAvgPool2d", "BatchNorm2d"]
 __all__ += ["Hardtanh", "ReLU6", "Hardsigmoid", "Hardswish", "SiLU"]
+__all__ += ["LayerNorm", "GroupNorm", "GELU", "MultiheadAttention"]
 
 
 class NotScriptable:
@@ -303,6 +305,56 @@ class SiLU(nn.SiLU):
         return BF.silu(input, inplace=self.inplace)
 
 
+# the transformer's operations (docs/derivation.md, eq. T)
+
+
+class LayerNorm(NotScriptable, nn.LayerNorm):
+    """:class:`torch.nn.LayerNorm` whose forward is :func:`bp_torch.functional.layer_norm` (eq. T1–T4)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return BF.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+class GroupNorm(NotScriptable, nn.GroupNorm):
+    """:class:`torch.nn.GroupNorm` whose forward is :func:`bp_torch.functional.group_norm` (eq. T1–T4)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return BF.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+
+
+class GELU(NotScriptable, nn.GELU):
+    """:class:`torch.nn.GELU` whose forward is :func:`bp_torch.functional.gelu` (eq. T5, T6)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return BF.gelu(input, approximate=self.approximate)
+
+
+class MultiheadAttention(NotScriptable, nn.MultiheadAttention):
+    """:class:`torch.nn.MultiheadAttention` whose forward is torch's, with ``F.multi_head_attention_forward`` routed
+    to :func:`bp_torch.functional.multi_head_attention_forward`: bp_torch's projections (Note A eq. 5–8) and
+    attention (eq. T7–T12). The output projection runs with ``out_proj``'s backward rule: under ``rule="fa"`` its
+    feedback matrix carries δ back, as in a Linear of its own. (torch's inference fast path is not taken.)"""
+
+    def forward(self, *args, **kwargs):
+        with _AttentionRouting(self.out_proj):
+            return super().forward(*args, **kwargs)
+
+
+class _AttentionRouting(TorchFunctionMode):
+    """Hands ``F.multi_head_attention_forward``, which torch's MultiheadAttention.forward calls, to bp_torch's, with
+    ``out_proj``'s feedback matrix; every other call runs as it would."""
+
+    def __init__(self, out_proj: nn.Linear) -> None:
+        super().__init__()
+        self.out_proj = out_proj
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.multi_head_attention_forward:
+            feedback = feedback_matrix(self.out_proj)
+            return BF.multi_head_attention_forward(*args, **(kwargs or {}), out_proj_feedback=feedback)
+        return func(*args, **(kwargs or {}))
+
+
 # The one table both directions read. Matching is by exact type: a user's subclass of nn.Conv2d (weight
 # standardisation, a parametrized layer's generated class ...) has its own forward, which a swap would silently drop,
 # so it is left native and listed in the summary.
@@ -329,6 +381,11 @@ TWINS: dict[type[nn.Module], type[nn.Module]] = {
     nn.Hardsigmoid: Hardsigmoid,
     nn.Hardswish: Hardswish,
     nn.SiLU: SiLU,
+    # the transformer's operations
+    nn.LayerNorm: LayerNorm,
+    nn.GroupNorm: GroupNorm,
+    nn.GELU: GELU,
+    nn.MultiheadAttention: MultiheadAttention,
 }
 
 
@@ -357,7 +414,9 @@ class Conversion:
         )
 
 
-def _swap(model: nn.Module, table: dict[type[nn.Module], type[nn.Module]]) -> tuple[nn.Module, Conversion]:
+def _swap(
+    model: nn.Module, table: dict[type[nn.Module], type[nn.Module]], derive: bool = False
+) -> tuple[nn.Module, Conversion]:
     # The swap reassigns __class__: the twins add no state and keep torch's __init__, so an object of one is a
     # valid object of the other. Being the same object, the module keeps its Parameters and buffers (optimizers built
     # before still hold them), training/eval mode, hooks and every reference to it (a module shared by two parents,
@@ -366,23 +425,63 @@ def _swap(model: nn.Module, table: dict[type[nn.Module], type[nn.Module]]) -> tu
     swapped, left = defaultdict(list), defaultdict(list)
     for name, module in model.named_modules(remove_duplicate=True):
         kind = type(module)
-        if kind in table:
-            module.__class__ = table[kind]
-            swapped[table[kind].__name__].append(name or "<root>")
-        elif kind not in targets and next(module.children(), None) is None:
+        twin = table.get(kind) or (_derived_twin(kind) if derive else None)
+        if twin is not None:
+            module.__class__ = twin
+            swapped[twin.__name__].append(name or "<root>")
+        elif kind not in targets and kind not in _DERIVED_NATIVE and next(module.children(), None) is None:
             left[kind.__name__].append(name or "<root>")
     return model, Conversion(dict(swapped), dict(left))
 
 
+# A subclass of a native module of TWINS that overrides neither forward nor any other method its twin replaces
+# (Conv2d's _conv_forward) computes what its base computes: NonDynamicallyQuantizableLinear, torch's Linear subclass in
+# MultiheadAttention, is one. It is converted to a class of both, made once per subclass: its twin first (our forward,
+# the backward rule), then the subclass (isinstance checks, any other method of its own). Any other subclass stays.
+_DERIVED: dict[type[nn.Module], type[nn.Module]] = {}  # subclass -> its derived twin
+_DERIVED_NATIVE: dict[type[nn.Module], type[nn.Module]] = {}  # derived twin -> the subclass
+
+
+def _derived_twin(kind: type[nn.Module]) -> type[nn.Module] | None:
+    if kind in _DERIVED or kind in _DERIVED_NATIVE:
+        return _DERIVED.get(kind)
+    base = next((b for b in kind.__mro__[1:] if b in TWINS), None)
+    if base is None or any(b in TWINS.values() for b in kind.__mro__):
+        return None
+    twin = TWINS[base]
+    replaced = {n for n, v in vars(twin).items() if callable(v) and n != "__init__" and hasattr(base, n)}
+    if any(getattr(kind, n) is not getattr(base, n) for n in replaced | {"forward"}):
+        return None  # a forward of its own: left native, and named in the summary
+    namespace = {"__module__": __name__, "__qualname__": kind.__qualname__, "__reduce_ex__": _reduce_derived}
+    derived = type(kind.__name__, (twin, kind), namespace)
+    _DERIVED[kind], _DERIVED_NATIVE[derived] = derived, kind
+    return derived
+
+
+def _reduce_derived(module: nn.Module, protocol: int):
+    """Pickles (torch.save, deepcopy) a module of a derived class as its subclass and its state: the derived class,
+    made at run time, is made again when the module is loaded."""
+    return _rebuild_derived, (_DERIVED_NATIVE[type(module)], module.__getstate__())
+
+
+def _rebuild_derived(kind: type[nn.Module], state: dict) -> nn.Module:
+    module = kind.__new__(kind)
+    module.__setstate__(state)
+    module.__class__ = _derived_twin(kind)
+    return module
+
+
 def convert(model: nn.Module, rule: str = "backprop") -> tuple[nn.Module, Conversion]:
     """Swap, in place, every ``torch.nn`` module of ``TWINS`` in ``model`` (Conv2d, AvgPool2d, Sigmoid, Linear, ReLU,
-    LeakyReLU, Tanh, Dropout, Softmax, LogSoftmax, the losses, MaxPool2d, AdaptiveAvgPool2d, BatchNorm2d) for its
-    bp_torch twin.
+    LeakyReLU, Tanh, Dropout, Softmax, LogSoftmax, the losses, MaxPool2d, AdaptiveAvgPool2d, BatchNorm2d, LayerNorm,
+    GroupNorm, GELU, MultiheadAttention) for its bp_torch twin.
 
     The modules stay the same objects, so parameters and buffers are shared, not copied: an optimizer built before
-    the conversion trains the converted model. Only exact types are swapped; subclasses and every other layer stay
-    native. For an untouched original, convert a copy: ``convert(copy.deepcopy(model))``. ``rule`` sets the backward
-    rule of every bp_torch Linear and Conv2d in the model (:mod:`bp_torch.feedback`; default ``"backprop"``, exact).
+    the conversion trains the converted model. A subclass is swapped only if it overrides none of the methods its
+    twin replaces (``NonDynamicallyQuantizableLinear`` is a Linear); one with a forward of its own stays native, as
+    every other layer, and is named in the summary. For an untouched original, convert a copy:
+    ``convert(copy.deepcopy(model))``. ``rule`` sets the backward rule of every bp_torch Linear and Conv2d in the
+    model (:mod:`bp_torch.feedback`; default ``"backprop"``, exact).
 
     The functions the model's ``forward`` calls (``F.relu``, ``x.mean([2, 3])``, ``scale * x`` ...) are routed to
     bp_torch's twins while it runs (:mod:`bp_torch.routing`: hooks on ``model``, removed by :func:`to_native`); the
@@ -394,11 +493,11 @@ def convert(model: nn.Module, rule: str = "backprop") -> tuple[nn.Module, Conver
     Example::
 
         >>> import torch
-        >>> model, summary = convert(torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.GELU()))
+        >>> model, summary = convert(torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.Softplus()))
         >>> type(model[0]).__module__, summary.swapped, summary.left
-        ('bp_torch.nn', {'Linear': ['0']}, {'GELU': ['1']})
+        ('bp_torch.nn', {'Linear': ['0']}, {'Softplus': ['1']})
     """
-    model, summary = _swap(model, TWINS)
+    model, summary = _swap(model, TWINS, derive=True)
     routing.install(model, summary.native_calls)
     summary.native_calls = routing.installed(model)  # a model converted before keeps its record
     for module in model.modules():
@@ -416,3 +515,4 @@ def to_native(model: nn.Module) -> tuple[nn.Module, Conversion]:
             module.__dict__.pop("rule", None)
     routing.uninstall(model)
     return _swap(model, {twin: native for native, twin in TWINS.items()})
+    return _swap(model, {twin: native for native, twin in TWINS.items()} | _DERIVED_NATIVE)

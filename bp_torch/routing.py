@@ -69,13 +69,23 @@ def _routes() -> dict:
         BF.div: (torch.div, T.div, T.__truediv__),
         BF.sum: (torch.sum, T.sum),
         BF.mean: (torch.mean, T.mean),
+        # the transformer's operations (docs/derivation.md eq. T)
+        BF.gelu: (F.gelu,),
+        BF.layer_norm: (F.layer_norm,),
+        BF.group_norm: (F.group_norm,),
+        BF.matmul: (torch.matmul, T.matmul, T.__matmul__),
+        BF.bmm: (torch.bmm, T.bmm),
+        BF.addmm: (torch.addmm,),
+        BF.baddbmm: (torch.baddbmm,),
+        BF.scaled_dot_product_attention: (F.scaled_dot_product_attention,),
+        BF.einsum: (torch.einsum,),
     }
     return {native: twin for twin, natives in twins.items() for native in natives}
 
 
 # native function -> bp_torch's twin, called with the same arguments
 ROUTES: dict = _routes()
-_OPERATORS = frozenset({torch.Tensor.__mul__, torch.Tensor.__rmul__, torch.Tensor.__truediv__})
+_OPERATORS = frozenset({torch.Tensor.__mul__, torch.Tensor.__rmul__, torch.Tensor.__truediv__, torch.Tensor.__matmul__})
 
 
 def _name(func) -> str:

@@ -84,7 +84,9 @@ class OpEntry:
     opinfo: tuple[str, ...] = ()
     # non-finite upstream gradients (values judged as torch's NaN and inf, where it has them)
     nonfinite_upstream: bool = True
-    torch_bugs: tuple[str, ...] = ()  # torch's backward errors on inputs its forward accepts (README "Limits")
+    torch_bugs: tuple[str, ...] = ()
+    # float64 against torch's own float64 (no truth to judge by): ulps of the largest value either may be off
+    float64_ulps: float = 64  # torch's backward errors on inputs its forward accepts (README "Limits")
 
     def __str__(self) -> str:
         return self.name
@@ -131,9 +133,10 @@ def shape_of(rng: random.Random, min_dim: int = 0, max_dim: int = 4, max_size: i
     return [0 if rng.random() < zero else rng.randint(1, max_size) for _ in range(dims)]
 
 
-def spell_int(rng: random.Random, v: int):
-    """``v`` as one of the spellings torch's parser reads as that integer."""
-    return rng.choice([v, v, v, np.int64(v), np.int32(v), torch.tensor(v), torch.tensor([v])])
+def spell_int(rng: random.Random, v: int, tensors: bool = True):
+    """``v`` as one of the spellings torch's parser reads as that integer (an int list's items and an int array
+    also as integer tensors; a plain int argument, such as a dim, not)."""
+    return rng.choice([v, v, v, np.int64(v), np.int32(v)] + ([torch.tensor(v), torch.tensor([v])] if tensors else []))
 
 
 def spell_pair(rng: random.Random, pair):
@@ -156,14 +159,27 @@ def spell_float(rng: random.Random, v: float):
 
 
 def spell_bool(rng: random.Random, v: bool):
-    return rng.choice([v, v, v, np.bool_(v)])
+    """A bool argument: torch's parser takes only Python's bools (numpy's bool is refused, see BAD_BOOLS)."""
+    return v
 
 
 # What may replace an argument to make the call invalid (torch decides: some it accepts).
 BAD_INTS = [0, -1, 2.0, 1.5, True, "2", None, (1, 2, 3), (), (2, 2.0), np.float64(2), np.bool_(True),
             torch.tensor(2.0), torch.tensor([1, 1]), torch.tensor(True), {1: 1}]  # fmt: skip
 BAD_FLOATS = ["0.3", None, (0.1,), [0.1], torch.tensor([0.1, 0.2]), torch.tensor(1 + 1j), 1j, {0.1: 0}]
-BAD_BOOLS = [0, 1, 1.0, "no", "", None, (True,), [False], torch.tensor(True), torch.tensor([True, False])]
+BAD_BOOLS = [
+    0,
+    1,
+    1.0,
+    "no",
+    "",
+    None,
+    (True,),
+    [False],
+    np.bool_(True),
+    torch.tensor(True),
+    torch.tensor([True, False]),
+]
 BAD_DTYPES = [1, "float64", torch.int64, torch.float64, np.float64, float, torch.device("cpu")]
 BAD_TENSORS = [1.0, [1.0, 2.0], "x", None, np.ones(3)]
 
@@ -214,7 +230,7 @@ def _avg_pool2d(rng: random.Random) -> Sample:
     x = tensor(rng, [rng.choice([0, 1, 2])][: rng.random() < 0.8] + [rng.randint(1, 3), *size], dtype)
     kwargs = dict(kernel_size=spell_pair(rng, kernel), padding=spell_pair(rng, padding),
                   ceil_mode=spell_bool(rng, rng.random() < 0.5), count_include_pad=spell_bool(rng, rng.random() < 0.5),
-                  divisor_override=rng.choice([None, None, None, spell_int(rng, rng.randint(1, 5))]))  # fmt: skip
+                  divisor_override=rng.choice([None, None, None, spell_int(rng, rng.randint(1, 5), False)]))  # fmt: skip
     if stride is not None:
         kwargs["stride"] = spell_pair(rng, stride)
     return Sample((x,), kwargs)
@@ -263,7 +279,7 @@ def _dropout(rng: random.Random) -> Sample:
 def _softmax(rng: random.Random) -> Sample:
     x = tensor(rng, shape_of(rng), dtype_of(rng))
     dim = rng.randint(-max(x.dim(), 1), max(x.dim(), 1) - 1)
-    kwargs = {"dim": spell_int(rng, dim)}
+    kwargs = {"dim": spell_int(rng, dim, tensors=False)}
     if rng.random() < 0.2:
         kwargs["dtype"] = rng.choice([torch.float64, torch.float32])
     return Sample((x,), kwargs)
@@ -287,9 +303,9 @@ def _class_input(rng, dtype):
     x = tensor(rng, shape, dtype, scale=rng.choice([1.0, 1.0, 30.0, 1e4]))
     g = torch.Generator().manual_seed(rng.getrandbits(32))
     target = torch.randint(0, C, [N, *extra] if batch else [], generator=g)
-    ignore = rng.choice([-100, -100, 0, C - 1, spell_int(rng, 1)])
+    ignore = rng.choice([-100, -100, 0, C - 1, spell_int(rng, 1, tensors=False)])
     if target.numel() and rng.random() < 0.3:
-        target.view(-1)[0] = -100
+        target.view(-1)[0] = int(ignore)  # an ignored target (out of the classes' range: only as ignore_index)
     return x, target, C, ignore
 
 
@@ -358,6 +374,8 @@ def _batch_norm(rng: random.Random) -> Sample:
     dtype = dtype_of(rng)
     C = rng.randint(1, 4)
     shape = [rng.randint(1, 3) if rng.random() < 0.95 else 0, C, *shape_of(rng, 0, 2, 4)]
+    if rng.random() < 0.8 and shape[0] == 1 and all(n == 1 for n in shape[2:]):
+        shape[0] = 2  # one value per channel in training is refused (a few such draws are kept)
     scale = rng.choice([1.0, 1.0, 1e-3])
     x = tensor(rng, shape, dtype, scale=scale) + rng.choice([0.0, 0.0, 100.0]) * scale  # |mean| ≫ std too
     tracked = rng.random() < 0.7
@@ -508,6 +526,209 @@ OPS += [
             opinfo=("sum",)),
     OpEntry("mean", BF.mean, torch.mean, _reduction, _faults(dim=BAD_INTS + [7, (0, 0)], dtype=BAD_DTYPES),
             opinfo=("mean",)),
+]  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------- the transformer's operations
+
+
+def _layer_norm(rng: random.Random) -> Sample:
+    dtype = dtype_of(rng)
+    norm = [rng.randint(1, 4) if rng.random() < 0.97 else 0 for _ in range(rng.randint(1, 3))]
+    x = tensor(rng, [*shape_of(rng, 0, 2), *norm], dtype) + rng.choice([0.0, 0.0, 100.0])  # |mean| ≫ std too
+    affine = [tensor(rng, norm, dtype, scale=1.0, special=False) if rng.random() < 0.6 else None for _ in "wb"]
+    shape = rng.choice([list, tuple, torch.Size])(norm)
+    kwargs = dict(weight=affine[0], bias=affine[1], eps=spell_float(rng, rng.choice([1e-5, 1e-3, 1.0])))
+    return Sample((x, shape), kwargs, grads=(0, "weight", "bias"))
+
+
+def _group_norm(rng: random.Random) -> Sample:
+    dtype = dtype_of(rng)
+    groups = rng.randint(1, 3)
+    C = groups * rng.randint(1, 2)
+    shape = [rng.choice([0, 1, 2, 3]), C, *shape_of(rng, 0, 2, 4, zero=0)]
+    x = tensor(rng, shape, dtype) + rng.choice([0.0, 0.0, 100.0])
+    affine = [tensor(rng, (C,), dtype, scale=1.0, special=False) if rng.random() < 0.6 else None for _ in "wb"]
+    kwargs = dict(weight=affine[0], bias=affine[1], eps=spell_float(rng, rng.choice([1e-5, 1e-3, 1.0])))
+    return Sample((x, spell_int(rng, groups)), kwargs, grads=(0, "weight", "bias"))
+
+
+def _gelu(rng: random.Random) -> Sample:
+    x = tensor(rng, shape_of(rng), dtype_of(rng))
+    return Sample((x,), dict(approximate=rng.choice(["none", "tanh"])))
+
+
+def _batches(rng: random.Random, dims: int) -> tuple[list, list]:
+    """Two batch shapes that broadcast against each other, ``dims`` dimensions at most."""
+    full = shape_of(rng, 0, dims, 3)
+    a = [1 if rng.random() < 0.25 else s for s in full]
+    b = [1 if rng.random() < 0.25 else s for s in full][rng.randint(0, len(full)) :]
+    return (a, b) if rng.random() < 0.5 else (b, a)
+
+
+def _matmul(rng: random.Random) -> Sample:
+    dtype = dtype_of(rng, complex_ok=True)
+    n, k, m = (rng.randint(0 if rng.random() < 0.05 else 1, 4) for _ in range(3))
+    batch_a, batch_b = _batches(rng, 2)
+    a = [k] if rng.random() < 0.2 else [*batch_a, n, k]
+    b = [k] if rng.random() < 0.2 else [*batch_b, k, m]
+    return Sample((tensor(rng, a, dtype, special=rng.random() < 0.3), tensor(rng, b, dtype, special=False)),
+                  grads=(0, 1))  # fmt: skip
+
+
+def _bmm(rng: random.Random) -> Sample:
+    dtype = dtype_of(rng, complex_ok=True)
+    b, n, k, m = (rng.randint(0 if rng.random() < 0.05 else 1, 4) for _ in range(4))
+    return Sample((tensor(rng, (b, n, k), dtype), tensor(rng, (b, k, m), dtype, special=False)), grads=(0, 1))
+
+
+def _addmm(rng: random.Random, batched: bool) -> Sample:
+    dtype = dtype_of(rng, complex_ok=True)
+    b, n, k, m = (rng.randint(0 if rng.random() < 0.05 else 1, 4) for _ in range(4))
+    out = [b, n, m] if batched else [n, m]
+    shape = [1 if rng.random() < 0.3 else s for s in out][rng.randint(0, len(out)) :]
+    mats = ((b, n, k), (b, k, m)) if batched else ((n, k), (k, m))
+    kwargs = dict(beta=spell_float(rng, rng.choice([1.0, 1.0, 0.0, 0.5, -2.0])),
+                  alpha=spell_float(rng, rng.choice([1.0, 1.0, 0.0, 0.6, -1.5])))  # fmt: skip
+    x = tensor(rng, shape, dtype, special=False)
+    return Sample((x, *(tensor(rng, s, dtype, special=False) for s in mats)), kwargs, grads=(0, 1, 2))
+
+
+def _attention(rng: random.Random) -> Sample:
+    dtype = dtype_of(rng)
+    L, S, E, Ev = (
+        rng.randint(1, 5),
+        rng.randint(1 if rng.random() < 0.95 else 0, 5),
+        rng.randint(1, 6),
+        rng.randint(1, 4),
+    )
+    heads, groups = rng.randint(1, 2), rng.choice([1, 1, 2])
+    batch = [rng.randint(0 if rng.random() < 0.05 else 1, 2), heads * groups][: rng.randint(0, 2)]
+    kv_batch = list(batch)
+    gqa = len(batch) == 2 and groups > 1 and rng.random() < 0.5
+    if gqa:
+        kv_batch[-1] = heads
+    q, k, v = (tensor(rng, [*b, r, c], dtype, scale=1.0, special=False)
+               for b, r, c in ((batch, L, E), (kv_batch, S, E), (kv_batch, S, Ev)))  # fmt: skip
+    kwargs = dict(enable_gqa=gqa)
+    mask = rng.choice(["none", "bool", "float", "causal"])
+    if mask == "causal":
+        kwargs["is_causal"] = True
+    elif mask != "none":
+        shape = [*batch, L, S][rng.randint(0, len(batch)) :]
+        shape = [1 if rng.random() < 0.3 else s for s in shape]
+        g = torch.Generator().manual_seed(rng.getrandbits(32))
+        if mask == "bool":
+            kwargs["attn_mask"] = torch.rand(shape, generator=g) < 0.7  # some rows masked throughout
+        else:
+            kwargs["attn_mask"] = tensor(rng, shape, dtype, scale=1.0, special=False)
+    if rng.random() < 0.3:
+        kwargs["scale"] = spell_float(rng, rng.choice([0.1, 1.0, 2.5]))
+    return Sample((q, k, v), kwargs, grads=(0, 1, 2, "attn_mask"))
+
+
+def _sdpa_with_seed(function):
+    """scaled_dot_product_attention with dropout: torch's kernel draws its masks its own way, so the reference is
+    torch's documented formula (its docstring's Python) made of native ops, both drawing from the same seed."""
+
+    def call(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None, enable_gqa=False):
+        if not dropout_p or function is BF.scaled_dot_product_attention:
+            torch.manual_seed(0)
+            return function(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
+        torch.manual_seed(0)
+        L, S = query.size(-2), key.size(-2)
+        bias = torch.zeros(L, S, dtype=query.dtype)
+        if is_causal:
+            bias = bias.masked_fill(~torch.ones(L, S, dtype=torch.bool).tril(), float("-inf"))
+        if attn_mask is not None:
+            bias = bias.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else bias + attn_mask
+        if enable_gqa:
+            key = key.repeat_interleave(query.size(-3) // key.size(-3), -3)
+            value = value.repeat_interleave(query.size(-3) // value.size(-3), -3)
+        weights = torch.softmax(query @ key.mT * (scale or 1 / math.sqrt(query.size(-1))) + bias, dim=-1)
+        shape = torch.broadcast_shapes(weights.shape, (*key.shape[:-2], L, S))
+        keep = torch.empty(shape, dtype=weights.dtype).bernoulli_(1 - dropout_p) / (1 - dropout_p)
+        return (weights * keep) @ value
+
+    return call
+
+
+def _multi_head_attention(rng: random.Random) -> Sample:
+    dtype = rng.choice([torch.float64, torch.float32])
+    heads = rng.randint(1, 2)
+    E, L, S, N = heads * rng.randint(1, 3), rng.randint(1, 4), rng.randint(1, 4), rng.randint(1, 2)
+    t = lambda *shape: tensor(rng, shape, dtype, scale=1.0, special=False, layout="contiguous")  # noqa: E731
+    query = t(L, N, E)
+    kind = rng.choice(["self", "kv", "separate"])
+    key = query if kind == "self" else t(S, N, E)
+    value = key if kind != "separate" else t(S, N, E)
+    S = key.shape[0]
+    add_bias_kv = rng.random() < 0.3
+    need_weights = rng.random() < 0.5
+    kwargs = dict(training=rng.random() < 0.5, need_weights=need_weights,
+                  average_attn_weights=rng.random() < 0.5)  # fmt: skip
+    if rng.random() < 0.3:
+        kwargs["key_padding_mask"] = torch.arange(S).expand(N, S) >= S - rng.randint(0, 1)
+    if rng.random() < 0.3:
+        kwargs["attn_mask"] = t(L, S)
+    args = (query, key, value, E, heads, t(3 * E, E), t(3 * E) if rng.random() < 0.7 else None,
+            t(1, 1, E) if add_bias_kv else None, t(1, 1, E) if add_bias_kv else None, rng.random() < 0.3,
+            rng.choice([0.0, 0.5]) if need_weights else 0.0, t(E, E), t(E) if rng.random() < 0.7 else None)  # fmt: skip
+    random_draws = kwargs["training"] and args[10] > 0  # a dropout mask is drawn: reseeded (else widened to float64)
+    return Sample(args, kwargs, grads=(0, 1, 2, 5, 6, 7, 8, 11, 12), seed=rng.getrandbits(16) if random_draws else None)
+
+
+EINSUMS = [("bgHid,bgHjd->bgHij", "bgHid", "bgHjd"), ("bgHij,bgHjd->bgHid", "bgHij", "bgHjd"), ("ij,jk", "ij", "jk"),
+           ("bij,bjk->bik", "bij", "bjk"), ("ik,jk->ij", "ik", "jk"), ("i,i->", "i", "i"), ("i,j->ij", "i", "j"),
+           ("bij,jk->bki", "bij", "jk"), ("ii,ij->j", "ii", "ij"), ("ij,jk -> ik", "ij", "jk")]  # fmt: skip
+
+
+def _einsum(rng: random.Random) -> Sample:
+    """A two-operand einsum: batched matrix products (maxvit's attention among them), and, for torch's own path,
+    a diagonal; batch indices of size 1 broadcast."""
+    equation, a, b = rng.choice(EINSUMS)
+    size = {i: rng.randint(0 if rng.random() < 0.05 else 1, 3) for i in set(a + b)}
+    size["i"] = size.get("j", 2) if "ii" in a else size.get("i", 2)
+    shape_a = [size[i] if i not in "bg" or rng.random() < 0.8 else 1 for i in a]
+    dtype = dtype_of(rng, complex_ok=True)
+    return Sample((equation, tensor(rng, shape_a, dtype), tensor(rng, [size[i] for i in b], dtype)), grads=(1, 2))
+
+
+def _outputs(function):
+    """multi_head_attention_forward returning the outputs that are tensors (the weights may be None); with dropout,
+    both sides draw from the same seed (its masks are F.dropout's where the weights are returned, the only case
+    the samples draw them)."""
+
+    def call(*args, **kwargs):
+        if args[10] and kwargs.get("training", True):
+            torch.manual_seed(0)
+        return tuple(t for t in function(*args, **kwargs) if t is not None)
+
+    return call
+
+
+OPS += [
+    OpEntry("layer_norm", BF.layer_norm, F.layer_norm, _layer_norm,
+            _faults(**{"1": [3, (3, 2.0), None, "3"]}, eps=BAD_FLOATS), opinfo=("nn.functional.layer_norm",)),
+    OpEntry("group_norm", BF.group_norm, F.group_norm, _group_norm,
+            _faults(**{"1": BAD_INTS + [4, 5]}, eps=BAD_FLOATS), opinfo=("nn.functional.group_norm",)),
+    OpEntry("gelu", BF.gelu, F.gelu, _gelu, _faults(**{"0": BAD_TENSORS}, approximate=["tan", None, 1, "NONE"]),
+            elementwise=True, opinfo=("nn.functional.gelu",)),
+    OpEntry("matmul", BF.matmul, torch.matmul, _matmul, _faults(**{"1": BAD_TENSORS}), opinfo=("matmul",)),
+    OpEntry("bmm", BF.bmm, torch.bmm, _bmm, _faults(**{"1": BAD_TENSORS}), opinfo=("bmm",)),
+    OpEntry("addmm", BF.addmm, torch.addmm, lambda rng: _addmm(rng, False),
+            _faults(beta=BAD_FLOATS, alpha=BAD_FLOATS), opinfo=("addmm",)),
+    OpEntry("baddbmm", BF.baddbmm, torch.baddbmm, lambda rng: _addmm(rng, True),
+            _faults(beta=BAD_FLOATS, alpha=BAD_FLOATS), opinfo=("baddbmm",)),
+    OpEntry("scaled_dot_product_attention", _sdpa_with_seed(BF.scaled_dot_product_attention),
+            _sdpa_with_seed(F.scaled_dot_product_attention), _attention,
+            _faults(attn_mask=BAD_TENSORS[:-2] + [torch.ones(1, dtype=torch.int64)], dropout_p=[1.5, -0.1]),
+            opinfo=("nn.functional.scaled_dot_product_attention",)),
+    OpEntry("einsum", BF.einsum, torch.einsum, _einsum, _faults(**{"0": ["ij,jk->il", "ij,jk->ii", 3]}),
+            opinfo=("einsum",)),
+    OpEntry("multi_head_attention_forward", _outputs(BF.multi_head_attention_forward),
+            _outputs(F.multi_head_attention_forward), _multi_head_attention, _faults(**{"3": [3, 5]}),
+            opinfo=("nn.functional.multi_head_attention_forward",)),
 ]  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""README "Limits": what TorchScript and the tools keyed on exact types do with bp_torch modules, and the way out."""
+"""docs/limits.md: what TorchScript and the tools keyed on exact types do with bp_torch modules, and the way out."""
 
 import copy
 

@@ -318,6 +318,7 @@ def test_torch_func_transforms_match_native(name, f):
 @pytest.mark.parametrize("name, f", SCALARS, ids=[s[0] for s in SCALARS])
 def test_torch_compile_fullgraph_matches_eager(name, f):
     x = torch.randn(3, 4, requires_grad=True)
+    torch._dynamo.reset()  # each case compiles the same lambda anew: ten cases would pass Dynamo's recompile limit
     # aot_eager traces the Functions as torch.compile does, without spending a minute compiling C++ on a CPU
     compiled = torch.compile(lambda t: f(BF, t).sum(), fullgraph=True, backend="aot_eager")
     (g,) = torch.autograd.grad(compiled(x), x)

@@ -122,9 +122,11 @@ def _layout(t: torch.Tensor) -> str:
     return "other"
 
 
-def _judge(ours, theirs, ref, what: str, elementwise: bool, layout: bool = True):
-    """``ours`` as close to the float64 ``ref`` as ``theirs`` (torch) is, within twice its distance and a few ulps;
-    non-finite entries where torch has them, the same ones."""
+def _judge(ours, theirs, ref, what: str, elementwise: bool, precision: torch.dtype | None = None, layout=True,
+           float64_ulps: float = 64):  # fmt: skip
+    """``ours`` as close to the float64 ``ref`` as ``theirs`` (torch) is, within twice its distance and a few ulps
+    of ``precision`` (the lowest of the call; None: ``ref`` is torch's own float64 result, not a truth, and only a
+    gross difference counts); non-finite entries where torch has them, the same ones."""
     assert (ours is None) == (theirs is None), f"{what}: {ours is None=} but torch's {theirs is None=}"
     if ours is None:
         return
@@ -145,16 +147,19 @@ def _judge(ours, theirs, ref, what: str, elementwise: bool, layout: bool = True)
     m = finite_o & torch.isfinite(r)
     if not m.any():
         return
-    finfo = torch.finfo(ours.dtype)
     err_o, err_t, scale = (o - r).abs()[m], (t - r).abs()[m], r.abs()[m]
-    if elementwise:
-        bound = 2 * err_t + 4 * finfo.eps * scale + 4 * finfo.tiny
-    else:
-        bound = 2 * err_t.max() + 32 * finfo.eps * scale.max() + 4 * finfo.tiny
+    eps = torch.finfo(precision or ours.dtype).eps
+    if precision is None:  # against torch's float64: sums in another order, any formulation of the same equation
+        bound = 2 * eps * scale + float64_ulps * eps * max(scale.max().item(), 1.0)
+    elif elementwise:  # each value rounded once or twice where torch rounds it once
+        bound = 2 * err_t + 4 * eps * scale + 4 * torch.finfo(precision).tiny
+    else:  # sums in another order: a few ulps of the largest value, in float32 for half precision ("opmath")
+        opmath = torch.finfo(torch.float32).eps if precision in HALF else eps
+        bound = 2 * err_t + 2 * eps * scale + 32 * opmath * scale.max() + 4 * torch.finfo(precision).tiny
     worst = torch.argmax(err_o - bound)
-    assert err_o[worst] <= bound[worst] if bound.dim() else err_o[worst] <= bound, (
-        f"{what}: off the float64 truth by {err_o[worst]:.3g} where torch is off by "
-        f"{(err_t[worst] if elementwise else err_t.max()):.3g} (value {r[m][worst]:.6g})"
+    assert err_o[worst] <= bound[worst], (
+        f"{what}: off the float64 truth by {err_o[worst]:.3g} where torch is off by {err_t[worst]:.3g} "
+        f"(value {r[m][worst]:.6g})"
     )
 
 
@@ -184,29 +189,31 @@ def compare(op: OpEntry, sample: Sample, rng: random.Random, what: str) -> bool:
     )
     if ours.error:
         return theirs.error[0] == "backward"
-    low = any(t.dtype in (torch.float32, torch.complex64, *HALF) for t in [*sample.tensors().values(), *ours.outputs])
-    wide = low and sample.seed is None
-    ref = Outcome(op.theirs, sample, wanted, upstream, widen=True, contiguous=plain) if wide else theirs
+    floats = [t.dtype for t in [*sample.tensors().values(), *ours.outputs] if t.is_floating_point() or t.is_complex()]
+    precision = max(floats, key=lambda d: torch.finfo(d).eps, default=torch.float64)
+    precision = {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(precision, precision)
+    truth = precision != torch.float64 and sample.seed is None  # dropout's draw: torch's own result is the reference
+    ref = Outcome(op.theirs, sample, wanted, upstream, widen=True, contiguous=plain) if truth else theirs
     if ref.error:  # float64 raises where the low precision does not (not seen): judge against torch itself
-        ref = theirs
-    # element by element against a float64 truth; where torch's own float64 result is the reference, it is not
-    # the truth, and either side's rounding counts against the largest value
-    elementwise = op.elementwise and ref is not theirs
+        ref, truth = theirs, False
+    precision = precision if truth else None
     assert len(ours.outputs) == len(theirs.outputs), what
     for i, (a, b, r) in enumerate(zip(ours.outputs, theirs.outputs, ref.outputs)):
         assert a.requires_grad == b.requires_grad, f"{what}: output {i} requires_grad {a.requires_grad}"
-        _judge(a, b, r, f"{what} output {i}", elementwise, layout=not plain)
+        _judge(a, b, r, f"{what} output {i}", op.elementwise, precision, not plain, op.float64_ulps)
     for a, b, r in zip(ours.args, theirs.args, ref.args):  # arguments updated in place (running statistics)
         if isinstance(a, torch.Tensor) and not a.requires_grad:
-            _judge(a, b, r.to(b.dtype) if r.dtype != b.dtype else r, f"{what} argument updated in place", False)
+            _judge(a, b, r, f"{what} argument updated in place", False, precision, True, op.float64_ulps)
     for key in wanted:
         _judge(
             ours.grads and ours.grads[key],
             theirs.grads and theirs.grads[key],
             ref.grads and ref.grads[key],
             f"{what} gradient of {key}",
-            elementwise,
-            layout=not plain,
+            op.elementwise,
+            precision,
+            not plain,
+            op.float64_ulps,
         )
     return True
 
@@ -282,31 +289,20 @@ def test_second_order_matches_torch(op: OpEntry):
     for i, sample, keys in _finite_float64(op, 12):
         results = []
         for which in ("ours", "theirs"):
-            primals = [sample.tensors()[k].detach().clone().requires_grad_() for k in keys]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                out = _as_function(op, sample, keys, which)(*primals)
-                if not out.requires_grad:
-                    results.append(None)
-                    continue
-                g = torch.Generator().manual_seed(i)
-                upstream = torch.randn(out.shape, generator=g, dtype=out.dtype)
-                grads = torch.autograd.grad(out, primals, upstream, create_graph=True, allow_unused=True)
-                v = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in primals]
-                total = sum((gr * vi).sum().real for gr, vi in zip(grads, v) if gr is not None and gr.requires_grad)
-                if not isinstance(total, torch.Tensor):
-                    results.append([None] * len(primals))
-                    continue
-                try:
-                    results.append(torch.autograd.grad(total, primals, allow_unused=True))
-                except RuntimeError as error:  # torch has no double backward here (README "Limits")
-                    if which == "ours" or not any(bug in str(error) for bug in op.torch_bugs):
-                        raise
-                    results.append("refused")
+            try:
+                results.append(_second_order(op, sample, keys, which, i))
+            except RuntimeError:
+                if which == "ours":
+                    raise
+                # torch has no double backward here (its CPU attention kernel; layer_norm's without a weight): ours
+                # is held by gradgradcheck (README "Limits")
+                results.append("torch raised")
         ours, theirs = results
         if theirs == "refused":  # ours is judged by gradgradcheck alone
             continue
         what = f"{op.name} draw {i} {sample.describe()} second order"
+        if isinstance(theirs, str):
+            continue
         if ours is None or theirs is None:
             assert ours is theirs, what
             continue
@@ -316,6 +312,24 @@ def test_second_order_matches_torch(op: OpEntry):
                 continue
             a = torch.zeros_like(b) if a is None else a
             torch.testing.assert_close(a, b, equal_nan=True, msg=f"{what} of {key}")
+
+
+def _second_order(op, sample, keys, which, i):
+    """The gradient of ⟨∂e/∂inputs, v⟩ with respect to the inputs at ``keys`` (None: nothing requires grad)."""
+    primals = [sample.tensors()[k].detach().clone().requires_grad_() for k in keys]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = _as_function(op, sample, keys, which)(*primals)
+        if not out.requires_grad:
+            return None
+        g = torch.Generator().manual_seed(i)
+        upstream = torch.randn(out.shape, generator=g, dtype=out.dtype)
+        grads = torch.autograd.grad(out, primals, upstream, create_graph=True, allow_unused=True)
+        v = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in primals]
+        total = sum((gr * vi).sum().real for gr, vi in zip(grads, v) if gr is not None and gr.requires_grad)
+        if not isinstance(total, torch.Tensor):
+            return [None] * len(primals)
+        return torch.autograd.grad(total, primals, allow_unused=True)
 
 
 @ops

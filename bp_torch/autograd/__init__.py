@@ -25,6 +25,13 @@ Beyond the notes (equation labels D and M are ours, derived in ``docs/derivation
 - ``elementwise``: ``MulFunction``, ``DivFunction`` with broadcasting (eq. E1–E3);
 - ``reduction``: ``SumFunction``, ``MeanFunction`` over dimensions (eq. R1, R2).
 
+The transformer's operations (equation labels T, ours):
+
+- ``layer_norm``: ``LayerNormFunction``, ``GroupNormFunction`` (eq. T1–T4);
+- ``gelu``: ``GeluFunction`` (eq. T5, T6);
+- ``matmul``: ``MatmulFunction`` (matmul, bmm) and ``AddmmFunction`` (addmm, baddbmm) (eq. T7, T8);
+- ``attention``: ``ScaledDotProductAttentionFunction`` (eq. T9–T12).
+
 Every backward is written with forward tensor ops only (conv2d, matmul, pad, flip, sum ...): never autograd,
 ``torch.nn.grad``, ``torch.func`` or an ``aten.*_backward`` op. Arguments arrive validated and normalised by
 ``bp_torch.functional``.
@@ -32,6 +39,7 @@ Every backward is written with forward tensor ops only (conv2d, matmul, pad, fli
 
 from bp_torch.autograd.activation import LeakyReluFunction, ReluFunction, SigmoidFunction, TanhFunction
 from bp_torch.autograd.adaptive_pool import AdaptiveAvgPool2dFunction, AdaptiveAvgPool2dInputGradFunction
+from bp_torch.autograd.attention import ScaledDotProductAttentionFunction
 from bp_torch.autograd.batch_norm import BatchNormFunction
 from bp_torch.autograd.conv import (
     Conv2dFunction,
@@ -42,6 +50,7 @@ from bp_torch.autograd.conv import (
 )
 from bp_torch.autograd.dropout import DropoutFunction
 from bp_torch.autograd.elementwise import DivFunction, MulFunction
+from bp_torch.autograd.gelu import GeluFunction
 from bp_torch.autograd.hard_activations import (
     HardsigmoidFunction,
     HardswishFunction,
@@ -50,8 +59,10 @@ from bp_torch.autograd.hard_activations import (
     SiluFunction,
     SiluInplaceFunction,
 )
+from bp_torch.autograd.layer_norm import GroupNormFunction, LayerNormFunction
 from bp_torch.autograd.linear import LinearFunction
 from bp_torch.autograd.loss import CrossEntropyFunction, MSELossFunction, NllLossFunction
+from bp_torch.autograd.matmul import AddmmFunction, MatmulFunction
 from bp_torch.autograd.max_pool import MaxPool2dFunction, MaxPool2dGatherFunction, MaxPool2dInputGradFunction
 from bp_torch.autograd.pool import AvgPool2dFunction, avg_pool2d_divisor
 from bp_torch.autograd.reduction import MeanFunction, SumFunction
@@ -94,4 +105,11 @@ __all__ = [
     "DivFunction",
     "SumFunction",
     "MeanFunction",
+    # the transformer's operations (eq. T1–T12)
+    "LayerNormFunction",
+    "GroupNormFunction",
+    "GeluFunction",
+    "MatmulFunction",
+    "AddmmFunction",
+    "ScaledDotProductAttentionFunction",
 ]

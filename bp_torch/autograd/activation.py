@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.autograd import Function
 
 from bp_torch._formulas import is_literal
-from bp_torch._function import with_direct_call
+from bp_torch._function import opmath, with_direct_call
 
 
 @with_direct_call
@@ -29,12 +29,12 @@ class SigmoidFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         (out,) = ctx.saved_tensors
-        out = out.conj()  # complex: PyTorch's gradient is δ·conj(σ'), and conj(σ(1−σ)) = C̄(1−C̄); real: out itself
+        dtype, delta = grad_output.dtype, opmath(grad_output)  # half precision: computed in float32, as torch's
+        out = opmath(out).conj()  # complex: PyTorch's gradient is δ·conj(σ'), conj(σ(1−σ)) = C̄(1−C̄); real: out
         if is_literal():
-            return grad_output * out * (1 - out)  # Note B eq. 37/57: ΔC_σ = ΔC ⊙ C(1−C)
-        # the same product as t − t·C with t = ΔC ⊙ C: two passes over memory, not three
-        t = grad_output * out
-        return torch.addcmul(t, t, out, value=-1)  # Note B eq. 37/57: ΔC ⊙ C(1−C) = t − t·C
+            return (delta * out * (1 - out)).to(dtype)  # Note B eq. 37/57: ΔC_σ = ΔC ⊙ C(1−C)
+        # a product, never a difference t − t·C: an infinite δ stays infinite where C(1−C) > 0, as in torch
+        return (delta * ((1 - out) * out)).to(dtype)  # Note B eq. 37/57: ΔC ⊙ C(1−C), in δ's layout (as torch's)
 
     @staticmethod
     def jvp(ctx, input_t):
@@ -66,11 +66,9 @@ class ReluFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         (out,) = ctx.saved_tensors
-        if is_literal():
-            return grad_output * (out > 0), None  # eq. D1: δ ⊙ 1[x > 0]
-        # y ≥ 0, so 1[y > 0] is sign(y): two float passes, where a boolean mask costs several times more on the CPU
-        # (a NaN input gives NaN here; torch's threshold_backward passes δ there)
-        return grad_output * out.sign(), None  # eq. D1: δ ⊙ 1[x > 0] = δ ⊙ sign(y)
+        # a select, not a product with the mask: an infinite δ where x ≤ 0 gives 0, not 0·∞ = NaN, and a NaN input
+        # passes δ, as torch's threshold_backward (y ≤ 0 ? 0 : δ)
+        return torch.where(out <= 0, 0, grad_output), None  # eq. D1: δ ⊙ 1[x > 0]
 
     @staticmethod
     def jvp(ctx, input_t, _):
@@ -109,12 +107,9 @@ class LeakyReluFunction(Function):
                 "This is caused by calling in-place forward function with a negative slope, please call "
                 "out-of-place version instead."
             )
-        alpha = ctx.negative_slope
-        if is_literal():
-            return torch.where(x > 0, grad_output, grad_output * alpha), None, None  # eq. D2: δ or α·δ
-        # f'(x) = α + (1 − α)·1[x > 0], 1[x > 0] = max(sign(x), 0): float passes, as for ReLU (eq. D1)
-        slope = torch.clamp(x.sign(), min=0).mul_(1 - alpha).add_(alpha)  # (vmap batches no in-place clamp)
-        return grad_output * slope, None, None  # eq. D2: δ ⊙ (α + (1 − α)·1[x > 0])
+        # a select, as torch's leaky_relu_backward: exact for any α (α + (1 − α)·1[x > 0] rounds to 0 for x > 0 once
+        # α ≫ 1), a NaN input gets α·δ, and an infinite δ no 0·∞
+        return torch.where(x > 0, grad_output, grad_output * ctx.negative_slope), None, None  # eq. D2: δ or α·δ
 
     @staticmethod
     def jvp(ctx, input_t, _, __):
@@ -142,11 +137,13 @@ class TanhFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         (out,) = ctx.saved_tensors
+        dtype, delta, out = grad_output.dtype, opmath(grad_output), opmath(out)  # half precision: in float32
         if is_literal():
-            return grad_output * (1 - out * out).conj()  # eq. D3: δ ⊙ conj(1 − y²)
-        # the same product as δ − t·ȳ with t = δ ⊙ ȳ: two passes over memory, not four
+            return (delta * (1 - out * out).conj()).to(dtype)  # eq. D3: δ ⊙ conj(1 − y²)
+        # 1 − ȳ² as (1 − ȳ)(1 + ȳ): where |y| → 1, 1 ∓ y is exact and the product keeps every digit, while 1 − y·y
+        # (and δ − (δȳ)ȳ more so) cancels the rounding of y² up to the result's size
         y = out.conj()
-        return torch.addcmul(grad_output, grad_output * y, y, value=-1)  # eq. D3: δ ⊙ (1 − ȳ²) = δ − t·ȳ
+        return (delta * ((1 - y) * (1 + y))).to(dtype)  # eq. D3: δ ⊙ (1 − ȳ)(1 + ȳ), in δ's layout (as torch's)
 
     @staticmethod
     def jvp(ctx, input_t):

@@ -14,17 +14,28 @@ from torch.autograd import Function
 
 from bp_torch._arguments import Pair
 from bp_torch._formulas import is_literal
-from bp_torch._function import in_layout, is_channels_last, nested_apply, with_direct_call
+from bp_torch._function import in_layout, is_channels_last, nested_apply, opmath, with_direct_call
 from bp_torch.autograd.pool import upsample
 
 
-def pooling_matrix(size: int, out: int, like: torch.Tensor) -> torch.Tensor:
-    """A of eq. M4, ``(out, size)``: row i holds 1/|window i| on window i = [⌊i·size/out⌋, ⌈(i+1)·size/out⌉), zeros
-    elsewhere (torch's rule)."""
-    i, h = torch.arange(out, device=like.device), torch.arange(size, device=like.device)
+def spread_along(delta: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    """Aᵀδ along ``dim`` (eq. M5, one side): each of the ``size`` inputs receives δ_i/|window i| from every window i
+    = [⌊i·size/out⌋, ⌈(i+1)·size/out⌉) holding it (torch's rule). Added window by window (``index_add``), not as a
+    product with A's zeros: an infinite δ reaches its window alone, as in torch, not 0·∞ = NaN everywhere."""
+    out = delta.shape[dim]
+    i = torch.arange(out, device=delta.device)
     start, end = i * size // out, -(-(i + 1) * size // out)
-    inside = (start[:, None] <= h) & (h < end[:, None])
-    return inside.to(like.dtype) / (end - start)[:, None].to(like.dtype)  # eq. M4: A[i, h] = 1/|window i|
+    lengths = end - start
+    owner = torch.repeat_interleave(i, lengths)  # the window of each (window, input) pair
+    member = torch.arange(len(owner), device=delta.device) - torch.repeat_interleave(
+        lengths.cumsum(0) - lengths, lengths
+    )
+    member = member + start[owner]  # the input of each pair
+    shape = [1] * delta.dim()
+    shape[dim] = -1
+    share = delta.index_select(dim, owner) / lengths[owner].to(delta.dtype).view(shape)  # eq. M5: δ_i/|window i|
+    zeros = delta.new_zeros(*delta.shape[:dim], size, *delta.shape[dim + 1 :])
+    return zeros.index_add(dim, member, share)  # eq. M5: Σ over the windows holding each input
 
 
 @with_direct_call
@@ -54,7 +65,8 @@ class AdaptiveAvgPool2dFunction(Function):
         if not ctx.needs_input_grad[0]:
             return None, None
         grad_input = spread(grad_output, ctx.input_size)  # eq. M5: ∂e/∂x = A_Hᵀ δ A_W
-        return in_layout(grad_input, ctx.channels_last), None
+        # torch pools to 1 × 1 as a mean over H and W, whose gradient (an expanded δ) comes back contiguous
+        return in_layout(grad_input, ctx.channels_last and ctx.output_size != (1, 1)), None
 
     @staticmethod
     def jvp(ctx, input_t, _):
@@ -70,11 +82,13 @@ class AdaptiveAvgPool2dInputGradFunction(Function):
 
     @staticmethod
     def forward(delta, input_size: Pair):
+        if delta.dtype in (torch.float16, torch.bfloat16):  # half precision: summed in float32, as torch's
+            return AdaptiveAvgPool2dInputGradFunction.forward(opmath(delta), input_size).to(delta.dtype)
         H_out, W_out = delta.shape[-2:]
         (H, W) = input_size
         if is_literal() or 0 in (H_out, W_out):
             # as written: each input receives δ_ij / (|window i|·|window j|) from every window holding it
-            return pooling_matrix(H, H_out, delta).mT @ delta @ pooling_matrix(W, W_out, delta)  # eq. M5
+            return spread_along(spread_along(delta, 2, H), 3, W)  # eq. M5: A_Hᵀ δ A_W
         if (H_out, W_out) == (1, 1):
             # one window, the whole map (global average pooling): every input receives δ / (H·W)
             return (delta / (H * W)).expand(*delta.shape[:-2], H, W).contiguous()  # eq. M5, A_H = 1ᵀ/H
@@ -82,7 +96,7 @@ class AdaptiveAvgPool2dInputGradFunction(Function):
             # equal, disjoint windows: mean pooling's upsampling (Note B eq. 32/52) with kernel H/H_out × W/W_out
             kernel = (H // H_out, W // W_out)
             return upsample(delta / (kernel[0] * kernel[1]), kernel, input_size)  # eq. M5, disjoint windows
-        return pooling_matrix(H, H_out, delta).mT @ delta @ pooling_matrix(W, W_out, delta)  # eq. M5
+        return spread_along(spread_along(delta, 2, H), 3, W)  # eq. M5: A_Hᵀ δ A_W
 
     @staticmethod
     def setup_context(ctx, inputs, output):

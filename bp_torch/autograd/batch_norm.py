@@ -14,6 +14,7 @@ from torch.autograd import Function
 
 from bp_torch._formulas import is_literal
 from bp_torch._function import in_layout, is_channels_last, with_direct_call
+from bp_torch._function import opmath as upcast
 
 
 @with_direct_call
@@ -45,7 +46,7 @@ class BatchNormFunction(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, weight, *_, training, momentum, eps = inputs
+        input, weight, bias, *_, training, momentum, eps = inputs
         _, mean, invstd = output
         ctx.mark_non_differentiable(mean, invstd)
         needs_input, needs_weight = ctx.needs_input_grad[:2]
@@ -54,6 +55,9 @@ class BatchNormFunction(Function):
         ctx.save_for_backward(input if keep_input else None, weight if needs_input else None, mean, invstd)
         ctx.save_for_forward(input, weight, mean, invstd)
         ctx.training, ctx.eps = training, eps
+        # the parameters' gradients come back in their own dtypes, even when γ itself is not saved
+        ctx.weight_like = (weight.dtype, weight.shape) if weight is not None else None
+        ctx.bias_like = (bias.dtype, bias.shape) if bias is not None else None
         ctx.channels_last = is_channels_last(input)
 
     @staticmethod
@@ -66,21 +70,23 @@ class BatchNormFunction(Function):
         per_channel = (1, -1) + (1,) * (delta.dim() - 2)
         m = max(delta.numel() // max(delta.shape[1], 1), 1)  # values per channel (an empty batch has no gradient)
         x = upcast(input) if input is not None else None
-        if ctx.training and torch.is_grad_enabled():
-            # a graph of this backward is being built (double backward): μ and σ̂ as the functions of x they are
+        if ctx.training and (torch.is_grad_enabled() or x is not input) and x is not None:
+            # a graph of this backward is being built (double backward): μ and σ̂ as the functions of x they are;
+            # half precision: in float32, as torch's kernel gives them only rounded to the input's dtype
             var, mean = torch.var_mean(x, dims, correction=0)
             invstd = torch.rsqrt(var + ctx.eps)
         gamma = weight.reshape(-1) if weight is not None else None
         grad_input = grad_weight = grad_bias = None
         needs_sum = needs_bias or needs_weight or (needs_input and ctx.training)
         sum_delta = delta.sum(dims) if needs_sum else None  # eq. M8: Σ δ
-        x_hat = sum_delta_x_hat = None
+        x_hat = centered = sum_delta_x_hat = None
         if x is not None and is_literal():
             x_hat = (x - mean.view(per_channel)) * invstd.view(per_channel)  # eq. M6: x̂ = (x − μ)/σ̂
             sum_delta_x_hat = (delta * x_hat).sum(dims)  # eq. M9: Σ δ·x̂
         elif x is not None:
-            # Σ δ·x̂ = (Σ δ·x − μ Σ δ)/σ̂: no x̂ map in memory (cancels digits when |μ| ≫ σ; literal mode does not)
-            sum_delta_x_hat = torch.addcmul((delta * x).sum(dims), mean, sum_delta, value=-1) * invstd  # eq. M9
+            # x − μ first: Σ δ·x − μ Σ δ would cancel the digits of Σ δ·x̂ when |μ| ≫ σ
+            centered = x - mean.view(per_channel)
+            sum_delta_x_hat = (delta * centered).sum(dims) * invstd  # eq. M9: Σ δ·x̂ = Σ δ·(x − μ)/σ̂
         if needs_input:
             scale = invstd if gamma is None else gamma * invstd  # γ/σ̂
             if not ctx.training:
@@ -91,18 +97,18 @@ class BatchNormFunction(Function):
                     m * delta - sum_delta.view(per_channel) - x_hat * sum_delta_x_hat.view(per_channel)
                 )
             else:
-                # eq. M10 as one affine map per channel, c + a·δ + b·x with a = γ/σ̂: no x̂ map in memory
+                # eq. M10 as one affine map per channel, c + a·δ + b·(x − μ) with a = γ/σ̂: no x̂ map in memory
                 b = scale * invstd * sum_delta_x_hat * (-1 / m)
-                c = torch.addcmul(scale * sum_delta * (-1 / m), b, mean, value=-1)
+                c = scale * sum_delta * (-1 / m)
                 grad_input = torch.addcmul(c.view(per_channel), delta, scale.view(per_channel))
                 # in place outside torch.func, where vmap has no batching rule for addcmul_ and would loop
                 add_b_x = grad_input.addcmul if torch._C._are_functorch_transforms_active() else grad_input.addcmul_
-                grad_input = add_b_x(x, b.view(per_channel))  # eq. M10: c + a·δ + b·x
+                grad_input = add_b_x(centered, b.view(per_channel))  # eq. M10: c + a·δ + b·(x − μ)
             grad_input = in_layout(grad_input.to(dtype), ctx.channels_last)
         if needs_weight:
-            grad_weight = sum_delta_x_hat.to(weight.dtype).reshape(weight.shape)  # eq. M9: ∂e/∂γ = Σ δ·x̂
+            grad_weight = sum_delta_x_hat.to(ctx.weight_like[0]).reshape(ctx.weight_like[1])  # eq. M9: ∂e/∂γ = Σ δ·x̂
         if needs_bias:
-            grad_bias = sum_delta.to(dtype if weight is None else weight.dtype)  # eq. M8: ∂e/∂β = Σ δ
+            grad_bias = sum_delta.to(ctx.bias_like[0]).reshape(ctx.bias_like[1])  # eq. M8: ∂e/∂β = Σ δ
         return grad_input, grad_weight, grad_bias, None, None, None, None, None
 
     @staticmethod
@@ -126,8 +132,3 @@ class BatchNormFunction(Function):
         if bias_t is not None:
             out_t = out_t + bias_t.reshape(per_channel)  # eq. M12: β̇
         return out_t.to(dtype), None, None
-
-
-def upcast(t: torch.Tensor) -> torch.Tensor:
-    """float16/bfloat16 as float32 (the precision torch's kernels accumulate in); other dtypes unchanged."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.autograd import Function
 
 from bp_torch._formulas import is_literal
-from bp_torch._function import nested_apply, with_direct_call
+from bp_torch._function import nested_apply, opmath, with_direct_call
 from bp_torch.autograd.softmax import LogSoftmaxFunction, SoftmaxFunction
 
 
@@ -25,7 +25,8 @@ def _reduce(per_element: torch.Tensor, reduction: str, denominator=None) -> torc
 
 @with_direct_call
 class MSELossFunction(Function):
-    """L = Σ w (ŷ − y)² / D, torch's ``mse_loss`` (no ½; D = the element count, or Σw with a weight, for ``"mean"``);
+    """L = Σ w (ŷ − y)² / D, torch's ``mse_loss`` (no ½; D = the element count, or Σw with a weight, for ``"mean"``;
+    the input and target come broadcast, the weight of the input's size as given, broadcast by the product);
     backward ∂L/∂ŷ = 2w(ŷ − y)/D = −∂L/∂y (Note B eq. 13–16, eq. D7), ∂L/∂w (eq. D8)."""
 
     generate_vmap_rule = True
@@ -47,6 +48,9 @@ class MSELossFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         input, target, weight, loss = ctx.saved_tensors
+        dtypes = [t.dtype if t is not None else None for t in (input, target, weight)]
+        # half precision: computed in float32 (torch's opmath), each gradient cast back to its input's dtype
+        input, target, weight, loss, grad_output = map(opmath, (input, target, weight, loss, grad_output))
         grad_input = grad_target = grad_weight = None
         diff = input - target
         # D: the element count ("mean"), Σw ("mean" with a weight), 1 ("sum", "none")
@@ -55,18 +59,21 @@ class MSELossFunction(Function):
         else:
             scale = grad_output / (weight.sum() if weight is not None else diff.numel())
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            weighted = diff if weight is None else diff * weight
             # with Note B's ½ (w = ½, D = 1 per image) this is its ŷ − y, the first factor of eq. 17's Δŷ
-            delta = weighted * (2 * scale)  # Note B eq. 13/17, eq. D7: ∂L/∂ŷ = 2w(ŷ − y)/D
+            if weight is None:  # contiguous, as torch's mse_loss_backward allocates it
+                delta = (diff * (2 * scale)).contiguous()  # Note B eq. 13/17, eq. D7: ∂L/∂ŷ = 2(ŷ − y)/D
+            else:  # in the layout of torch's composed weighted form: δ's, else the weight's
+                delta = (scale * weight) * (2 * diff)  # Note B eq. 13/17, eq. D7: ∂L/∂ŷ = 2w(ŷ − y)/D
             grad_input = delta if ctx.needs_input_grad[0] else None
             grad_target = -delta if ctx.needs_input_grad[1] else None  # eq. D7: ∂L/∂y = −∂L/∂ŷ
         if ctx.needs_input_grad[2]:
+            # the weight has the input's size, broadcast against the target: its gradient sums over the copies
             squared = diff * diff
             if ctx.reduction == "mean":
-                grad_weight = (squared - loss) * scale  # eq. D8: ∂L/∂w = ((ŷ − y)² − L)/Σw
+                grad_weight = (squared.sum_to_size(weight.shape) - loss) * scale  # eq. D8: ((ŷ − y)² − L)/Σw
             else:
-                grad_weight = squared * scale  # eq. D8: ∂L/∂w = (ŷ − y)²
-        return grad_input, grad_target, grad_weight, None
+                grad_weight = (scale * squared).sum_to_size(weight.shape)  # eq. D8: ∂L/∂w = (ŷ − y)², δ's layout
+        return (*(g if g is None else g.to(d) for g, d in zip((grad_input, grad_target, grad_weight), dtypes)), None)
 
     @staticmethod
     def jvp(ctx, input_t, target_t, weight_t, _):
@@ -129,13 +136,14 @@ class NllLossFunction(Function):
         target, weight = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
-        classes, coefficient = NllLossFunction._coefficients(ctx, target, weight, grad_output)
+        dtype, grad_output = grad_output.dtype, opmath(grad_output)  # half precision: −w/D·δ in float32
+        classes, coefficient = NllLossFunction._coefficients(ctx, target, opmath(weight), grad_output)
         zeros, index = grad_output.new_zeros(ctx.input_shape), _per_element(classes)
         # times the incoming δ (one per position for "none"); under torch.func out of place (vmap batches no
         # in-place scatter without a loop)
         scatter = zeros.scatter if torch._C._are_functorch_transforms_active() else zeros.scatter_
         grad_input = scatter(1, index, _per_element(coefficient * grad_output))  # eq. D9: −w_{t_n}/D at t_n
-        return grad_input, None, None, None, None
+        return grad_input.to(dtype), None, None, None, None
 
     @staticmethod
     def jvp(ctx, input_t, target_t, weight_t, _, __):
@@ -187,22 +195,25 @@ class CrossEntropyFunction(Function):
         if eps > 0:
             spread = _per_element(kept.to(a.dtype) * (eps / C))
             a = torch.addcmul(a, w if w is not None else torch.ones_like(a), spread)  # eq. D11: + m_n ε w_c / C
-        return a, a.sum(1, keepdim=True), _per_element(factor) if ctx.reduction == "none" else factor
+        return a, a.sum(1, keepdim=True), _per_element(factor)
 
     @staticmethod
     def _indices(ctx, target, weight, scale, dtype):
-        """The kept positions m, the classes (ignored made 0), m·w_t and δ/D (δ per position for "none")."""
+        """The kept positions m, the classes (ignored made 0), m·w_t and, per position, δ/D where kept, else 0."""
         kept, classes = _safe_targets(target, ctx.ignore_index)
         w_t = weight[classes] * kept if weight is not None else kept.to(dtype)
-        if ctx.reduction != "mean":
-            return kept, classes, w_t, scale
-        # every target ignored: D = 0, torch's loss NaN and its gradient zero (as every a_n and s_n is): a positive
-        # floor keeps δ/D finite, and no real D is below it
-        return kept, classes, w_t, scale / w_t.sum().clamp_min(torch.finfo(dtype).tiny)
+        # D = Σ m_n w_{t_n} as it is: negative class weights may make it negative, or zero (then, as torch's, the
+        # kept positions' gradients are not finite); an ignored position's gradient is zero whatever δ/D is
+        factor = scale / w_t.sum() if ctx.reduction == "mean" else scale
+        return kept, classes, w_t, torch.where(kept, factor, 0)
 
     @staticmethod
     def backward(ctx, grad_output):
         input, target, weight = ctx.saved_tensors
+        dtypes = [t.dtype if t is not None else None for t in (input, target, weight)]
+        # half precision: p, the targets and δ/D in float32 (torch's opmath), each gradient cast back at the end
+        input, weight, grad_output = opmath(input), opmath(weight), opmath(grad_output)
+        target = opmath(target) if ctx.probabilities else target
         grad_input = grad_target = grad_weight = None
         eps, C = ctx.label_smoothing, input.shape[1]
         scale = grad_output if ctx.reduction == "none" else grad_output.reshape(())
@@ -225,7 +236,8 @@ class CrossEntropyFunction(Function):
                 smoothed = target * (1 - eps) + eps / C if eps > 0 else target
                 dims = [d for d in range(input.dim()) if d != 1]
                 grad_weight = -(smoothed * log_p * factor).sum(dims)  # eq. D12: ∂L/∂w_c = −Σ_n q̃_nc ℓ_nc / D
-        return grad_input, grad_target, grad_weight, None, None, None
+        grads = (g if g is None else g.to(d) for g, d in zip((grad_input, grad_target, grad_weight), dtypes))
+        return (*grads, None, None, None)
 
     @staticmethod
     def _index_grad(ctx, p, target, weight, scale):
@@ -233,18 +245,18 @@ class CrossEntropyFunction(Function):
         target class and, with smoothing, −ε w_c/(C·D) at every class of the kept positions."""
         eps, C = ctx.label_smoothing, p.shape[1]
         kept, classes, w_t, factor = CrossEntropyFunction._indices(ctx, target, weight, scale, p.dtype)
-        at_target = w_t * factor  # w_{t_n}/D, zero where ignored
+        at_target = w_t * factor  # w_{t_n}/D, zero where ignored (factor is)
         s = (
             at_target
             if eps == 0
-            else at_target * (1 - eps) + kept * factor * (eps * (weight.sum() if weight is not None else C) / C)
+            else at_target * (1 - eps) + factor * (eps * (weight.sum() if weight is not None else C) / C)
         )
         grad = p * _per_element(s)  # eq. D10: s p / D
         index = _per_element(classes)
         grad.scatter_add_(1, index, _per_element(at_target * (eps - 1)))  # eq. D10: − a/D at the targets
         if eps > 0:
             w = _class_weight(weight, p) if weight is not None else 1
-            grad -= _per_element(kept * factor) * (w * (eps / C))  # eq. D10: − a/D, what smoothing spreads
+            grad -= _per_element(factor) * (w * (eps / C))  # eq. D10: − a/D, what smoothing spreads
         return grad
 
     @staticmethod

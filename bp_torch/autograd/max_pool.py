@@ -149,6 +149,8 @@ def scatter_add(delta: torch.Tensor, indices: torch.Tensor, input_size: Pair) ->
     ``indices[n, c, i, j]`` of plane (n, c)."""
     N, C, H_out, W_out = delta.shape
     H, W = input_size
+    if delta.dtype in (torch.float16, torch.bfloat16):  # overlapping windows' δ summed in float32, as torch's
+        return scatter_add(delta.float(), indices, input_size).to(delta.dtype)
     if is_channels_last(delta):
         # scattered along the rows of an (N, H·W, C) map, channels innermost as they lie: a channels_last result
         planes = delta.new_zeros((N, H * W, C))

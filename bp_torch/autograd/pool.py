@@ -8,7 +8,7 @@ from torch.autograd import Function
 
 from bp_torch._arguments import Pair
 from bp_torch._formulas import is_literal
-from bp_torch._function import in_layout, is_channels_last, nested_apply, with_direct_call
+from bp_torch._function import in_layout, is_channels_last, nested_apply, opmath, with_direct_call
 from bp_torch.autograd.conv import conv2d_input_grad
 
 
@@ -62,6 +62,7 @@ class AvgPool2dFunction(Function):
             return (None,) * 7
         kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override = ctx.options
         (kh, kw), (H_out, W_out) = kernel_size, grad_output.shape[2:]
+        dtype, grad_output = grad_output.dtype, opmath(grad_output)  # half precision: summed in float32, as torch
         # each output is its window's sum over a divisor, so each input in the window receives δ / divisor
         if divisor_override:
             delta = grad_output / divisor_override
@@ -79,7 +80,7 @@ class AvgPool2dFunction(Function):
             # kernel is all ones (Note A eq. 17 with w = 1: rot180 of ones is ones)
             ones = grad_output.new_ones((delta.shape[1], 1, kh, kw))
             grad_input = conv2d_input_grad(delta, ones, ctx.input_size, stride, padding, (1, 1), delta.shape[1])
-        return in_layout(grad_input, ctx.channels_last), None, None, None, None, None, None
+        return in_layout(grad_input.to(dtype), ctx.channels_last), None, None, None, None, None, None
 
     @staticmethod
     def jvp(ctx, input_t, *_):

@@ -1,0 +1,193 @@
+"""Layer and group normalisation (eq. T1) with the backward of eq. T2, T3 and the tangent of eq. T4.
+
+Both normalise groups of m values, each with its own μ = mean x and σ̂ = √(mean (x−μ)² + ε) (biased), and scale
+and shift the result: y = γ ⊙ x̂ + β, x̂ = (x−μ)/σ̂ (eq. T1). Layer norm's groups are the trailing
+``normalized_shape`` dimensions of every sample and γ, β have that shape; group norm's are the channels of one group
+(and all their positions) of one sample, and γ, β are per channel. The forward is torch's own kernel (bit for bit
+torch's output); the gradients are derived by hand as batch norm's (eq. M8–M10), the statistics taken over a group:
+∂e/∂β = Σδ, ∂e/∂γ = Σδ⊙x̂ summed where γ is shared (T2), and with g = γ⊙δ = ∂e/∂x̂,
+∂e/∂x = (g − mean g − x̂·mean(g⊙x̂))/σ̂ over each group (T3). Labels T are ours (docs/derivation.md).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.autograd import Function
+
+from bp_torch._formulas import is_literal
+from bp_torch._function import in_layout, is_channels_last, with_direct_call
+from bp_torch.autograd.batch_norm import upcast
+
+
+def normalised_input_grad(g, x, mean, invstd, dims):
+    """∂e/∂x of x̂ = (x − μ)/σ̂ with μ, σ̂ taken over ``dims``, from g = ∂e/∂x̂ (eq. T3): μ takes mean g away, σ̂
+    the component along x̂."""
+    if is_literal():
+        x_hat = (x - mean) * invstd  # eq. T1: x̂ = (x − μ)/σ̂
+        g_x_hat = (g * x_hat).mean(dims, keepdim=True)
+        return (g - g.mean(dims, keepdim=True) - x_hat * g_x_hat) * invstd  # eq. T3
+    # eq. T3 as one affine map per group, a·g + b·x + c, as torch's kernels compute it (the same rounding, NaN where a
+    # group's δ has an infinity): a = 1/σ̂, mean(g·x̂) = (Σ g·x − μ Σ g)/(m σ̂), so b = (μ Σ g − Σ g·x)/(m σ̂³)
+    # and c = −b·μ − Σ g/(m σ̂); no x̂ map in memory
+    m = max(math.prod(x.shape[d] for d in dims), 1)
+    sum_g, sum_gx = g.sum(dims, keepdim=True), (g * x).sum(dims, keepdim=True)
+    b = (sum_g * mean - sum_gx) * invstd.pow(3) * (1 / m)
+    c = -b * mean - sum_g * invstd * (1 / m)
+    return g * invstd + b * x + c  # eq. T3: a·g + b·x + c
+
+
+def normalised_tangent(x_t, x, mean, invstd, dims):
+    """x̂' = (ẋ − mean ẋ − x̂·mean(ẋ⊙x̂))/σ̂ (eq. T4): the Jacobian of eq. T3 is symmetric, so the same map."""
+    return normalised_input_grad(x_t, x, mean, invstd, dims)  # eq. T4
+
+
+def _statistics(x, dims, eps, mean, invstd):
+    """μ and 1/σ̂ over ``dims``: recomputed from x when a graph of the backward is being built (they are functions of
+    x there) or when the saved ones are in half precision (float32 is what torch's kernels accumulate in)."""
+    if x.numel() == 0:  # nothing normalised: no statistics to recompute
+        return mean.to(x.dtype), invstd.to(x.dtype)
+    if torch.is_grad_enabled() or mean.dtype != x.dtype:
+        var, mean = torch.var_mean(x, dims, correction=0, keepdim=True)
+        return mean, torch.rsqrt(var + eps)  # eq. T1: μ, 1/σ̂
+    return mean, invstd
+
+
+@with_direct_call
+class LayerNormFunction(Function):
+    """Layer normalisation over the trailing ``len(normalized_shape)`` dimensions; returns ``(output, mean,
+    invstd)``, the last two torch's per-group statistics (kept-dim shape), not differentiable.
+
+    Arguments arrive validated by ``bp_torch.functional.layer_norm``; ``normalized_shape`` is a tuple of ints.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, normalized_shape: tuple, weight, bias, eps: float):
+        return torch.native_layer_norm(input, normalized_shape, weight, bias, eps)  # eq. T1
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, normalized_shape, weight, _, eps = inputs
+        _, mean, invstd = output
+        ctx.mark_non_differentiable(mean, invstd)
+        needs_input = ctx.needs_input_grad[0]
+        ctx.save_for_backward(input, weight if needs_input else None, mean, invstd)
+        ctx.save_for_forward(input, weight, mean, invstd)
+        ctx.eps, ctx.dims = eps, tuple(range(-len(normalized_shape), 0))
+        ctx.weight_dtype = weight.dtype if weight is not None else None
+
+    @staticmethod
+    def backward(ctx, grad_output, _grad_mean, _grad_invstd):
+        input, weight, mean, invstd = ctx.saved_tensors
+        needs_input, _, needs_weight, needs_bias, _ = ctx.needs_input_grad
+        dims, dtype = ctx.dims, grad_output.dtype
+        # γ and β are shared by every group: their gradients sum over the leading dimensions (if there are any)
+        shared = tuple(range(input.dim() - len(dims)))
+        total = (lambda t: t.sum(shared)) if shared else (lambda t: t)
+        delta, x = upcast(grad_output), upcast(input)
+        mean, invstd = _statistics(x, dims, ctx.eps, mean, invstd)
+        grad_input = grad_weight = grad_bias = None
+        if needs_input:
+            g = delta if weight is None else delta * upcast(weight)  # ∂e/∂x̂ = γ ⊙ δ
+            grad_input = normalised_input_grad(g, x, mean, invstd, dims).to(dtype)  # eq. T3
+        if needs_weight:
+            x_hat = (x - mean) * invstd  # eq. T1: x̂ = (x − μ)/σ̂
+            grad_weight = total(delta * x_hat).to(ctx.weight_dtype)  # eq. T2: ∂e/∂γ = Σ δ ⊙ x̂
+        if needs_bias:
+            grad_bias = total(delta).to(ctx.weight_dtype or dtype)  # eq. T2: ∂e/∂β = Σ δ
+        return grad_input, None, grad_weight, grad_bias, None
+
+    @staticmethod
+    def jvp(ctx, input_t, _normalized_shape_t, weight_t, bias_t, _eps_t):
+        input, weight, mean, invstd = ctx.saved_tensors
+        dims, dtype, x = ctx.dims, input.dtype, upcast(input)
+        mean, invstd = _statistics(x, dims, ctx.eps, mean, invstd)
+        x_hat = (x - mean) * invstd
+        out_t = torch.zeros_like(x_hat)
+        if input_t is not None:
+            x_hat_t = normalised_tangent(upcast(input_t), x, mean, invstd, dims)  # eq. T4: x̂'
+            out_t = out_t + (x_hat_t if weight is None else x_hat_t * upcast(weight))  # eq. T4: γ ⊙ x̂'
+        if weight_t is not None:
+            out_t = out_t + upcast(weight_t) * x_hat  # eq. T4: γ̇ ⊙ x̂
+        if bias_t is not None:
+            out_t = out_t + upcast(bias_t)  # eq. T4: β̇
+        return out_t.to(dtype), None, None
+
+
+@with_direct_call
+class GroupNormFunction(Function):
+    """Group normalisation of an ``(N, C, *)`` input in ``num_groups`` groups of channels; returns ``(output, mean,
+    invstd)``, the last two torch's ``(N, num_groups)`` statistics, not differentiable.
+
+    Arguments arrive validated by ``bp_torch.functional.group_norm``.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(input, num_groups: int, weight, bias, eps: float):
+        N, C = input.shape[:2]
+        HxW = math.prod(input.shape[2:])
+        return torch.native_group_norm(input, weight, bias, N, C, HxW, num_groups, eps)  # eq. T1
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, num_groups, weight, _, eps = inputs
+        _, mean, invstd = output
+        ctx.mark_non_differentiable(mean, invstd)
+        needs_input = ctx.needs_input_grad[0]
+        ctx.save_for_backward(input, weight if needs_input else None, mean, invstd)
+        ctx.save_for_forward(input, weight, mean, invstd)
+        ctx.eps, ctx.num_groups = eps, num_groups
+        ctx.weight_dtype = weight.dtype if weight is not None else None
+        ctx.channels_last = is_channels_last(input)
+
+    @staticmethod
+    def backward(ctx, grad_output, _grad_mean, _grad_invstd):
+        input, weight, mean, invstd = ctx.saved_tensors
+        needs_input, _, needs_weight, needs_bias, _ = ctx.needs_input_grad
+        dtype = grad_output.dtype
+        x, mean, invstd, per_channel = _grouped(input, ctx.num_groups, ctx.eps, mean, invstd)
+        delta = upcast(grad_output).reshape(x.shape)
+        grad_input = grad_weight = grad_bias = None
+        if needs_input:
+            g = delta if weight is None else delta * upcast(weight).reshape(per_channel)  # ∂e/∂x̂ = γ ⊙ δ
+            grad_input = normalised_input_grad(g, x, mean, invstd, (2, 3))  # eq. T3
+            grad_input = in_layout(grad_input.reshape(input.shape).to(dtype), ctx.channels_last)
+        if needs_weight and is_literal():
+            x_hat = (x - mean) * invstd  # eq. T1: x̂ = (x − μ)/σ̂
+            grad_weight = (delta * x_hat).sum((0, 3)).reshape(-1).to(ctx.weight_dtype)  # eq. T2: ∂e/∂γ = Σ δ ⊙ x̂
+        elif needs_weight:
+            # Σ δ⊙x̂ = (Σ δx − μ Σ δ)/σ̂ per sample and channel, as torch's kernel sums it: no x̂ map in memory
+            per_sample = ((delta * x).sum(3) - mean.squeeze(-1) * delta.sum(3)) * invstd.squeeze(-1)  # (N, G, C/G)
+            grad_weight = per_sample.sum(0).reshape(-1).to(ctx.weight_dtype)  # eq. T2: ∂e/∂γ = Σ δ ⊙ x̂
+        if needs_bias:
+            grad_bias = delta.sum((0, 3)).reshape(-1).to(ctx.weight_dtype or dtype)  # eq. T2: Σ δ
+        return grad_input, None, grad_weight, grad_bias, None
+
+    @staticmethod
+    def jvp(ctx, input_t, _num_groups_t, weight_t, bias_t, _eps_t):
+        input, weight, mean, invstd = ctx.saved_tensors
+        x, mean, invstd, per_channel = _grouped(input, ctx.num_groups, ctx.eps, mean, invstd)
+        x_hat = (x - mean) * invstd
+        out_t = torch.zeros_like(x_hat)
+        if input_t is not None:
+            x_hat_t = normalised_tangent(upcast(input_t).reshape(x.shape), x, mean, invstd, (2, 3))  # eq. T4: x̂'
+            out_t = out_t + (x_hat_t if weight is None else x_hat_t * upcast(weight).reshape(per_channel))  # eq. T4
+        if weight_t is not None:
+            out_t = out_t + upcast(weight_t).reshape(per_channel) * x_hat  # eq. T4: γ̇ ⊙ x̂
+        if bias_t is not None:
+            out_t = out_t + upcast(bias_t).reshape(per_channel)  # eq. T4: β̇
+        return in_layout(out_t.reshape(input.shape).to(input.dtype), ctx.channels_last), None, None
+
+
+def _grouped(input, num_groups: int, eps: float, mean, invstd):
+    """Group norm's x as (N, G, C/G, H·W) (a group's values along dims 2 and 3), its μ and 1/σ̂, and the shape
+    (1, G, C/G, 1) a per-channel γ is read in."""
+    N, C, G = input.shape[0], input.shape[1], num_groups
+    x = upcast(input).reshape(N, G, C // G, math.prod(input.shape[2:]))  # (N, G, C/G, H·W)
+    mean, invstd = _statistics(x, (2, 3), eps, mean.reshape(N, G, 1, 1), invstd.reshape(N, G, 1, 1))
+    return x, mean, invstd, (1, G, C // G, 1)
