@@ -514,5 +514,4 @@ def to_native(model: nn.Module) -> tuple[nn.Module, Conversion]:
             module._buffers.pop("feedback", None)
             module.__dict__.pop("rule", None)
     routing.uninstall(model)
-    return _swap(model, {twin: native for native, twin in TWINS.items()})
     return _swap(model, {twin: native for native, twin in TWINS.items()} | _DERIVED_NATIVE)
