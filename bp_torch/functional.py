@@ -372,6 +372,7 @@ def dropout(input, p=0.5, training=True, inplace=False) -> torch.Tensor:
     if has_torch_function_unary(input):
         return handle_torch_function(dropout, (input,), input, p=p, training=training, inplace=inplace)
     p = check_dropout(p, training)
+    inplace = bool(inplace)  # torch's `if inplace` picks the kernel: read whatever else the call does
     check_tensor(input, "input", "dropout")
     if not training or p == 0 or input.numel() == 0:
         return input
@@ -379,7 +380,7 @@ def dropout(input, p=0.5, training=True, inplace=False) -> torch.Tensor:
         noise = torch.zeros((), dtype=input.dtype, device=input.device)  # torch multiplies by a zero scalar too
     else:
         noise = torch.empty_like(input).bernoulli_(1 - p).div_(1 - p)  # eq. D4: m / (1 − p), drawn as torch draws it
-    return _maybe_inplace(DropoutFunction, input, noise, inplace=bool(inplace))
+    return _maybe_inplace(DropoutFunction, input, noise, inplace=inplace)
 
 
 # --- softmax and the losses (Note B eq. 13–16; docs/derivation.md eq. D5–D12) -------------------------------------
@@ -496,8 +497,9 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
         return handle_torch_function(nll_loss, (input, target, weight), input, target, weight=weight,
                                      size_average=size_average, ignore_index=ignore_index, reduce=reduce,
                                      reduction=reduction)  # fmt: skip
-    for name, t in (("input", input), ("target", target)):
-        check_tensor(t, name, "nll_loss")
+    for name, t in (("input", input), ("target", target), ("weight", weight)):
+        if t is not None or name != "weight":
+            check_tensor(t, name, "nll_loss")
     reduction = reduction_of(reduction, size_average, reduce)
     ignore_index = int_arg(ignore_index, "ignore_index", "nll_loss")
     check_weight_not_differentiable(weight)
@@ -532,8 +534,9 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         return handle_torch_function(cross_entropy, (input, target, weight), input, target, weight=weight,
                                      size_average=size_average, ignore_index=ignore_index, reduce=reduce,
                                      reduction=reduction, label_smoothing=label_smoothing)  # fmt: skip
-    for name, t in (("input", input), ("target", target)):
-        check_tensor(t, name, "cross_entropy")
+    for name, t in (("input", input), ("target", target), ("weight", weight)):
+        if t is not None or name != "weight":
+            check_tensor(t, name, "cross_entropy")
     reduction = reduction_of(reduction, size_average, reduce)
     ignore_index = int_arg(ignore_index, "ignore_index", "cross_entropy")
     label_smoothing = float_arg(label_smoothing, "label_smoothing", "cross_entropy")
