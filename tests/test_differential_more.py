@@ -25,8 +25,10 @@ pytestmark = pytest.mark.usefixtures("both_formulas")
 
 def _outcome(function, args, kwargs, differentiable):
     """(exception type or None, outputs, gradients of the ``differentiable`` argument positions)."""
-    args = [a.detach().clone().requires_grad_(i in differentiable) if isinstance(a, torch.Tensor) else a
-            for i, a in enumerate(args)]  # fmt: skip
+    args = [
+        a.detach().clone().requires_grad_(i in differentiable) if isinstance(a, torch.Tensor) else a
+        for i, a in enumerate(args)
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -81,8 +83,13 @@ def test_max_pool2d():
             # a window whose taps all fall in the padding: torch's own CPU max_pool2d corrupts its heap (README
             # "Limits"); bp_torch refuses nothing torch accepts there, but torch cannot be the reference
             continue
-        options = dict(stride=rng.choice([None, 1, 2, 3, (1, 2)]), padding=rng.randint(0, k // 2), dilation=d,
-                       ceil_mode=rng.random() < 0.5, return_indices=rng.random() < 0.5)  # fmt: skip
+        options = dict(
+            stride=rng.choice([None, 1, 2, 3, (1, 2)]),
+            padding=rng.randint(0, k // 2),
+            dilation=d,
+            ceil_mode=rng.random() < 0.5,
+            return_indices=rng.random() < 0.5,
+        )
         _same("max_pool2d", [x, rng.choice([k, (k, max(1, k - 1))])], options)
 
 
@@ -105,8 +112,11 @@ def test_batch_norm():
         tracked = rng.random() < 0.7
         running = (torch.randn(C, dtype=f64), torch.rand(C, dtype=f64) + 0.1) if tracked else (None, None)
         affine = [torch.randn(C, dtype=f64) if rng.random() < 0.6 else None for _ in range(2)]
-        options = dict(training=rng.random() < 0.6 or not tracked, momentum=rng.choice([0.1, 0.5, 0.0]),
-                       eps=rng.choice([1e-5, 1e-3]))  # fmt: skip
+        options = dict(
+            training=rng.random() < 0.6 or not tracked,
+            momentum=rng.choice([0.1, 0.5, 0.0]),
+            eps=rng.choice([1e-5, 1e-3]),
+        )
         _same("batch_norm", [x, *running, *affine], options, differentiable=(0, 3, 4))
 
 
@@ -120,12 +130,17 @@ def test_cross_entropy_and_nll_loss():
         target = torch.randint(0, C, [N, *extra]) if indices else torch.softmax(torch.randn([N, C, *extra]), 1)
         if indices and rng.random() < 0.3:
             target[0] = -100
-        options = dict(weight=torch.rand(C) if rng.random() < 0.5 else None,
-                       reduction=rng.choice(["mean", "sum", "none"]))  # fmt: skip
+        options = dict(
+            weight=torch.rand(C) if rng.random() < 0.5 else None, reduction=rng.choice(["mean", "sum", "none"])
+        )
         if indices:
             options["ignore_index"] = rng.choice([-100, 0])
-        _same("cross_entropy", [x, target], {**options, "label_smoothing": rng.choice([0.0, 0.1])},
-              differentiable=(0,) if indices else (0, 1))  # fmt: skip
+        _same(
+            "cross_entropy",
+            [x, target],
+            {**options, "label_smoothing": rng.choice([0.0, 0.1])},
+            differentiable=(0,) if indices else (0, 1),
+        )
         if indices:
             _same("nll_loss", [torch.log_softmax(x, 1), target], options)
 

@@ -11,8 +11,15 @@ import pytest
 
 import bp_torch
 
-LIBRARY = ["bp_torch", "bp_torch.functional", "bp_torch.nn", "bp_torch.models", "bp_torch.check", "bp_torch.dense",
-           "bp_torch.audit"]  # fmt: skip
+LIBRARY = [
+    "bp_torch",
+    "bp_torch.functional",
+    "bp_torch.nn",
+    "bp_torch.models",
+    "bp_torch.check",
+    "bp_torch.dense",
+    "bp_torch.audit",
+]
 APPLICATION_DEPENDENCIES = ["torchvision", "tensorboard", "tqdm", "matplotlib"]
 
 
