@@ -479,7 +479,7 @@ def test_a_data_dir_inside_the_dataset_says_which_folder_to_pass(fake_data, tmp_
     assert train.main(train_args(fake_data / inner, tmp_path / "runs", *TINY)) == train.EXIT_ERROR
     _one_line(
         capsys.readouterr().err,
-        f"--data-dir {fake_data / inner} is inside the dataset: pass --data-dir "
+        f"the data folder {fake_data / inner} is inside the dataset: pass --data-dir "
         f"{fake_data}, the folder that holds MNIST/raw/",
     )
     assert calls == [] and not (fake_data / "MNIST" / "MNIST").exists()  # no nested second copy downloaded

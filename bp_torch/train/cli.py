@@ -327,7 +327,7 @@ def missing_data(e: DatasetNotFoundError, ctx: distributed.Context) -> str:
     raw = e.folders[0]
     if e.inside is not None:
         return (
-            f"--data-dir {raw.parent.parent} is inside the dataset: pass --data-dir {e.inside}, the folder that "
+            f"the data folder {raw.parent.parent} is inside the dataset: pass --data-dir {e.inside}, the folder that "
             f"holds {e.dataset}/raw/"
         )
     looked = f"{e.dataset} not found: looked in {', '.join(map(str, e.folders))} for {' and '.join(e.files)} (or .gz)"
