@@ -71,6 +71,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The command line: a flag for each ``Config`` field, made from its metadata, and four of the run's own."""
     parser = Parser(
+        prog="train.py",  # as every message of the run is signed, also under python -m bp_torch.train
         description="Train Note B's 3,898-parameter LeNet on MNIST with hand-derived backpropagation.",
         epilog="Defaults are the default preset's; '--preset seed' changes those marked 'seed:'. "
         "Flags given explicitly override the preset. Scale out with 'torchrun --nproc_per_node=N train.py ...': "
