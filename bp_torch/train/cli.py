@@ -256,10 +256,12 @@ def prepare(args: argparse.Namespace, ctx: distributed.Context) -> Job:
         train_loader, test_loader = load_data(cfg, device, ctx)
         steps = steps_per_epoch(train_loader, cfg)
         model, optimizer, scheduler = build(cfg, device, steps)
-        state = resume(checkpoint_file(args), checkpoint, model, optimizer, scheduler, steps) if checkpoint else None
+        state = restore(checkpoint, model, optimizer, scheduler, steps) if checkpoint else None
         run_dir = run_folder(args, cfg, checkpoint is not None) if ctx.is_main else None
     except Refused as e:
         problem = str(e)
+    except CheckpointError as e:  # restore's: the checkpoint does not fit the model, optimizer or schedule built
+        problem = f"{checkpoint_file(args)}: {e}"
     problem = distributed.first_error(problem)  # any rank's error stops them all
     if problem is not None:
         if checkpoint is None and run_dir is not None:
@@ -341,13 +343,6 @@ def missing_data(e: DatasetNotFoundError, ctx: distributed.Context) -> str:
     if e.failure:
         return f"{looked}; downloading them failed ({e.failure}).\nRun again when online, {elsewhere}."
     return f"{looked}.\nRun again with --download to fetch them (needs internet), {elsewhere}."
-
-
-def resume(path: Path, checkpoint: dict, model, optimizer, scheduler, steps: int) -> TrainState:
-    try:
-        return restore(checkpoint, model, optimizer, scheduler, steps)
-    except CheckpointError as e:
-        raise Refused(f"{path}: {e}") from None
 
 
 def run_folder(args: argparse.Namespace, cfg: Config, resumed: bool) -> Path:
