@@ -103,4 +103,9 @@ def is_channels_last(t: torch.Tensor) -> bool:
 
 def in_layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """A gradient in its input's layout (channels_last or plainly contiguous)."""
-    return t.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if not channels_last:
+        return t.contiguous()
+    try:
+        return t.contiguous(memory_format=torch.channels_last)
+    except RuntimeError:  # vmap (a backward under torch.func.jacrev) has no layout to ask for
+        return t

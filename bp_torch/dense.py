@@ -99,8 +99,9 @@ def conv2d_matrix(weight, input_size, stride=1, padding=0, dilation=1, groups=1,
         likewise ``W_out``. Each column has ``C_in/groups · kH · kW`` entries, fewer where taps fall in the padding.
 
     Raises:
-        What :func:`bp_torch.functional.conv2d` raises for the same options (RuntimeError for a value out of
-        range, TypeError for a wrong type), naming the argument and the value received.
+        RuntimeError: a value out of range, as :func:`bp_torch.functional.conv2d` raises it for the same options,
+            naming the argument and the value received.
+        TypeError: an argument of a wrong type, likewise.
 
     Example::
 

@@ -22,7 +22,7 @@
 #
 # `docs/walkthrough.ipynb` is generated from `docs/walkthrough.py` (`jupytext --to ipynb docs/walkthrough.py`); run
 # either (`jupyter notebook docs/walkthrough.ipynb`, or `python docs/walkthrough.py`). It reads real MNIST when it is
-# on disk (`$BP_TORCH_DATA`, or `data/` / `../shared/data` beside the repository) and uses a small synthetic set
+# on disk (`$BP_TORCH_DATA`, or `data/` beside the repository) and uses a small synthetic set
 # otherwise. `BP_TORCH_FIGURES=DIR` also saves its figures as PNGs in DIR; `WALKTHROUGH_STEPS` sets the training
 # steps (default 300).
 
@@ -62,10 +62,10 @@ def show(fig, name: str) -> None:
 
 # %%
 def find_mnist() -> Path | None:
-    """A folder holding MNIST/raw: $BP_TORCH_DATA, or data/ or ../shared/data beside a parent of the cwd."""
+    """A folder holding MNIST/raw: $BP_TORCH_DATA, or data/ in the working folder or one above it."""
     candidates = [Path(os.environ["BP_TORCH_DATA"])] if os.environ.get("BP_TORCH_DATA") else []
     for folder in (Path.cwd(), *Path.cwd().parents):
-        candidates += [folder / "data", folder.parent / "shared" / "data"]
+        candidates.append(folder / "data")
     return next((c for c in candidates if (c / "MNIST" / "raw" / "t10k-images-idx3-ubyte").exists()), None)
 
 
@@ -84,7 +84,7 @@ if root is not None:
 
     train_images, train_labels = load_dataset("mnist", train=True, root=root)
     test_images, test_labels = load_dataset("mnist", train=False, root=root)
-    print(f"real MNIST from {root}: {len(train_images):,} training and {len(test_images):,} test digits")
+    print(f"real MNIST: {len(train_images):,} training and {len(test_images):,} test digits")
 else:
     (train_images, train_labels), (test_images, test_labels) = synthetic(2048, 0), synthetic(512, 1)
     print("real MNIST not found: a synthetic set of bars stands in")
@@ -101,7 +101,8 @@ show(fig, "walkthrough_digit")
 # %% [markdown]
 # ## The forward pass: 28 → 24 → 12 → 8 → 4
 #
-# Note B's network, with its initialisation (eq. 1–3: biases zero, weights U(±√(6/(fan_in + fan_out)))), in float64
+# Note B's network, with its initialisation (eq. 1–3: biases zero, weights
+# $\mathcal U\big(\pm\sqrt{6/(\mathit{fan}_\mathrm{in} + \mathit{fan}_\mathrm{out})}\big)$), in float64
 # so that every comparison below is exact to rounding. The layers are bp_torch's functions; PyTorch's conv2d is a
 # cross-correlation (Note A eq. 10), Note B's a true convolution: with a rot180 kernel they are the same model.
 
@@ -129,7 +130,20 @@ print(f"L = ½Σ(ŷ − y)² = {loss.item():.4f}; predicted {int(y_hat.argmax())
 # `backward_of(fn, inputs, grad)` runs one bp_torch function forward and then its hand-written backward alone, on the
 # δ that arrives from above: the gradient with respect to each input. Each Δ of Note B's section 2 is one such call
 # (or the plain formula, for the loss). The reference is PyTorch's autograd through `torch.nn.functional`, on the
-# same weights, with every intermediate's gradient kept.
+# same weights, with every intermediate's gradient kept. From the loss down, Note B's section 2:
+#
+# $$\Delta\hat y = \hat y - y \ \text{(eq. 14–16)}, \qquad \Delta z = \Delta\hat y \odot \hat y\,(1 - \hat y)
+# \ \text{(eq. 17)}, \qquad \Delta W = \Delta z\, f^\top, \qquad \Delta b = \Delta z, \qquad \Delta f = W^\top \Delta z
+# \ \text{(eq. 19–30)}$$
+#
+# $$\Delta C^2 = \tfrac14 \operatorname{up}(\Delta S^2) \ \text{(eq. 32)}, \qquad
+# \Delta C^2_\sigma = \Delta C^2 \odot C^2 (1 - C^2) \ \text{(eq. 37)}, \qquad
+# \Delta k^2 = \operatorname{rot180}(S^1) * \Delta C^2_\sigma, \qquad \Delta b^2 = \textstyle\sum \Delta C^2_\sigma
+# \ \text{(eq. 40, 45)}$$
+#
+# $$\Delta S^1 = \sum_q \Delta C^2_{\sigma,q} * \operatorname{rot180}(k^2_q) \ \text{(eq. 51)}$$
+#
+# and the same three steps again for C1 (eq. 52–64).
 
 
 # %%
@@ -229,7 +243,8 @@ show(error_maps({k: ours[k] for k in ("ΔC¹_σ", "ΔS¹", "ΔC²_σ", "ΔS²")}
 # %% [markdown]
 # ## A convolution is a fully connected layer (Note A, section 3.3)
 #
-# `bp_torch.dense.conv2d_matrix` builds W̃: the sparse, weight-shared matrix with conv2d(x) = W̃ᵀx (Note A eq. 23).
+# `bp_torch.dense.conv2d_matrix` builds $\tilde W$: the sparse, weight-shared matrix with
+# $\operatorname{conv2d}(x) = \tilde W^\top x$ (Note A eq. 23).
 # The backward of a fully connected layer multiplies by W̃ itself (eq. 28, which is eq. 8) — and that is the flipped
 # kernel of eq. 17. Here for C2's first kernel pair on S1's 12×12 map:
 
@@ -255,7 +270,7 @@ show(fig, "walkthrough_w_tilde")
 # By default bp_torch computes each gradient with the fastest equivalent formulation for the shape (for C2's input
 # gradient: Note A eq. 14's scatter, a transposed convolution). `bp_torch.formulas("literal")` runs every gradient
 # exactly as the notes write it — eq. 17 with zeros inserted and full padding, eq. 40 as one correlation, eq. 32 as
-# upsampling, eq. 37 as δ·σ·(1−σ). The same network's gradients, both ways:
+# upsampling, eq. 37 as $\delta \odot \sigma\,(1 - \sigma)$. The same network's gradients, both ways:
 
 
 # %%

@@ -1,5 +1,6 @@
 """`python -m bp_torch.check` prints its table and exits 0, and exits 1 when a gradient is wrong."""
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +11,10 @@ from bp_torch import check
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def _rows(text: str) -> list[tuple[str, str]]:
-    """(function, cases) of each row of the check's markdown table in ``text``."""
-    return [tuple(line.split("|")[1:3]) for line in text.splitlines() if line.startswith("| ") and "| pass" in line]
+# docs/check_table.py writes the command's output into docs/check.md, and compares the two
+_spec = importlib.util.spec_from_file_location("check_table", ROOT / "docs" / "check_table.py")
+check_table = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(check_table)
 
 
 def test_check_passes_on_this_device(device):
@@ -24,8 +25,18 @@ def test_check_passes_on_this_device(device):
     for function in ("conv2d", "avg_pool2d", "sigmoid", "linear"):
         assert f"| {function} |" in result.stdout
     assert "all checks passed" in result.stdout
-    # README's table is this command's output: the same functions, case by case (the errors vary by machine)
-    assert _rows((ROOT / "README.md").read_text()) == _rows(result.stdout)
+    # docs/check.md's table is this command's output (python docs/check_table.py): the same functions, case counts
+    # and verdicts; the errors vary with the machine and its threads
+    assert check_table.differences(check_table.PAGE.read_text(), result.stdout) == []
+
+
+def test_the_page_table_comparison_catches_an_edit():
+    page = check_table.PAGE.read_text()
+    output = check_table.generated(page)
+    assert check_table.differences(page, output) == []
+    assert check_table.differences(page.replace("| conv2d | 10 |", "| conv2d | 9 |"), output)
+    assert check_table.differences(page.replace("| pass | pass |", "| pass | FAIL |", 1), output)
+    assert check_table.differences(page.replace("0.00e+00", "0", 1), output)
 
 
 class _WrongSigmoid(torch.autograd.Function):

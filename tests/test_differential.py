@@ -142,7 +142,7 @@ def conv2d_arguments(draw):
     batch = draw(st.sampled_from([None, 0, 1, 2]))  # None: unbatched
     x_shape = ([] if batch is None else [batch]) + [c_in, *size]
     # torch's CPU bfloat16 convolution crashes (a segmentation fault) on some grouped, strided, dilated configurations
-    # with a channels_last weight (README "Limits"): half-precision maps stay contiguous
+    # with a channels_last weight (docs/limits.md): half-precision maps stay contiguous
     layout = "contiguous" if dtype in HALF else None
     args = {
         "input": make_tensor(draw, x_shape, dtype, layout),
@@ -182,7 +182,7 @@ def _conv_faults(name, args, dtype):
     }  # fmt: skip
     if not isinstance(args["padding"], str) or x.numel() == 0:
         # a bias of another dtype: with a padding string torch raises or not as the convolution backend it picks
-        # checks or not; bp_torch raises (a known difference, README "Limits")
+        # checks or not; bp_torch raises (a known difference, docs/limits.md)
         tensors["bias"].append(torch.randn(w.shape[0]).to(other))
     if name in tensors:
         return tensors[name]

@@ -1,4 +1,4 @@
-"""README "Limits": what TorchScript and the tools keyed on exact types do with bp_torch modules, and the way out."""
+"""docs/limits.md: what TorchScript and the tools keyed on exact types do with bp_torch modules, and the way out."""
 
 import copy
 
@@ -49,3 +49,23 @@ def test_fuse_modules_finds_no_fuser_for_bp_torch_conv_and_fuses_after_to_native
         fuse(copy.deepcopy(converted), [["0", "1", "2"]])
     fused = fuse(bnn.to_native(copy.deepcopy(converted))[0], [["0", "1", "2"]])
     assert "fused" in type(fused[0]).__module__ or "intrinsic" in type(fused[0]).__module__
+
+
+def test_torchs_nll_loss_backward_refuses_a_non_contiguous_map_ours_gives_its_gradient():
+    """torch 2.14.1's nll_loss2d accepts a non-contiguous (N, C, H, W) input in its forward, and its backward then
+    raises "grad_input must be contiguous" (README "Limits"); ours gives the gradient torch gives a contiguous copy.
+    When torch's backward stops refusing, the first assertion fails: drop the exclusion in tests/op_db.py."""
+    import torch.nn.functional as F
+
+    from bp_torch import functional as BF
+
+    x = torch.randn(3, 4, 2, 2).transpose(-1, -2)
+    target = torch.randint(0, 4, (3, 2, 2))
+    native = x.clone().requires_grad_()
+    with pytest.raises(RuntimeError, match="grad_input must be contiguous"):
+        F.nll_loss(native, target, reduction="sum").backward()
+    ours = x.clone().requires_grad_()
+    BF.nll_loss(ours, target, reduction="sum").backward()
+    plain = x.contiguous().requires_grad_()
+    F.nll_loss(plain, target, reduction="sum").backward()
+    torch.testing.assert_close(ours.grad, plain.grad)

@@ -72,6 +72,9 @@ class Conv2dFunction(Function):
     def jvp(ctx, input_t, weight_t, bias_t, *_):
         # forward mode has no feedback: the tangent is the exact derivative of the forward, whatever the rule
         input, weight = ctx.saved_tensors
+        if ctx.empty is not None:  # no samples or no channels: an empty output (torch's has no channels then)
+            tangent = next(t for t in (input_t, weight_t, bias_t) if t is not None)
+            return tangent.new_zeros(ctx.output_shape)
         # the product rule on the bilinear s = x ⋆ k (+ b): each operand's tangent correlated with the other one
         out_t = conv2d(input_t, weight, *ctx.options) if input_t is not None else None  # eq. J1: ẋ ⋆ k
         if weight_t is not None:

@@ -1,0 +1,425 @@
+"""The op table: one entry per operation of ``bp_torch.functional``, in the spirit of PyTorch's
+``common_methods_invocations`` (OpInfo). Every property test of tests/test_op_table.py loops over it, so a new
+operation gets every property by adding one entry here.
+
+An entry names our function and torch's, and draws random valid argument sets (:class:`Sample`) from a
+``random.Random``: every floating dtype (complex where torch has it), 0-d, 1-d, empty and unbatched shapes,
+non-contiguous and channels_last layouts, extreme values (saturating activations, huge logits), non-finite inputs,
+and its integer, float and bool arguments in every spelling torch's parser accepts (numpy scalars, 0-d tensors).
+``faults`` lists what may replace an argument to make the call invalid (a wrong type or value); torch decides which
+replacements it refuses, and the tests ask for the same exception type.
+
+Samples are valid by construction, and steer clear of torch's own bugs (each such exclusion says which).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bp_torch import functional as BF
+
+HALF = (torch.float16, torch.bfloat16)
+REAL = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+COMPLEX = (torch.complex128, torch.complex64)
+
+
+@dataclass
+class Sample:
+    """One call: ``args`` and ``kwargs`` (tensors among them); ``grads`` the positions (ints) or keyword names (strs)
+    of the tensors that may be differentiated; ``inplace``: the call overwrites argument 0, so the tests hand it a
+    non-leaf copy; ``seed``: reseed before the call (a random op: both sides draw the same)."""
+
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
+    grads: tuple = (0,)
+    inplace: bool = False
+    seed: int | None = None
+
+    def tensors(self) -> dict:
+        """Every tensor argument by position or keyword name."""
+        found = {i: a for i, a in enumerate(self.args) if isinstance(a, torch.Tensor)}
+        found.update({k: v for k, v in self.kwargs.items() if isinstance(v, torch.Tensor)})
+        return found
+
+    def replace(self, key, value) -> Sample:
+        args, kwargs = list(self.args), dict(self.kwargs)
+        if isinstance(key, int):
+            args[key] = value
+        else:
+            kwargs[key] = value
+        return Sample(tuple(args), kwargs, self.grads, self.inplace, self.seed)
+
+    def describe(self) -> str:
+        def show(a):
+            if isinstance(a, torch.Tensor):
+                layout = "cl" if a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last) else ""
+                layout += "" if a.is_contiguous() else "nc"
+                return f"T{list(a.shape)}{str(a.dtype)[6:]}{layout}"
+            return repr(a)
+
+        kwargs = ", ".join(f"{k}={show(v)}" for k, v in self.kwargs.items())
+        return f"({', '.join(show(a) for a in self.args)}{', ' if kwargs else ''}{kwargs})"
+
+
+@dataclass(frozen=True)
+class OpEntry:
+    """An operation: ``ours`` and ``theirs`` take the same arguments; ``sample(rng)`` draws a valid :class:`Sample`;
+    ``faults(sample, rng)`` what may replace one argument (key, value) to make a call torch may refuse;
+    ``elementwise``: each output element depends on one input element (errors judged element by element);
+    ``opinfo``: the names of the entries of torch's ``op_db`` with samples for it."""
+
+    name: str
+    ours: Callable
+    theirs: Callable
+    sample: Callable[[random.Random], Sample]
+    faults: Callable[[Sample, random.Random], list] = lambda sample, rng: []
+    elementwise: bool = False
+    opinfo: tuple[str, ...] = ()
+    # non-finite upstream gradients (values judged as torch's NaN and inf, where it has them)
+    nonfinite_upstream: bool = True
+    torch_bugs: tuple[str, ...] = ()  # torch's backward errors on inputs its forward accepts (README "Limits")
+
+    def __str__(self) -> str:
+        return self.name
+
+
+# --------------------------------------------------------------------------------------- tensors and spellings
+
+
+def dtype_of(rng: random.Random, complex_ok: bool = False) -> torch.dtype:
+    choices = list(REAL) + (list(COMPLEX) if complex_ok else [])
+    weights = [4, 4, 1, 1] + ([1, 1] if complex_ok else [])
+    return rng.choices(choices, weights)[0]
+
+
+def tensor(rng: random.Random, shape, dtype, *, scale: float | None = None, special: bool = True,
+           layout: str | None = None) -> torch.Tensor:  # fmt: skip
+    """A random tensor of ``shape``: normal values (sometimes scaled up to extremes), sometimes a NaN or ±inf, laid out
+    contiguously, channels_last (4-D), transposed or sliced."""
+    g = torch.Generator().manual_seed(rng.getrandbits(32))
+    real = torch.float64
+    layout = layout or rng.choices(["contiguous", "channels_last", "transposed", "sliced"], [5, 2, 1, 1])[0]
+    if layout == "sliced" and len(shape) >= 1:
+        t = torch.randn(*shape[:-1], shape[-1] * 2, dtype=real, generator=g)[..., ::2]
+    elif layout == "transposed" and len(shape) >= 2:
+        t = torch.randn(*shape[:-2], shape[-1], shape[-2], dtype=real, generator=g).transpose(-1, -2)
+    elif layout == "channels_last" and len(shape) == 4:
+        t = torch.randn(shape, dtype=real, generator=g).contiguous(memory_format=torch.channels_last)
+    else:
+        t = torch.randn(shape, dtype=real, generator=g)
+    if scale is None:
+        scale = rng.choices([1.0, 10.0, 1e3, 1e-3], [6, 2, 1, 1])[0]
+    t = t * scale
+    if special and t.numel() and rng.random() < 0.1:
+        flat = t.view(-1) if t.is_contiguous() else None
+        if flat is not None:
+            flat[rng.randrange(t.numel())] = rng.choice([math.nan, math.inf, -math.inf])
+    if dtype.is_complex:
+        t = torch.complex(t, torch.randn(t.shape, dtype=real, generator=g).as_strided(t.shape, t.stride()))
+    return t.to(dtype)
+
+
+def shape_of(rng: random.Random, min_dim: int = 0, max_dim: int = 4, max_size: int = 4, zero: float = 0.05) -> list:
+    dims = rng.randint(min_dim, max_dim)
+    return [0 if rng.random() < zero else rng.randint(1, max_size) for _ in range(dims)]
+
+
+def spell_int(rng: random.Random, v: int, tensors: bool = True):
+    """``v`` as one of the spellings torch's parser reads as that integer (an int list's items and an int array
+    also as integer tensors; a plain int argument, such as a dim, not)."""
+    return rng.choice([v, v, v, np.int64(v), np.int32(v)] + ([torch.tensor(v), torch.tensor([v])] if tensors else []))
+
+
+def spell_pair(rng: random.Random, pair):
+    a, b = pair
+    kind = rng.choice(["tuple", "list", "size"] + (["single"] if a == b else []))
+    if kind == "single":
+        return spell_int(rng, a)
+    if kind == "size":
+        return torch.Size([a, b])
+    items = [spell_int(rng, a), spell_int(rng, b)]
+    return tuple(items) if kind == "tuple" else items
+
+
+def spell_float(rng: random.Random, v: float):
+    """``v`` as one of the spellings torch's parser reads as that double (an int, numpy scalars, 0-d tensors)."""
+    options = [v, v, v, np.float64(v), np.float32(v), torch.tensor(v, dtype=torch.float64)]
+    if float(v).is_integer():
+        options += [int(v), np.int64(int(v))]
+    return rng.choice(options)
+
+
+def spell_bool(rng: random.Random, v: bool):
+    """A bool argument: torch's parser takes only Python's bools (numpy's bool is refused, see BAD_BOOLS)."""
+    return v
+
+
+# What may replace an argument to make the call invalid (torch decides: some it accepts).
+BAD_INTS = [0, -1, 2.0, 1.5, True, "2", None, (1, 2, 3), (), (2, 2.0), np.float64(2), np.bool_(True),
+            torch.tensor(2.0), torch.tensor([1, 1]), torch.tensor(True), {1: 1}]  # fmt: skip
+BAD_FLOATS = ["0.3", None, (0.1,), [0.1], torch.tensor([0.1, 0.2]), torch.tensor(1 + 1j), 1j, {0.1: 0}]
+BAD_BOOLS = [0, 1, 1.0, "no", "", None, (True,), [False], np.bool_(True), torch.tensor(True), torch.tensor([True, False])]
+BAD_DTYPES = [1, "float64", torch.int64, torch.float64, np.float64, float, torch.device("cpu")]
+BAD_TENSORS = [1.0, [1.0, 2.0], "x", None, np.ones(3)]
+
+
+def _faults(**kinds) -> Callable[[Sample, random.Random], list]:
+    """Faults by argument: ``kinds`` maps an argument (position or keyword) to its list of replacements."""
+
+    def faults(sample: Sample, rng: random.Random) -> list:
+        return [(int(key) if key.isdigit() else key, bad) for key, bads in kinds.items() for bad in bads]
+
+    return faults
+
+
+# --------------------------------------------------------------------------------------- the notes' four
+
+
+def _conv2d(rng: random.Random) -> Sample:
+    dtype = dtype_of(rng, complex_ok=True)
+    groups = rng.choice([1, 1, 2, 3])
+    c_in, c_out = groups * rng.randint(0 if rng.random() < 0.05 else 1, 2), groups * rng.randint(1, 2)
+    kernel = (rng.randint(1, 3), rng.randint(1, 3))
+    stride = (rng.randint(1, 3), rng.randint(1, 3))
+    dilation = (rng.randint(1, 2), rng.randint(1, 2))
+    padding = rng.choice([(rng.randint(0, 2), rng.randint(0, 2))] * 3 + ["same", "valid"])
+    if padding == "same":
+        stride = (1, 1)
+    pad = (0, 0) if isinstance(padding, str) else padding
+    size = [max(1, d * (k - 1) + 1 - 2 * p) + rng.randint(0, 3) for d, k, p in zip(dilation, kernel, pad)]
+    batch = rng.choice([None, 0, 1, 2, 2])
+    x_shape = ([] if batch is None else [batch]) + [c_in, *size]
+    # torch's CPU bfloat16 convolution crashes on some grouped, strided, dilated channels_last configurations
+    # (README "Limits"): half-precision maps stay contiguous
+    layout = "contiguous" if dtype in HALF else None
+    x = tensor(rng, x_shape, dtype, layout=layout, scale=1.0, special=False)
+    w = tensor(rng, (c_out, c_in // groups, *kernel), dtype, layout=layout, scale=1.0, special=False)
+    b = tensor(rng, (c_out,), dtype, scale=1.0, special=False) if rng.random() < 0.7 else None
+    kwargs = dict(stride=spell_pair(rng, stride), dilation=spell_pair(rng, dilation), groups=spell_int(rng, groups),
+                  padding=padding if isinstance(padding, str) else spell_pair(rng, padding))  # fmt: skip
+    return Sample((x, w, b), kwargs, grads=(0, 1, 2))
+
+
+def _avg_pool2d(rng: random.Random) -> Sample:
+    dtype = dtype_of(rng)
+    kernel = (rng.randint(1, 4), rng.randint(1, 4))
+    stride = rng.choice([None, (rng.randint(1, 4), rng.randint(1, 4))])
+    padding = tuple(rng.randint(0, k // 2) for k in kernel)
+    size = [max(1, k - 2 * p) + rng.randint(0, 5) for k, p in zip(kernel, padding)]
+    x = tensor(rng, [rng.choice([0, 1, 2])][: rng.random() < 0.8] + [rng.randint(1, 3), *size], dtype)
+    kwargs = dict(kernel_size=spell_pair(rng, kernel), padding=spell_pair(rng, padding),
+                  ceil_mode=spell_bool(rng, rng.random() < 0.5), count_include_pad=spell_bool(rng, rng.random() < 0.5),
+                  divisor_override=rng.choice([None, None, None, spell_int(rng, rng.randint(1, 5), tensors=False)]))  # fmt: skip
+    if stride is not None:
+        kwargs["stride"] = spell_pair(rng, stride)
+    return Sample((x,), kwargs)
+
+
+def _linear(rng: random.Random) -> Sample:
+    dtype = dtype_of(rng, complex_ok=True)
+    n_in, n_out = rng.randint(0 if rng.random() < 0.05 else 1, 5), rng.randint(1, 4)
+    lead = shape_of(rng, 0, 3)
+    x = tensor(rng, [*lead, n_in], dtype, special=rng.random() < 0.3)
+    w = tensor(rng, (n_out, n_in), dtype, scale=1.0, special=False)
+    b = (
+        tensor(rng, rng.choice([(n_out,), (n_out,), ()]), dtype, scale=1.0, special=False)
+        if rng.random() < 0.7
+        else None
+    )
+    return Sample((x, w, b), grads=(0, 1, 2))
+
+
+def _sigmoid_or_tanh(rng: random.Random) -> Sample:
+    return Sample((tensor(rng, shape_of(rng), dtype_of(rng, complex_ok=True)),))
+
+
+# --------------------------------------------------------------------------------------- beyond the notes
+
+
+def _relu(rng: random.Random) -> Sample:
+    inplace = rng.random() < 0.25
+    return Sample((tensor(rng, shape_of(rng), dtype_of(rng)),), dict(inplace=spell_bool(rng, inplace)), inplace=inplace)
+
+
+def _leaky_relu(rng: random.Random) -> Sample:
+    slope = rng.choice([0.01, 0.2, 0.0, 1.0, 1.5, 3.0, -0.1, -2.0, 1e-8])
+    inplace = rng.random() < 0.25 and slope >= 0  # in place with a negative slope: torch's backward refuses
+    kwargs = dict(negative_slope=spell_float(rng, slope), inplace=spell_bool(rng, inplace))
+    return Sample((tensor(rng, shape_of(rng), dtype_of(rng)),), kwargs, inplace=inplace)
+
+
+def _dropout(rng: random.Random) -> Sample:
+    inplace = rng.random() < 0.25
+    kwargs = dict(p=spell_float(rng, rng.choice([0.0, 0.1, 0.5, 0.9, 1.0])),
+                  training=spell_bool(rng, rng.random() < 0.8), inplace=spell_bool(rng, inplace))  # fmt: skip
+    return Sample((tensor(rng, shape_of(rng), dtype_of(rng)),), kwargs, inplace=inplace, seed=rng.getrandbits(16))
+
+
+def _softmax(rng: random.Random) -> Sample:
+    x = tensor(rng, shape_of(rng), dtype_of(rng))
+    dim = rng.randint(-max(x.dim(), 1), max(x.dim(), 1) - 1)
+    kwargs = {"dim": spell_int(rng, dim, tensors=False)}
+    if rng.random() < 0.2:
+        kwargs["dtype"] = rng.choice([torch.float64, torch.float32])
+    return Sample((x,), kwargs)
+
+
+def _class_weight(rng, C, dtype):
+    kind = rng.choice(["none", "none", "positive", "signed", "zeros"])
+    if kind == "none":
+        return None
+    w = tensor(rng, (C,), dtype, scale=1.0, special=False, layout="contiguous")
+    return {"positive": w.abs() + 0.1, "signed": w, "zeros": torch.zeros_like(w)}[kind]
+
+
+def _class_input(rng, dtype):
+    """Logits (N, C, *) or (C,), and their class-index target, some of it ignored."""
+    C = rng.randint(1, 5)
+    batch = rng.random() < 0.85
+    extra = shape_of(rng, 0, 2, 3) if batch else []
+    N = 0 if rng.random() < 0.05 else rng.randint(1, 4)
+    shape = [N, C, *extra] if batch else [C]
+    x = tensor(rng, shape, dtype, scale=rng.choice([1.0, 1.0, 30.0, 1e4]))
+    g = torch.Generator().manual_seed(rng.getrandbits(32))
+    target = torch.randint(0, C, [N, *extra] if batch else [], generator=g)
+    ignore = rng.choice([-100, -100, 0, C - 1, spell_int(rng, 1, tensors=False)])
+    if target.numel() and rng.random() < 0.3:
+        target.view(-1)[0] = int(ignore)  # an ignored target (out of the classes' range: only as ignore_index)
+    return x, target, C, ignore
+
+
+def _nll_loss(rng: random.Random) -> Sample:
+    dtype = dtype_of(rng)
+    x, target, C, ignore = _class_input(rng, dtype)
+    kwargs = dict(weight=_class_weight(rng, C, dtype), ignore_index=ignore,
+                  reduction=rng.choice(["mean", "sum", "none"]))  # fmt: skip
+    return Sample((x, target), kwargs)
+
+
+def _cross_entropy(rng: random.Random) -> Sample:
+    dtype = dtype_of(rng)
+    x, target, C, ignore = _class_input(rng, dtype)
+    kwargs = dict(weight=_class_weight(rng, C, dtype), reduction=rng.choice(["mean", "sum", "none"]),
+                  label_smoothing=spell_float(rng, rng.choice([0.0, 0.0, 0.1, 1.0])))  # fmt: skip
+    if rng.random() < 0.35:  # class probabilities, differentiable like the input (and the weight with them)
+        target = tensor(rng, x.shape, dtype, scale=1.0, special=False).softmax(1 if x.dim() > 1 else 0)
+        return Sample((x, target), kwargs, grads=(0, 1, "weight"))
+    kwargs["ignore_index"] = ignore
+    return Sample((x, target), kwargs)
+
+
+def _mse_loss(rng: random.Random) -> Sample:
+    dtype = dtype_of(rng)
+    shape = shape_of(rng)
+    target_shape = shape if rng.random() < 0.8 else [1 if rng.random() < 0.5 else s for s in shape]
+    kwargs = dict(reduction=rng.choice(["mean", "sum", "none"]))
+    if rng.random() < 0.3:
+        kwargs["weight"] = tensor(rng, shape, dtype, scale=1.0, special=False).abs()
+    return Sample((tensor(rng, shape, dtype), tensor(rng, target_shape, dtype)), kwargs, grads=(0, 1, "weight"))
+
+
+def _map(rng: random.Random, dtype, min_size: int = 1) -> torch.Tensor:
+    shape = [rng.randint(1, 3), rng.randint(min_size, 8), rng.randint(min_size, 8)]
+    if rng.random() < 0.85:
+        shape.insert(0, 0 if rng.random() < 0.05 else rng.randint(1, 2))
+    return tensor(rng, shape, dtype)
+
+
+def _max_pool2d(rng: random.Random) -> Sample:
+    dtype = dtype_of(rng)
+    while True:
+        kernel = (rng.randint(1, 4), rng.randint(1, 4))
+        dilation = (rng.randint(1, 2), rng.randint(1, 2))
+        x = _map(rng, dtype)
+        # a window whose taps all fall in the padding: torch's CPU max_pool2d corrupts its heap (README "Limits")
+        if all(L >= d * (k - 1) + 1 for L, d, k in zip(x.shape[-2:], dilation, kernel)):
+            break
+    padding = tuple(rng.randint(0, k // 2) for k in kernel)
+    kwargs = dict(kernel_size=spell_pair(rng, kernel), padding=spell_pair(rng, padding),
+                  dilation=spell_pair(rng, dilation), ceil_mode=spell_bool(rng, rng.random() < 0.5),
+                  return_indices=spell_bool(rng, rng.random() < 0.5))  # fmt: skip
+    if rng.random() < 0.7:
+        kwargs["stride"] = spell_pair(rng, (rng.randint(1, 3), rng.randint(1, 3)))
+    return Sample((x,), kwargs)
+
+
+def _adaptive_avg_pool2d(rng: random.Random) -> Sample:
+    x = _map(rng, dtype_of(rng))
+    size = rng.choice([1, 1, 2, 3, 5, (2, None), (None, 3), (1, 4), (3, 2)])
+    return Sample((x, size if size is None or isinstance(size, int) else tuple(size)))
+
+
+def _batch_norm(rng: random.Random) -> Sample:
+    dtype = dtype_of(rng)
+    C = rng.randint(1, 4)
+    shape = [rng.randint(1, 3) if rng.random() < 0.95 else 0, C, *shape_of(rng, 0, 2, 4)]
+    if rng.random() < 0.8 and shape[0] == 1 and all(n == 1 for n in shape[2:]):
+        shape[0] = 2  # one value per channel in training is refused (a few such draws are kept)
+    scale = rng.choice([1.0, 1.0, 1e-3])
+    x = tensor(rng, shape, dtype, scale=scale) + rng.choice([0.0, 0.0, 100.0]) * scale  # |mean| ≫ std too
+    tracked = rng.random() < 0.7
+    stat_dtype = torch.float32 if dtype in HALF and rng.random() < 0.5 else dtype  # mixed precision, as torch allows
+    running = ((tensor(rng, (C,), stat_dtype, scale=1.0, special=False, layout="contiguous"),
+                tensor(rng, (C,), stat_dtype, scale=1.0, special=False, layout="contiguous").abs() + 0.1)
+               if tracked else (None, None))  # fmt: skip
+    affine = [tensor(rng, (C,), stat_dtype, scale=1.0, special=False) if rng.random() < 0.6 else None for _ in "wb"]
+    kwargs = dict(weight=affine[0], bias=affine[1], training=spell_bool(rng, rng.random() < 0.6 or not tracked),
+                  momentum=spell_float(rng, rng.choice([0.1, 0.5, 0.0, 1.0])),
+                  eps=spell_float(rng, rng.choice([1e-5, 1e-3, 1.0])))  # fmt: skip
+    return Sample((x, *running), kwargs, grads=(0, "weight", "bias"))
+
+
+OPS: list[OpEntry] = [
+    OpEntry("conv2d", BF.conv2d, F.conv2d, _conv2d,
+            _faults(stride=BAD_INTS, dilation=BAD_INTS, groups=BAD_INTS + [4, 5], padding=BAD_INTS + ["full", "SAME"]),
+            # a kernel tap that sees only padding: torch multiplies its zeros by a NaN or inf δ (getting NaN), ours
+            # never reads padding for the weight gradient (a zero): only finite δ are compared
+            opinfo=("nn.functional.conv2d",), nonfinite_upstream=False),
+    OpEntry("avg_pool2d", BF.avg_pool2d, F.avg_pool2d, _avg_pool2d,
+            _faults(kernel_size=BAD_INTS, stride=BAD_INTS, padding=BAD_INTS, ceil_mode=BAD_BOOLS,
+                    count_include_pad=BAD_BOOLS, divisor_override=BAD_INTS), opinfo=("nn.functional.avg_pool2d",)),
+    OpEntry("linear", BF.linear, F.linear, _linear, _faults(**{"0": BAD_TENSORS}), opinfo=("nn.functional.linear",)),
+    OpEntry("sigmoid", BF.sigmoid, torch.sigmoid, _sigmoid_or_tanh, _faults(**{"0": BAD_TENSORS}), elementwise=True,
+            opinfo=("sigmoid", "nn.functional.sigmoid")),
+    OpEntry("tanh", BF.tanh, torch.tanh, _sigmoid_or_tanh, _faults(**{"0": BAD_TENSORS}), elementwise=True,
+            opinfo=("tanh", "nn.functional.tanh")),
+    OpEntry("relu", BF.relu, F.relu, _relu, _faults(inplace=BAD_BOOLS), elementwise=True,
+            opinfo=("nn.functional.relu",)),
+    OpEntry("leaky_relu", BF.leaky_relu, F.leaky_relu, _leaky_relu,
+            _faults(negative_slope=BAD_FLOATS, inplace=BAD_BOOLS), elementwise=True,
+            opinfo=("nn.functional.leaky_relu",)),
+    OpEntry("dropout", BF.dropout, F.dropout, _dropout,
+            _faults(p=BAD_FLOATS + [-0.1, 1.5], training=BAD_BOOLS, inplace=BAD_BOOLS), elementwise=True),
+    OpEntry("softmax", BF.softmax, F.softmax, _softmax, _faults(dim=BAD_INTS + [7, -7], dtype=BAD_DTYPES),
+            opinfo=("softmax", "nn.functional.softmax")),
+    OpEntry("log_softmax", BF.log_softmax, F.log_softmax, _softmax,
+            _faults(dim=BAD_INTS + [7, -7], dtype=BAD_DTYPES), opinfo=("log_softmax", "nn.functional.log_softmax")),
+    OpEntry("nll_loss", BF.nll_loss, F.nll_loss, _nll_loss,
+            _faults(ignore_index=BAD_INTS, reduction=["avg", None, 1, "MEAN"], weight=BAD_TENSORS[:-1]),
+            opinfo=("nn.functional.nll_loss",), torch_bugs=("grad_input must be contiguous",)),
+    OpEntry("cross_entropy", BF.cross_entropy, F.cross_entropy, _cross_entropy,
+            _faults(ignore_index=BAD_INTS, reduction=["avg", None, 1], label_smoothing=BAD_FLOATS + [-0.1, 1.5]),
+            opinfo=("nn.functional.cross_entropy",)),
+    OpEntry("mse_loss", BF.mse_loss, F.mse_loss, _mse_loss, _faults(reduction=["avg", None, 1]),
+            opinfo=("nn.functional.mse_loss",)),
+    OpEntry("max_pool2d", BF.max_pool2d, F.max_pool2d, _max_pool2d,
+            _faults(kernel_size=BAD_INTS, stride=BAD_INTS, padding=BAD_INTS, dilation=BAD_INTS, ceil_mode=BAD_BOOLS),
+            opinfo=("nn.functional.max_pool2d",)),
+    OpEntry("adaptive_avg_pool2d", BF.adaptive_avg_pool2d, F.adaptive_avg_pool2d, _adaptive_avg_pool2d,
+            _faults(**{"1": BAD_INTS + [(2, -1), -1]}), opinfo=("nn.functional.adaptive_avg_pool2d",)),
+    OpEntry("batch_norm", BF.batch_norm, F.batch_norm, _batch_norm,
+            _faults(momentum=BAD_FLOATS, eps=BAD_FLOATS, training=BAD_BOOLS), opinfo=("nn.functional.batch_norm",)),
+]  # fmt: skip
+
+
+def samples(op: OpEntry, count: int, seed: int = 0) -> Iterator[tuple[int, Sample]]:
+    """``count`` samples of ``op``, each from its own seeded ``random.Random`` (a failure names its draw)."""
+    for i in range(count):
+        yield i, op.sample(random.Random(f"{op.name}-{seed}-{i}"))
