@@ -9,7 +9,7 @@ the input-gradient line, and gets no gradient.
 =============  ========================================================================================
 rule           B
 =============  ========================================================================================
-``backprop``   W itself: exact backprop (the default; no B is passed, the code path is today's)
+``backprop``   W itself: exact backprop (the default; B is None)
 ``fa``         feedback alignment (Lillicrap et al. 2016): a fixed random matrix, drawn once as torch draws
                the layer's weight, U(±1/√fan_in); a buffer ``feedback``
 ``usf``        uniform sign-concordant (Liao, Leibo & Poggio 2016): sign(W) · √(2/(fan_in + fan_out)),
@@ -48,7 +48,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["RULES", "set_rule", "feedback_matrix", "exact", "angle"]
+__all__ = ["RULES", "set_rule", "feedback_matrix", "exact", "angle", "alignment"]
 
 RULES = ("backprop", "fa", "usf", "brsf", "frsf")
 _BUFFERED = ("fa", "frsf")  # the rules whose B (or |M|) is drawn once and kept: in state_dict and checkpoints
@@ -117,3 +117,48 @@ def angle(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.detach().flatten().double(), b.detach().flatten().double()
     cosine = (a @ b) / (a.norm() * b.norm()).clamp_min(torch.finfo(torch.float64).tiny)
     return math.degrees(math.acos(cosine.clamp(-1.0, 1.0).item()))
+
+
+def alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn) -> dict[str, float]:
+    """How far each layer's backward rule (``bp_torch.feedback``) is from exact backprop on one batch.
+
+    For every layer with a rule other than ``backprop``: ``<layer>/delta_angle``, the angle in degrees between the δ
+    the rule sends to the layer's input and exact backprop's, ``<layer>/delta_norm_ratio`` (the rule's norm over
+    exact's), and ``<layer>/weight_grad_angle`` and ``<layer>/weight_grad_norm_ratio`` for the weight gradient — the
+    update the rule makes against the true gradient. The batch's pixels are given a gradient so that the first
+    layer has a δ too. Random draws (brsf's magnitudes) come from a forked generator: training's stream is untouched.
+    """
+    layers = {
+        name: m
+        for name, m in model.named_modules()
+        if getattr(m, "rule", "backprop") != "backprop" and "weight" in m._parameters  # a Linear or Conv2d (set_rule)
+    }
+    if not layers:
+        return {}
+    inputs: dict[str, torch.Tensor] = {}
+    hooks = [
+        m.register_forward_pre_hook(lambda m, args, name=name: inputs.__setitem__(name, args[0]))
+        for name, m in layers.items()
+    ]
+    pixels = x.detach().requires_grad_()
+
+    def gradients() -> list[torch.Tensor]:
+        loss = loss_fn(model(pixels), y)
+        wanted = [inputs[name] for name in layers] + [m.weight for m in layers.values()]
+        return torch.autograd.grad(loss, wanted)
+
+    devices = [x.device] if x.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            rule = gradients()
+        with exact():
+            true = gradients()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    out, n = {}, len(layers)
+    for i, name in enumerate(layers):
+        for what, ours, reference in (("delta", rule[i], true[i]), ("weight_grad", rule[n + i], true[n + i])):
+            out[f"{name}/{what}_angle"] = angle(ours, reference)
+            out[f"{name}/{what}_norm_ratio"] = (ours.norm() / reference.norm().clamp_min(1e-30)).item()
+    return out

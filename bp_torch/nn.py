@@ -75,19 +75,18 @@ class Conv2d(NotScriptable, nn.Conv2d):
         *,
         rule: str = "backprop",
     ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
-                         device, dtype)  # fmt: skip
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, device, dtype
+        )
         set_rule(self, rule)
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         # mirrors torch.nn.Conv2d._conv_forward line for line, with our conv2d in place of F.conv2d
-        feedback = feedback_matrix(self)
+        feedback = feedback_matrix(self)  # None: exact backprop
         if self.padding_mode != "zeros":
             input, padding = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode), 0
         else:
             padding = self.padding
-        if feedback is None:
-            return BF.conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups)
         return BF._conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups, feedback)
 
 
@@ -124,10 +123,7 @@ class Linear(NotScriptable, nn.Linear):
         set_rule(self, rule)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        feedback = feedback_matrix(self)
-        if feedback is None:
-            return BF.linear(input, self.weight, self.bias)
-        return BF._linear(input, self.weight, self.bias, feedback)
+        return BF._linear(input, self.weight, self.bias, feedback_matrix(self))  # feedback None: exact backprop
 
 
 # activations, dropout, softmax and the losses (docs/derivation.md eq. D1–D12; the squared error is Note B eq. 13–16)

@@ -10,7 +10,7 @@ from torch.func import jvp
 
 from bp_torch import nn as bnn
 from bp_torch.dense import conv2d_matrix
-from bp_torch.feedback import RULES, angle, exact, feedback_matrix, set_rule
+from bp_torch.feedback import RULES, alignment, angle, exact, feedback_matrix, set_rule
 from bp_torch.models import LeNet
 
 pytestmark = pytest.mark.usefixtures("both_formulas")
@@ -147,7 +147,6 @@ def test_angle():
 def test_alignment_is_zero_for_a_rule_that_sends_delta_through_w():
     """The monitor's angles: 0 where the rule's B is W (fa with B := W), above 0 for a random B."""
     from bp_torch.train.config import Loss
-    from bp_torch.train.monitor import alignment
 
     torch.manual_seed(0)
     model = LeNet(rule="fa")
