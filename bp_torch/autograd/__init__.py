@@ -21,6 +21,9 @@ Beyond the notes (equation labels D and M are ours, derived in ``docs/derivation
 - ``adaptive_pool``: ``AdaptiveAvgPool2dFunction`` (eq. M4, M5) and ``AdaptiveAvgPool2dInputGradFunction``;
 - ``batch_norm``: ``BatchNormFunction`` (eq. M6–M12).
 
+Direct feedback alignment (``bp_torch.direct_feedback``, eq. F1–F4): ``direct``: ``OutputErrorFunction``, which keeps
+the output error, and ``DirectFeedbackFunction``, which sends it to a layer's input through the layer's B.
+
 Every backward is written with forward tensor ops only (conv2d, matmul, pad, flip, sum ...): never autograd,
 ``torch.nn.grad``, ``torch.func`` or an ``aten.*_backward`` op. Arguments arrive validated and normalised by
 ``bp_torch.functional``.
@@ -36,6 +39,7 @@ from bp_torch.autograd.conv import (
     conv2d_input_grad,
     conv2d_weight_grad,
 )
+from bp_torch.autograd.direct import DirectFeedbackFunction, OutputErrorFunction
 from bp_torch.autograd.dropout import DropoutFunction
 from bp_torch.autograd.linear import LinearFunction
 from bp_torch.autograd.loss import CrossEntropyFunction, MSELossFunction, NllLossFunction
@@ -69,4 +73,7 @@ __all__ = [
     "AdaptiveAvgPool2dFunction",
     "AdaptiveAvgPool2dInputGradFunction",
     "BatchNormFunction",
+    # direct feedback alignment (eq. F1–F4)
+    "OutputErrorFunction",
+    "DirectFeedbackFunction",
 ]

@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--impl", "'manual': hand-derived backward; 'native': torch's autograd", choices=("manual", "native"))
     add(
         "--rule",
-        "the backward rule of the conv and linear layers: exact backprop, feedback alignment (fa) or sign "
-        "symmetry (usf, brsf, frsf); bp_torch.feedback",
+        "the backward rule of the conv and linear layers: exact backprop, feedback alignment (fa), sign "
+        "symmetry (usf, brsf, frsf) or direct feedback alignment (dfa); bp_torch.feedback",
         choices=RULES,
     )
     add("--epochs", "number of epochs to train", type=int, metavar="N")
