@@ -31,7 +31,7 @@ Example::
 
 from __future__ import annotations
 
-import math
+import threading
 
 import torch
 from torch import nn
@@ -43,8 +43,16 @@ from bp_torch.autograd.direct import DirectFeedbackFunction, OutputError, Output
 
 __all__ = ["attach", "release", "gate"]
 
-# the output errors of the attached modules' forwards now running, innermost last
-_running: list[OutputError] = []
+
+class _Running(threading.local):
+    """The output errors of the attached modules' forwards now running in this thread (DataParallel's replicas run
+    in threads of their own), innermost last."""
+
+    def __init__(self) -> None:
+        self.errors: list[OutputError] = []
+
+
+_running = _Running()
 
 
 def attach(model: nn.Module, outputs: int | None = None) -> nn.Module:
@@ -65,9 +73,9 @@ def attach(model: nn.Module, outputs: int | None = None) -> nn.Module:
             outputs, layer.in_features)  # fmt: skip
         held = layer._buffers.get("feedback")
         if held is None or tuple(held.shape) != shape:
-            with torch.no_grad():
-                drawn = torch.empty(shape, dtype=layer.weight.dtype, device=layer.weight.device)
-                layer.register_buffer("feedback", nn.init.kaiming_uniform_(drawn, a=math.sqrt(5)))  # U(±1/√fan_in)
+            with torch.no_grad():  # U(±1/√fan_in), as torch draws a weight of B's shape (fa's draw)
+                drawn = _feedback._draw_like(torch.empty(shape, dtype=layer.weight.dtype, device=layer.weight.device))
+            layer.register_buffer("feedback", drawn)
     if _begin not in model._forward_pre_hooks.values():
         model.register_forward_pre_hook(_begin)
         model.register_forward_hook(_end, always_call=True)
@@ -96,11 +104,11 @@ def _last_outputs(model: nn.Module) -> int:
 
 
 def _begin(model: nn.Module, args) -> None:
-    _running.append(OutputError())
+    _running.errors.append(OutputError())
 
 
 def _end(model: nn.Module, args, output):
-    error = _running.pop()
+    error = _running.errors.pop()
     if error.outputs is None or not isinstance(output, torch.Tensor) or not output.requires_grad:
         return None  # no rule-'dfa' layer needs this forward's error (evaluation, or exact())
     if output.dim() != 2 or output.shape[1] != error.outputs:
@@ -118,13 +126,13 @@ def gate(layer: nn.Module, input: torch.Tensor) -> torch.Tensor:
     if _feedback._exact_depth or not (torch.is_grad_enabled() and input.requires_grad):
         return input
     B = layer._buffers.get("feedback")
-    if not _running or B is None:
+    if not _running.errors or B is None:
         raise RuntimeError(
             f"rule='dfa': this {type(layer).__name__} sends the network's output error to its input, so it must "
             f"run inside the forward of a model marked as the network: bp_torch.nn.convert(model, rule='dfa') or "
             f"bp_torch.direct_feedback.attach(model)"
         )
-    error = _running[-1]
+    error = _running.errors[-1]
     error.outputs = B.shape[0]
     if B.dim() == 2:
         return apply(DirectFeedbackFunction, input, B, error, None)

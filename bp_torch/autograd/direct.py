@@ -90,8 +90,8 @@ class DirectFeedbackFunction(Function):
         )
         K = B.shape[0]
         units = torch.eye(K, dtype=B.dtype, device=B.device)[:, :, None, None].expand(K, K, H_out, W_out)
-        # eq. F3: T_k = B̃ᵀ ê_k for each unit error ê_k repeated at every output position (Note A eq. 17 with B)
-        T = conv2d_input_grad(units.contiguous(), B, size, stride, padding, dilation, 1)  # (K, C_in, H, W)
+        # each unit error ê_k repeated at every output position, sent back as Note A eq. 17 sends δ, with B for W
+        T = conv2d_input_grad(units.contiguous(), B, size, stride, padding, dilation, 1)  # eq. F3: T_k = B̃ᵀê_k
         delta = (e @ T.flatten(1)).reshape(e.shape[0], *T.shape[1:])  # eq. F3: B̃ᵀê = Σ_k e_k T_k
         delta = delta[..., : shape[-2], : shape[-1]]  # padding='same''s extra row and column: no input there
         delta = delta[0] if len(shape) == 3 else delta
