@@ -102,8 +102,9 @@ def step_fn(model: nn.Module, rule: str, biotorch: bool, loss_fn, lr: float):
     return step, optimizer
 
 
-def images(name: str, train: bool, root: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+def images(name: str, train: bool, root: str | None, limit: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = load_dataset(name, train, root)
+    x, y = (x[:limit], y[:limit]) if limit else (x, y)
     info = DATASETS[name]
     x = F.interpolate(x[:, None].float() / 255, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
     return (x - info.mean) / info.std, y
@@ -162,12 +163,12 @@ def train_and_test(model, rule, biotorch, data, args, seed) -> float:
 
 def accuracy_part(args) -> list[dict]:
     rows = []
-    for dataset in args.dataset:
-        train, test = images(dataset, True, args.data_dir), images(dataset, False, args.data_dir)
-        if args.train_subset:
-            train = (train[0][: args.train_subset], train[1][: args.train_subset])
-        for rule in args.rules:
-            for seed in args.seeds:
+    data = {
+        d: (images(d, True, args.data_dir, args.train_subset), images(d, False, args.data_dir)) for d in args.dataset
+    }
+    for seed in args.seeds:  # seed outermost: a run cut short still covers every rule and dataset
+        for dataset, (train, test) in data.items():
+            for rule in args.rules:
                 base = base_model(seed)
                 torch.manual_seed(seed + 1000)  # the feedback matrices' draws, then brsf's, from here
                 model_theirs = theirs(base, rule)

@@ -22,9 +22,10 @@ rule           B
                the δ to the layer's input is B̃ᵀe, e the network's output error (:mod:`bp_torch.direct_feedback`)
 =============  ========================================================================================
 
-BioTorch (jsalbert/biotorch, ``layers/fa_constructor``) multiplies a signed draw by sign(W) for brsf and frsf, and
-for frsf multiplies its stored matrix by sign(W) again at every forward; here the magnitudes are |M|, as the papers
-define them, and frSF's stay fixed. Its FA and magnitudes draw Xavier-uniform, ours the layer's own default init.
+BioTorch (jsalbert/biotorch 0.0.16, ``layers/fa_constructor``, ``layers/dfa``) defines every rule as here (brsf and
+frsf as |M| ⊙ sign(W), |M| stored once for frsf), but draws B and M Xavier-uniform, U(±√(6/(fan_in + fan_out))),
+where these draw the layer's own default init, U(±1/√fan_in): its B is larger, and so is the δ it sends
+(docs/rules.md measures by how much).
 
 Direct feedback alignment sends the *output* error to every layer through its own fixed matrix, a path from the loss
 to each layer that skips the layers above: a change to the graph, not to one layer's backward, since the Functions

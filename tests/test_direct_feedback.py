@@ -223,3 +223,15 @@ def test_ddp_broadcasts_b_and_averages_the_dfa_gradients(tmp_path):
     F.cross_entropy(model(x), y).backward()
     for p, g in zip(model.parameters(), result["grads"]):
         torch.testing.assert_close(g, p.grad, rtol=1e-12, atol=1e-15)
+
+
+def test_alignment_monitor_measures_dfa():
+    """TensorBoard's alignment/<layer>/... under dfa: fc receives e itself, so its weight gradient is exact (angle 0);
+    the layers below receive B̃ᵀe, far from backprop's δ at the start."""
+    from bp_torch.train.config import Loss
+    from bp_torch.train.monitor import alignment
+
+    torch.manual_seed(0)
+    values = alignment(LeNet(rule="dfa"), torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,)), Loss("ce"))
+    assert len(values) == 12 and values["fc/weight_grad_angle"] == pytest.approx(0, abs=1e-3)
+    assert values["conv2/weight_grad_angle"] > 10 and values["fc/delta_angle"] > 10
