@@ -64,6 +64,8 @@ def attach(model: nn.Module, outputs: int | None = None) -> nn.Module:
     of its last Conv2d) in registration order, checked against the output at every forward.
     """
     layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and getattr(m, "rule", None) == "dfa"]
+    if not layers:
+        return model  # no rule-'dfa' layer: no error to send
     if outputs is None:
         outputs = _last_outputs(model)
     if not isinstance(outputs, int) or isinstance(outputs, bool) or outputs < 1:
