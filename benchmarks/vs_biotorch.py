@@ -9,6 +9,7 @@ library draws its own feedback matrices. Two parts::
     python benchmarks/vs_biotorch.py --part accuracy --epochs 100 --seeds 0 1 2 --dataset mnist fashion-mnist
     python benchmarks/vs_biotorch.py --part accuracy --epochs 1 --train-subset 20000   # a reduced run: say so
     python benchmarks/vs_biotorch.py --part accuracy --rules dfa --lr dfa=0.001          # another learning rate
+    python benchmarks/vs_biotorch.py --part scale   # each layer's gradient norm and B norm, BioTorch's over ours
 
 ``time``: one training step (forward, loss, backward, SGD) of each, alternating ours and theirs after a warm-up, on
 the same batch of 64; the medians and their ratio (below 1: ours is faster). Two bp_torch variants: every layer
@@ -138,6 +139,30 @@ def time_part(args) -> list[dict]:
     return rows
 
 
+def scale_part(args) -> list[dict]:
+    """Per rule, from the same weights on one batch of 64: each layer's weight-gradient norm, BioTorch's over ours
+    (1.00: the same step size), and the norm of each layer's B, BioTorch's over ours."""
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 1, 32, 32), torch.randint(0, 10, (64,))
+    rows = []
+    for rule in args.rules:
+        base = base_model(0)
+        models = {"theirs": theirs(base, rule), "ours": ours(base, rule)}
+        grads = {}
+        for side, model in models.items():
+            out = model(x, y, F.cross_entropy) if side == "theirs" and rule == "dfa" else model(x)
+            weights = [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+            grads[side] = torch.autograd.grad(F.cross_entropy(out, y), weights)
+        B = {side: [b for n, b in m.named_buffers() if n.endswith("feedback")] for side, m in models.items()}
+        B["theirs"] = [p for n, p in models["theirs"].named_parameters() if n.endswith("weight_backward")]
+        row = {"rule": rule, "grad_norm_ratio": [(a.norm() / b.norm()).item() for a, b in zip(*grads.values())]}
+        if B["ours"]:
+            row["b_norm_ratio"] = [(a.norm() / b.norm()).item() for a, b in zip(B["theirs"], B["ours"])]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def train_and_test(model, rule, biotorch, data, args, seed) -> float:
     (x, y), (x_test, y_test) = data
     loss_fn = F.cross_entropy if biotorch else bnn.CrossEntropyLoss()
@@ -184,7 +209,7 @@ def accuracy_part(args) -> list[dict]:
     return rows
 
 
-def markdown(args, timing: list[dict], accuracy: list[dict], command: str) -> str:
+def markdown(args, timing: list[dict], accuracy: list[dict], scale: list[dict], command: str) -> str:
     lines = [f"`{command}`", "", f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
              f"{torch.get_num_threads()} thread(s)", ""]  # fmt: skip
     if timing:
@@ -193,6 +218,13 @@ def markdown(args, timing: list[dict], accuracy: list[dict], command: str) -> st
         for r in timing:
             lines.append(f"| {r['rule']} | {r['theirs_ms']:.2f} | {r['ours_ms']:.2f} | {r['ratio']:.2f} | "
                          f"{r['ours_layers_ms']:.2f} | {r['ratio_layers']:.2f} |")  # fmt: skip
+        lines.append("")
+    if scale:
+        lines += ["| rule | weight-gradient norm, BioTorch/ours (conv1, conv2, conv3, fc1, fc2) | B norm, same |",
+                  "|---|---|---|"]  # fmt: skip
+        for r in scale:
+            b = ", ".join(f"{v:.2f}" for v in r.get("b_norm_ratio", [])) or "no B"
+            lines.append(f"| {r['rule']} | {', '.join(f'{v:.2f}' for v in r['grad_norm_ratio'])} | {b} |")
         lines.append("")
     if accuracy:
         lines += ["| dataset | rule | BioTorch test error % (seeds) | mean | ours (seeds) | mean | published |",
@@ -212,7 +244,7 @@ def markdown(args, timing: list[dict], accuracy: list[dict], command: str) -> st
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=("time", "accuracy", "both"), default="time")
+    parser.add_argument("--part", choices=("time", "accuracy", "both", "scale"), default="time")
     parser.add_argument("--rules", nargs="+", choices=RULES, default=list(RULES))
     parser.add_argument("--dataset", nargs="+", choices=sorted(DATASETS), default=["mnist", "fashion-mnist"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -238,10 +270,12 @@ def main(argv=None) -> int:
     name = f"biotorch-{args.part}" + ("-xavier" if args.b_init == "xavier" else "")
     timing = time_part(args) if args.part in ("time", "both") else []
     accuracy = accuracy_part(args) if args.part in ("accuracy", "both") else []
+    scale = scale_part(args) if args.part == "scale" else []
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(dict(command=command, timing=timing, accuracy=accuracy), indent=1))
-    (out / f"{name}.md").write_text(markdown(args, timing, accuracy, command))
+    result = dict(command=command, timing=timing, accuracy=accuracy, scale=scale)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
+    (out / f"{name}.md").write_text(markdown(args, timing, accuracy, scale, command))
     print((out / f"{name}.md").read_text())
     return 0
 
