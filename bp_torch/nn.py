@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from bp_torch import direct_feedback
 from bp_torch import functional as BF
 from bp_torch.feedback import feedback_matrix, set_rule
 
@@ -82,6 +83,8 @@ class Conv2d(NotScriptable, nn.Conv2d):
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         # mirrors torch.nn.Conv2d._conv_forward line for line, with our conv2d in place of F.conv2d
+        if getattr(self, "rule", None) == "dfa":  # δ to the input: B̃ᵀe, e the output error (bp_torch.direct_feedback)
+            input = direct_feedback.gate(self, input)
         feedback = feedback_matrix(self)  # None: exact backprop
         if self.padding_mode != "zeros":
             input, padding = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode), 0
@@ -123,6 +126,8 @@ class Linear(NotScriptable, nn.Linear):
         set_rule(self, rule)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "rule", None) == "dfa":  # δ to the input: Bᵀe, e the output error (bp_torch.direct_feedback)
+            input = direct_feedback.gate(self, input)
         return BF._linear(input, self.weight, self.bias, feedback_matrix(self))  # feedback None: exact backprop
 
 
@@ -423,7 +428,10 @@ def convert(model: nn.Module, rule: str = "backprop") -> tuple[nn.Module, Conver
     twin replaces (``NonDynamicallyQuantizableLinear`` is a Linear); one with a forward of its own stays native, as
     every other layer, and is named in the summary. For an untouched original, convert a copy:
     ``convert(copy.deepcopy(model))``. ``rule`` sets the backward rule of every bp_torch Linear and Conv2d in the
-    model (:mod:`bp_torch.feedback`; default ``"backprop"``, exact).
+    model (:mod:`bp_torch.feedback`; default ``"backprop"``, exact); a layer that has it already keeps its feedback
+    matrices. ``"dfa"`` also marks ``model`` as the network whose output error its layers receive
+    (:func:`bp_torch.direct_feedback.attach`: K is the out_features of its last Linear, or out_channels of its last
+    Conv2d).
 
     Returns:
         ``(model, summary)``: the same ``model``, and a :class:`Conversion` naming what was swapped and what was not.
@@ -437,8 +445,12 @@ def convert(model: nn.Module, rule: str = "backprop") -> tuple[nn.Module, Conver
     """
     model, summary = _swap(model, TWINS, derive=True)
     for module in model.modules():
-        if isinstance(module, (Linear, Conv2d)) and (rule != "backprop" or getattr(module, "rule", None) is None):
+        had = getattr(module, "rule", None)
+        # a layer that already has the rule keeps its matrices (a checkpoint restored before the call survives it)
+        if isinstance(module, (Linear, Conv2d)) and had != rule and (rule != "backprop" or had is None):
             set_rule(module, rule)
+    if rule == "dfa":  # the model's output is the error its layers receive; B drawn where there is none
+        direct_feedback.attach(model)
     return model, summary
 
 
@@ -449,4 +461,5 @@ def to_native(model: nn.Module) -> tuple[nn.Module, Conversion]:
         if isinstance(module, (Linear, Conv2d)):
             module._buffers.pop("feedback", None)
             module.__dict__.pop("rule", None)
+        direct_feedback.release(module)
     return _swap(model, {twin: native for native, twin in TWINS.items()} | _DERIVED_NATIVE)
