@@ -166,8 +166,8 @@ def test_runs_are_never_overwritten(fake_data, tmp_path, capsys):
 )
 def test_resume_ends_with_the_same_weights(fake_data, tmp_path, capsys, stop_at, rule):
     """An interrupted and resumed run and an uninterrupted one end bit-identical (default recipe, augmentation on);
-    under a backward rule too: fa's and dfa's feedback matrices are restored from the checkpoint, brsf's draws continue the
-    restored random stream (and the alignment monitor, every 2 steps, draws from a forked one)."""
+    under a backward rule too: fa's and dfa's feedback matrices are restored from the checkpoint, brsf's draws continue
+    the restored random stream (and the alignment monitor, every 2 steps, draws from a forked one)."""
     common = train_args(
         fake_data, tmp_path, *SMALL, "--epochs", "3", "--limit-train-batches", "5", "--limit-test-batches", "1"
     )
