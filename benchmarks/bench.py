@@ -9,6 +9,7 @@ the manual/native ratio (below 1: ours is faster). Writes ``bench-<device>.json`
     python benchmarks/bench.py --profile           # torch.profiler tables of one LeNet training step, both ways
     python benchmarks/bench.py --profile resnet18  # the same for a torchvision model's training step
     python benchmarks/bench.py --parts models      # only the torchvision models' training steps (parts: below)
+    python benchmarks/bench.py --parts models --models mobilenet_v3_small,efficientnet_b0 --threads 1  # any models
     python benchmarks/bench.py --only resnet18     # only the rows whose name contains "resnet18"
 
 Parts: ``functions`` (each function's forward + backward, LeNet's shapes and ResNet-like ones), ``steps`` and
@@ -349,7 +350,8 @@ def _mib(values: dict[str, int]):
 def _models_and_input(args):
     from models import BATCH, MODELS, SIZE
 
-    return (("resnet18",), 2, 32) if args.quick else (MODELS, BATCH, SIZE)
+    chosen = tuple(m for m in args.models.split(",") if m) or MODELS
+    return (chosen[:1] if args.models else ("resnet18",), 2, 32) if args.quick else (chosen, BATCH, SIZE)
 
 
 def bench_layers(device, args) -> list[Row]:
@@ -581,6 +583,12 @@ def main(argv=None) -> int:
     parser.add_argument("--epoch-repeats", type=int, default=2, help="timed MNIST epochs per side (default: 2)")
     parser.add_argument("--data", default=None, help="MNIST folder (default: $BP_TORCH_DATA, else ./data)")
     parser.add_argument("--only", default="", help="run only the rows whose name contains this (default: all)")
+    parser.add_argument(
+        "--models",
+        default="",
+        help="comma-separated torchvision models for the layers and models parts (default: "
+        "benchmarks/models.py's MODELS); any of torchvision.models.get_model's names",
+    )
     parser.add_argument("--parts", default="", help=f"comma-separated parts to run (default: all): {','.join(PARTS)}")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip (default: none; --quick: compiled)")
     parser.add_argument(

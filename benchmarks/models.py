@@ -97,7 +97,8 @@ def build(name: str, impl: str = "native", device="cpu", seed: int = 0) -> torch
     import torchvision
 
     torch.manual_seed(seed)
-    model = getattr(torchvision.models, name)(num_classes=CLASSES).to(device)
+    options = {"googlenet": {"aux_logits": False, "init_weights": True}, "inception_v3": {"aux_logits": False}}
+    model = torchvision.models.get_model(name, weights=None, num_classes=CLASSES, **options.get(name, {})).to(device)
     return convert(model)[0] if impl == "manual" else model
 
 

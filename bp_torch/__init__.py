@@ -10,6 +10,7 @@ backward graph are hand-derived). The training application,
 from bp_torch import autograd, functional, nn
 from bp_torch._formulas import formulas, get_formulas, set_formulas
 from bp_torch.audit import audit  # bp_torch.audit(loss); the module's other names: from bp_torch.audit import ...
+from bp_torch.routing import routed
 
-__all__ = ["autograd", "functional", "nn", "formulas", "get_formulas", "set_formulas", "audit"]
+__all__ = ["autograd", "functional", "nn", "formulas", "get_formulas", "set_formulas", "audit", "routed"]
 __version__ = "0.1.0"

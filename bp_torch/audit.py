@@ -5,8 +5,9 @@
 
 - ``derived``: the backward of one of bp_torch's Functions, written from its derivation;
 - ``structural``: a node that only moves, reshapes, casts or adds gradients — views and reshapes, expand, transpose,
-  cat/stack/split, casts (``ToCopyBackward0``), clone and copy, the addition of branches (``AddBackward0``) and the
-  leaves' ``AccumulateGrad``;
+  cat/stack/split, casts (``ToCopyBackward0``), clone and copy, the addition of branches (``AddBackward0``), the
+  leaves' ``AccumulateGrad``, and the ``CopySlices`` that an in-place Function of bp_torch leaves on a view's base
+  (marked by ``bp_torch.functional``: it runs our Function's backward on δ's slice and passes the rest on);
 - ``native``: anything else: a derivative PyTorch computes for us (``ReluBackward0``, ``NllLossBackward0`` ...).
 
 :func:`label_modules` names the module each node came from; :func:`backward_kernels` is the runtime check, a
@@ -84,6 +85,8 @@ def _kind(node) -> str:
     forward = getattr(type(node), "_forward_cls", None)  # set on the nodes of torch.autograd.Function subclasses
     if forward is not None and forward.__module__.startswith("bp_torch."):
         return "derived"
+    if node.metadata.get("bp_torch") == "structural":  # an in-place Function of ours on a view (its CopySlices)
+        return "structural"
     return "structural" if type(node).__name__ in STRUCTURAL else "native"
 
 

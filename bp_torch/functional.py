@@ -1,6 +1,7 @@
 """``torch.nn.functional``'s conv2d, avg_pool2d, sigmoid and linear (the notes' operations); relu, leaky_relu, tanh,
 dropout, softmax, log_softmax, nll_loss, cross_entropy and mse_loss (eq. D1–D12, ours); max_pool2d,
-adaptive_avg_pool2d and batch_norm (eq. M1–M12, ours): each with its hand-derived backward.
+adaptive_avg_pool2d and batch_norm (eq. M1–M12, ours); hardtanh, relu6, hardsigmoid, hardswish, silu, mul, div, sum
+and mean (eq. H1–H4, E1–E3, R1–R2, ours): each with its hand-derived backward.
 
 Same signatures, defaults, shapes (unbatched inputs too), dtypes, devices and memory formats as
 ``torch.nn.functional``; bad arguments raise the exception type torch raises, with a message naming the argument.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import math
 import warnings
 from contextlib import nullcontext
+from numbers import Number
 
 import torch
 import torch.nn.functional as F
@@ -56,27 +58,39 @@ from bp_torch.autograd import (
     BatchNormFunction,
     Conv2dFunction,
     CrossEntropyFunction,
+    DivFunction,
     DropoutFunction,
+    HardsigmoidFunction,
+    HardswishFunction,
+    HardswishInplaceFunction,
+    HardtanhFunction,
     LeakyReluFunction,
     LinearFunction,
     LogSoftmaxFunction,
     MaxPool2dFunction,
+    MeanFunction,
     MSELossFunction,
+    MulFunction,
     NllLossFunction,
     ReluFunction,
     SigmoidFunction,
+    SiluFunction,
+    SiluInplaceFunction,
     SoftmaxFunction,
+    SumFunction,
     TanhFunction,
 )
 from bp_torch.autograd.attention import ScaledDotProductAttentionFunction
 from bp_torch.autograd.gelu import GeluFunction
 from bp_torch.autograd.layer_norm import GroupNormFunction, LayerNormFunction
 from bp_torch.autograd.matmul import AddmmFunction, MatmulFunction
+from bp_torch.autograd.reduction import reduced_dims
 
 __all__ = ["conv2d", "avg_pool2d", "sigmoid", "linear"]
 __all__ += ["relu", "relu_", "leaky_relu", "leaky_relu_", "tanh", "dropout"]
 __all__ += ["softmax", "log_softmax", "nll_loss", "cross_entropy", "mse_loss"]
 __all__ += ["max_pool2d", "max_pool2d_with_indices", "adaptive_avg_pool2d", "batch_norm"]
+__all__ += ["hardtanh", "hardtanh_", "relu6", "hardsigmoid", "hardswish", "silu", "mul", "div", "sum", "mean"]
 __all__ += ["layer_norm", "group_norm", "gelu", "matmul", "bmm", "addmm", "baddbmm", "scaled_dot_product_attention"]
 __all__ += ["multi_head_attention_forward", "einsum"]
 
@@ -276,7 +290,27 @@ def _maybe_inplace(function, input: torch.Tensor, *args, inplace: bool) -> torch
     check_inplace(input)
     if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
         return input.copy_(apply(function, input.clone(), *args, False))
-    return apply(function, input, *args, True)
+    return _mark_view_write(apply(function, input, *args, True))
+
+
+def _mark_view_write(output: torch.Tensor) -> torch.Tensor:
+    """After an in-place Function on a view, its base's node is a ``CopySlices``, which runs the Function's backward
+    on δ's slice and passes the rest on unchanged: marked so that ``bp_torch.audit`` counts it as structural (an
+    in-place native op on a view makes an unmarked one, which the audit reports as native)."""
+    base = output._base if output._is_view() else None
+    if base is not None and base.grad_fn is not None and type(base.grad_fn).__name__ == "CopySlices":
+        base.grad_fn.metadata["bp_torch"] = "structural"
+    return output
+
+
+def _inplace_keeping_input(function, twin, input: torch.Tensor) -> torch.Tensor:
+    """``function`` in place through ``twin``, its in-place Function, given a copy of the input that its backward
+    reads; under torch.func or torch.compile (which cannot save an input a Function returns as-is) out of place on a
+    copy, copied back."""
+    check_inplace(input)
+    if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
+        return input.copy_(apply(function, input.clone()))
+    return _mark_view_write(apply(twin, input, input.clone()))
 
 
 def relu(input, inplace=False) -> torch.Tensor:
@@ -732,6 +766,176 @@ def batch_norm(
         return out.view(0)
     out, _, _ = apply(BatchNormFunction, input, weight, bias, running_mean, running_var, training, momentum, eps)
     return out
+
+
+# the mobile networks' activations, the elementwise product and quotient, sum and mean (docs/derivation.md eq. H, E, R)
+
+
+def hardtanh(input, min_val=-1.0, max_val=1.0, inplace=False) -> torch.Tensor:
+    """clamp(x, min_val, max_val), as :func:`torch.nn.functional.hardtanh`; backward δ where min_val < x < max_val,
+    0 elsewhere, read from the saved output (eq. H1).
+
+    Example::
+
+        >>> hardtanh(torch.tensor([-2.0, 0.5, 2.0]))
+        tensor([-1.0000,  0.5000,  1.0000])
+    """
+    if has_torch_function_unary(input):
+        return handle_torch_function(hardtanh, (input,), input, min_val=min_val, max_val=max_val, inplace=inplace)
+    if min_val > max_val:
+        raise ValueError("min_val cannot be greater than max_val")
+    check_tensor(input, "input", "hardtanh")
+    return _maybe_inplace(HardtanhFunction, input, min_val, max_val, inplace=bool(inplace))
+
+
+def hardtanh_(input, min_val=-1.0, max_val=1.0) -> torch.Tensor:
+    """In-place :func:`hardtanh`, as :func:`torch.nn.functional.hardtanh_`."""
+    return hardtanh(input, min_val, max_val, inplace=True)
+
+
+def relu6(input, inplace=False) -> torch.Tensor:
+    """min(max(0, x), 6), as :func:`torch.nn.functional.relu6`: :func:`hardtanh` on [0, 6] (eq. H1).
+
+    Example::
+
+        >>> relu6(torch.tensor([-1.0, 3.0, 7.0]))
+        tensor([0., 3., 6.])
+    """
+    if has_torch_function_unary(input):
+        return handle_torch_function(relu6, (input,), input, inplace=inplace)
+    return hardtanh(input, 0.0, 6.0, inplace)
+
+
+def hardsigmoid(input, inplace=False) -> torch.Tensor:
+    """relu6(x + 3)/6, as :func:`torch.nn.functional.hardsigmoid`; backward δ/6 where −3 < x < 3 (eq. H2).
+
+    Example::
+
+        >>> hardsigmoid(torch.tensor([-4.0, 0.0, 4.0]))
+        tensor([0.0000, 0.5000, 1.0000])
+    """
+    if has_torch_function_unary(input):
+        return handle_torch_function(hardsigmoid, (input,), input, inplace=inplace)
+    check_tensor(input, "input", "hardsigmoid")
+    return _maybe_inplace(HardsigmoidFunction, input, inplace=bool(inplace))
+
+
+def hardswish(input, inplace=False) -> torch.Tensor:
+    """x·relu6(x + 3)/6, as :func:`torch.nn.functional.hardswish`; backward δ·(x/3 + ½) on [−3, 3], δ above, 0 below
+    (eq. H3).
+
+    Example::
+
+        >>> hardswish(torch.tensor([-4.0, 0.0, 4.0]))
+        tensor([-0., 0., 4.])
+    """
+    if has_torch_function_unary(input):
+        return handle_torch_function(hardswish, (input,), input, inplace=inplace)
+    check_tensor(input, "input", "hardswish")
+    if inplace:
+        return _inplace_keeping_input(HardswishFunction, HardswishInplaceFunction, input)
+    return apply(HardswishFunction, input)
+
+
+def silu(input, inplace=False) -> torch.Tensor:
+    """x·σ(x), as :func:`torch.nn.functional.silu`; backward δ·σ(x)(1 + x(1 − σ(x))) (eq. H4).
+
+    Example::
+
+        >>> silu(torch.zeros(2))
+        tensor([0., 0.])
+    """
+    if has_torch_function_unary(input):
+        return handle_torch_function(silu, (input,), input, inplace=inplace)
+    check_tensor(input, "input", "silu")
+    if inplace:
+        return _inplace_keeping_input(SiluFunction, SiluInplaceFunction, input)
+    return apply(SiluFunction, input)
+
+
+def _check_operands(op: str, input, other) -> None:
+    """torch's TypeError unless each operand is a Tensor or a number (torch wraps a number into a 0-d tensor)."""
+    if not isinstance(input, (torch.Tensor, Number)):
+        raise TypeError(f"{op}(): argument 'input' (position 1) must be Tensor, not {type(input).__name__}")
+    if not isinstance(other, (torch.Tensor, Number)):
+        raise TypeError(f"{op}(): argument 'other' (position 2) must be Tensor or Number, not {type(other).__name__}")
+
+
+def mul(input, other) -> torch.Tensor:
+    """a ⊙ b with broadcasting and torch's type promotion, as :func:`torch.mul`; backward by the product rule, each
+    operand's gradient summed back to its own shape (eq. E1, E3). ``other`` may be a number.
+
+    Example::
+
+        >>> mul(torch.ones(2, 3), torch.tensor([[2.0], [3.0]]))
+        tensor([[2., 2., 2.],
+                [3., 3., 3.]])
+    """
+    if has_torch_function_variadic(input, other):
+        return handle_torch_function(mul, (input, other), input, other)
+    _check_operands("mul", input, other)
+    if not _differentiated(*(t for t in (input, other) if isinstance(t, torch.Tensor))):
+        return torch.mul(input, other)
+    return apply(MulFunction, input, other)
+
+
+def div(input, other, *, rounding_mode=None) -> torch.Tensor:
+    """a / b with broadcasting and torch's type promotion, as :func:`torch.div`; backward δ/b̄ and −δ·conj(a/b²),
+    each summed back to its operand's shape (eq. E2, E3). ``other`` may be a number.
+
+    ``rounding_mode`` ``"trunc"`` or ``"floor"`` (a step function: zero derivative) is torch's own division.
+
+    Example::
+
+        >>> div(torch.ones(2), torch.tensor([2.0, 4.0]))
+        tensor([0.5000, 0.2500])
+    """
+    if has_torch_function_variadic(input, other):
+        return handle_torch_function(div, (input, other), input, other, rounding_mode=rounding_mode)
+    _check_operands("div", input, other)
+    if rounding_mode is not None or not _differentiated(*(t for t in (input, other) if isinstance(t, torch.Tensor))):
+        return torch.div(input, other, rounding_mode=rounding_mode)
+    return apply(DivFunction, input, other)
+
+
+def _reduce(function, name: str, native, input, dim, keepdim, dtype) -> torch.Tensor:
+    check_tensor(input, "input", name)
+    named = isinstance(dim, str) or (isinstance(dim, (tuple, list)) and any(isinstance(d, str) for d in dim))
+    if not _differentiated(input) or named:  # nothing to differentiate, or named dimensions: torch's own reduction
+        return native(input, dim, keepdim, dtype=dtype) if dim is not None or keepdim else native(input, dtype=dtype)
+    if isinstance(dtype, torch.dtype) and not (dtype.is_floating_point or dtype.is_complex):
+        raise RuntimeError(f"{name}: an output that requires grad needs a floating or complex dtype, not {dtype}")
+    if dim is not None and not (isinstance(dim, (tuple, list)) and len(dim) == 0):
+        dim = reduced_dims(dim, input.dim()) or dim  # every spelling torch accepts, as a tuple (0-d: as given)
+    return apply(function, input, dim, keepdim, dtype)
+
+
+def sum(input, dim=None, keepdim=False, *, dtype=None) -> torch.Tensor:
+    """Σ over ``dim`` (all dimensions if None), as :func:`torch.sum`; backward δ copied to every summed element
+    (eq. R1).
+
+    Example::
+
+        >>> sum(torch.ones(2, 3), 1)
+        tensor([3., 3.])
+    """
+    if has_torch_function_unary(input):
+        return handle_torch_function(sum, (input,), input, dim, keepdim, dtype=dtype)
+    return _reduce(SumFunction, "sum", torch.sum, input, dim, keepdim, dtype)
+
+
+def mean(input, dim=None, keepdim=False, *, dtype=None) -> torch.Tensor:
+    """The mean over ``dim`` (all dimensions if None), as :func:`torch.mean`; backward δ/n copied to every averaged
+    element (eq. R2).
+
+    Example::
+
+        >>> mean(torch.arange(6.0).reshape(2, 3), [0, 1])
+        tensor(2.5000)
+    """
+    if has_torch_function_unary(input):
+        return handle_torch_function(mean, (input,), input, dim, keepdim, dtype=dtype)
+    return _reduce(MeanFunction, "mean", torch.mean, input, dim, keepdim, dtype)
 
 
 # --- the transformer's operations (docs/derivation.md eq. T1–T12) -------------------------------------------------

@@ -1,6 +1,7 @@
 """``torch.nn``'s Conv2d, AvgPool2d, Sigmoid and Linear; ReLU, LeakyReLU, Tanh, Dropout, Softmax, LogSoftmax,
-MSELoss, NLLLoss and CrossEntropyLoss; MaxPool2d, AdaptiveAvgPool2d and BatchNorm2d — with the hand-derived backward;
-and ``convert()``.
+MSELoss, NLLLoss and CrossEntropyLoss; MaxPool2d, AdaptiveAvgPool2d and BatchNorm2d; Hardtanh, ReLU6, Hardsigmoid,
+Hardswish and SiLU — with the hand-derived backward; and ``convert()``, which also routes the functions a model's
+``forward`` calls to bp_torch (:mod:`bp_torch.routing`).
 
 Each class subclasses its ``torch.nn`` twin and keeps torch's ``__init__``: constructor arguments, defaults,
 parameter initialisation, ``state_dict`` keys, ``repr`` and ``isinstance`` checks are torch's own (Linear and Conv2d
@@ -28,11 +29,13 @@ from torch.overrides import TorchFunctionMode
 
 from bp_torch import direct_feedback
 from bp_torch import functional as BF
+from bp_torch import routing
 from bp_torch.feedback import feedback_matrix, set_rule
 
 __all__ = ["Conv2d", "AvgPool2d", "Sigmoid", "Linear", "convert", "to_native", "Conversion"]
 __all__ += ["ReLU", "LeakyReLU", "Tanh", "Dropout", "Softmax", "LogSoftmax", "MSELoss", "NLLLoss", "CrossEntropyLoss"]
 __all__ += ["MaxPool2d", "AdaptiveAvgPool2d", "BatchNorm2d"]
+__all__ += ["Hardtanh", "ReLU6", "Hardsigmoid", "Hardswish", "SiLU"]
 __all__ += ["LayerNorm", "GroupNorm", "GELU", "MultiheadAttention"]
 
 
@@ -264,6 +267,45 @@ class BatchNorm2d(nn.BatchNorm2d):
         )
 
 
+# the mobile networks' activations (docs/derivation.md, eq. H)
+
+
+class Hardtanh(nn.Hardtanh):
+    """:class:`torch.nn.Hardtanh` whose forward is :func:`bp_torch.functional.hardtanh` (eq. H1)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return BF.hardtanh(input, self.min_val, self.max_val, self.inplace)
+
+
+class ReLU6(nn.ReLU6):
+    """:class:`torch.nn.ReLU6` (torch's Hardtanh on [0, 6]) whose forward is :func:`bp_torch.functional.hardtanh`
+    (eq. H1)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return BF.hardtanh(input, self.min_val, self.max_val, self.inplace)
+
+
+class Hardsigmoid(nn.Hardsigmoid):
+    """:class:`torch.nn.Hardsigmoid` whose forward is :func:`bp_torch.functional.hardsigmoid` (eq. H2)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return BF.hardsigmoid(input, self.inplace)
+
+
+class Hardswish(nn.Hardswish):
+    """:class:`torch.nn.Hardswish` whose forward is :func:`bp_torch.functional.hardswish` (eq. H3)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return BF.hardswish(input, self.inplace)
+
+
+class SiLU(nn.SiLU):
+    """:class:`torch.nn.SiLU` whose forward is :func:`bp_torch.functional.silu` (eq. H4)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return BF.silu(input, inplace=self.inplace)
+
+
 # the transformer's operations (docs/derivation.md, eq. T)
 
 
@@ -335,6 +377,11 @@ TWINS: dict[type[nn.Module], type[nn.Module]] = {
     nn.MaxPool2d: MaxPool2d,
     nn.AdaptiveAvgPool2d: AdaptiveAvgPool2d,
     nn.BatchNorm2d: BatchNorm2d,
+    nn.Hardtanh: Hardtanh,
+    nn.ReLU6: ReLU6,
+    nn.Hardsigmoid: Hardsigmoid,
+    nn.Hardswish: Hardswish,
+    nn.SiLU: SiLU,
     # the transformer's operations
     nn.LayerNorm: LayerNorm,
     nn.GroupNorm: GroupNorm,
@@ -348,17 +395,24 @@ class Conversion:
     """What :func:`convert` / :func:`to_native` did: qualified module names, grouped by class name.
 
     ``swapped`` maps each new class name to the modules that became it; ``left`` maps each class name to the leaf
-    modules (no children) that have no twin and kept their own forward.
+    modules (no children) that have no twin and kept their own forward. ``native_calls`` (after :func:`convert`)
+    fills in as the model runs: each function its forward called that :mod:`bp_torch.routing` has no twin for and
+    that left a native backward node, mapped to that node's class name (``{"Tensor.__imul__": "MulBackward0"}``).
     """
 
     swapped: dict[str, list[str]] = field(default_factory=dict)
     left: dict[str, list[str]] = field(default_factory=dict)
+    native_calls: dict[str, str] = field(default_factory=dict)
 
     def __str__(self) -> str:
         def lines(groups: dict[str, list[str]]) -> list[str]:
             return [f"  {kind} x{len(names)}: {', '.join(names)}" for kind, names in groups.items()] or ["  none"]
 
-        return "\n".join(["swapped:", *lines(self.swapped), "left as they were:", *lines(self.left)])
+        calls = [f"  {call} ({node})" for call, node in self.native_calls.items()] or ["  none so far"]
+        return "\n".join(
+            ["swapped:", *lines(self.swapped), "left as they were:", *lines(self.left)]
+            + ["functional calls left native (seen while the model ran):", *calls]
+        )
 
 
 def _swap(
@@ -433,6 +487,10 @@ def convert(model: nn.Module, rule: str = "backprop") -> tuple[nn.Module, Conver
     (:func:`bp_torch.direct_feedback.attach`: K is the out_features of its last Linear, or out_channels of its last
     Conv2d).
 
+    The functions the model's ``forward`` calls (``F.relu``, ``x.mean([2, 3])``, ``scale * x`` ...) are routed to
+    bp_torch's twins while it runs (:mod:`bp_torch.routing`: hooks on ``model``, removed by :func:`to_native`); the
+    calls that still leave a native derivative are added to the summary's ``native_calls`` as they run.
+
     Returns:
         ``(model, summary)``: the same ``model``, and a :class:`Conversion` naming what was swapped and what was not.
 
@@ -444,6 +502,8 @@ def convert(model: nn.Module, rule: str = "backprop") -> tuple[nn.Module, Conver
         ('bp_torch.nn', {'Linear': ['0']}, {'Softplus': ['1']})
     """
     model, summary = _swap(model, TWINS, derive=True)
+    routing.install(model, summary.native_calls)
+    summary.native_calls = routing.installed(model)  # a model converted before keeps its record
     for module in model.modules():
         had = getattr(module, "rule", None)
         # a layer that already has the rule keeps its matrices (a checkpoint restored before the call survives it)
@@ -462,4 +522,5 @@ def to_native(model: nn.Module) -> tuple[nn.Module, Conversion]:
             module._buffers.pop("feedback", None)
             module.__dict__.pop("rule", None)
         direct_feedback.release(module)
+    routing.uninstall(model)
     return _swap(model, {twin: native for native, twin in TWINS.items()} | _DERIVED_NATIVE)

@@ -436,6 +436,102 @@ OPS: list[OpEntry] = [
 ]  # fmt: skip
 
 
+# --------------------------------------------------------------------------------------- the CNN zoo's operations
+
+# (The kinks themselves, where a finite difference cannot judge: tests/test_cnn_zoo_ops.py, in both modes.)
+
+
+def _hard_activation(rng: random.Random, nan: bool = True) -> Sample:
+    """``nan=False``: no NaN input. torch's hardtanh and hardswish backward disagree with themselves there: their
+    vectorised loop gives 0 (hardswish NaN), the scalar loop for the last elements passes δ (README "Limits")."""
+    inplace = rng.random() < 0.25
+    x = tensor(rng, shape_of(rng), dtype_of(rng), scale=rng.choice([1.0, 4.0, 4.0, 1e3]))
+    if not nan:
+        x = x.nan_to_num(nan=rng.choice([1.0, -4.0]), posinf=math.inf, neginf=-math.inf)
+    return Sample((x,), dict(inplace=spell_bool(rng, inplace)), inplace=inplace)
+
+
+def _without_nan(rng: random.Random) -> Sample:
+    return _hard_activation(rng, nan=False)
+
+
+def _hardtanh(rng: random.Random) -> Sample:
+    low = rng.choice([-1.0, 0.0, -2.5, 0.5])
+    high = low + rng.choice([0.0, 1.0, 2.0, 6.0])
+    sample = _hard_activation(rng, nan=False)
+    kwargs = dict(min_val=spell_float(rng, low), max_val=spell_float(rng, high), **sample.kwargs)
+    return Sample(sample.args, kwargs, inplace=sample.inplace)
+
+
+def _broadcast_shape(rng: random.Random, shape: list) -> list:
+    """A shape that broadcasts against ``shape``: some dimensions 1, some leading ones dropped."""
+    other = [1 if rng.random() < 0.4 else s for s in shape]
+    return other[rng.randint(0, len(other)) :] if rng.random() < 0.3 else other
+
+
+def _mul_or_div(rng: random.Random) -> Sample:
+    dtype = dtype_of(rng, complex_ok=True)
+    shape = shape_of(rng)
+    a = tensor(rng, shape, dtype)
+    kind = rng.choice(["tensor", "tensor", "broadcast", "swapped", "number", "0-d"])
+    if kind == "number":
+        return Sample((a, rng.choice([0.5, 2, -3.0, True, 1e-3])), grads=(0,))
+    if kind == "0-d":  # a 0-d tensor of another dtype: torch's promotion keeps the dimensioned operand's
+        return Sample((a, tensor(rng, [], rng.choice(REAL), scale=1.0, special=False)), grads=(0, 1))
+    other = _broadcast_shape(rng, shape) if kind != "tensor" else shape
+    b = tensor(rng, other, dtype, scale=rng.choice([1.0, 1.0, 1e-3]))
+    return Sample((b, a) if kind == "swapped" else (a, b), grads=(0, 1))
+
+
+def _div(rng: random.Random) -> Sample:
+    sample = _mul_or_div(rng)
+    return sample if rng.random() < 0.85 else Sample(sample.args, {"rounding_mode": None}, grads=sample.grads)
+
+
+def _reduction(rng: random.Random) -> Sample:
+    x = tensor(rng, shape_of(rng), dtype_of(rng, complex_ok=True))
+    n = max(x.dim(), 1)
+    kind = rng.choice(["none", "int", "int", "tuple", "list", "empty"])
+    if kind == "none":
+        return Sample((x,), {"dtype": torch.float64} if rng.random() < 0.2 and not x.is_complex() else {})
+    if kind == "int":
+        dim = spell_int(rng, rng.randint(-n, n - 1))
+    elif kind == "empty":
+        dim = rng.choice([(), []])
+    else:
+        dims = rng.sample(range(x.dim()), rng.randint(1, x.dim())) if x.dim() else [0]
+        dim = tuple(dims) if kind == "tuple" else [spell_int(rng, d) if rng.random() < 0.3 else d for d in dims]
+    kwargs = {"dim": dim, "keepdim": rng.random() < 0.4}
+    if rng.random() < 0.2 and not x.is_complex():
+        kwargs["dtype"] = rng.choice([torch.float64, torch.float32])
+    return Sample((x,), kwargs)
+
+
+OPS += [
+    OpEntry("hardtanh", BF.hardtanh, F.hardtanh, _hardtanh,
+            _faults(min_val=BAD_FLOATS, max_val=BAD_FLOATS, inplace=BAD_BOOLS), elementwise=True,
+            opinfo=("nn.functional.hardtanh",)),
+    OpEntry("relu6", BF.relu6, F.relu6, _without_nan, _faults(inplace=BAD_BOOLS), elementwise=True,
+            opinfo=("nn.functional.relu6",)),
+    # torch has no double backward for hardsigmoid (ours: zero almost everywhere, gradgradcheck judges it)
+    OpEntry("hardsigmoid", BF.hardsigmoid, F.hardsigmoid, _hard_activation, _faults(inplace=BAD_BOOLS),
+            elementwise=True, opinfo=("nn.functional.hardsigmoid",),
+            torch_bugs=("derivative for aten::hardsigmoid_backward is not implemented",)),
+    OpEntry("hardswish", BF.hardswish, F.hardswish, _without_nan, _faults(inplace=BAD_BOOLS), elementwise=True,
+            opinfo=("nn.functional.hardswish",)),
+    OpEntry("silu", BF.silu, F.silu, _hard_activation, _faults(inplace=BAD_BOOLS), elementwise=True,
+            opinfo=("nn.functional.silu",)),
+    OpEntry("mul", BF.mul, torch.mul, _mul_or_div, _faults(**{"0": BAD_TENSORS, "1": BAD_TENSORS[1:]}),
+            elementwise=False, opinfo=("mul",)),
+    OpEntry("div", BF.div, torch.div, _div, _faults(**{"0": BAD_TENSORS, "1": BAD_TENSORS[1:]}),
+            opinfo=("div.no_rounding_mode",)),
+    OpEntry("sum", BF.sum, torch.sum, _reduction, _faults(dim=BAD_INTS + [7, (0, 0)], dtype=BAD_DTYPES),
+            opinfo=("sum",)),
+    OpEntry("mean", BF.mean, torch.mean, _reduction, _faults(dim=BAD_INTS + [7, (0, 0)], dtype=BAD_DTYPES),
+            opinfo=("mean",)),
+]  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------- the transformer's operations
 
 

@@ -233,13 +233,14 @@ def test_convert_leaves_subclasses_native():
 
 
 TORCHVISION = [
-    # (constructor, input size, what convert must swap): weights=None, small inputs. Only ReLU6 stays native
+    # (constructor, input size, what convert must swap): weights=None, small inputs
     # (resnet's blocks each use one ReLU module twice: 9 modules). VGG adds nothing AlexNet lacks
     # but time; tests/test_converted_models.py has vgg11_bn and the backward graphs.
     (tvm.alexnet, 64, {"Conv2d": 5, "ReLU": 7, "MaxPool2d": 3, "AdaptiveAvgPool2d": 1, "Dropout": 2, "Linear": 3}),
     (tvm.resnet18, 32,
      {"Conv2d": 20, "BatchNorm2d": 20, "ReLU": 9, "MaxPool2d": 1, "AdaptiveAvgPool2d": 1, "Linear": 1}),
-    (tvm.mobilenet_v2, 32, {"Conv2d": 52, "BatchNorm2d": 52, "Dropout": 1, "Linear": 1}),  # 17 depthwise convolutions
+    (tvm.mobilenet_v2, 32,  # 17 depthwise convolutions
+     {"Conv2d": 52, "BatchNorm2d": 52, "ReLU6": 35, "Dropout": 1, "Linear": 1}),
     # DenseNet's transitions are nn.AvgPool2d(2); a two-block DenseNet keeps the test quick
     (lambda **kw: tvm.DenseNet(8, (2, 2), 16, **kw), 32,
      {"Conv2d": 10, "BatchNorm2d": 11, "ReLU": 10, "MaxPool2d": 1, "AvgPool2d": 1, "Linear": 1}),

@@ -305,6 +305,8 @@ def test_second_order_matches_torch(op: OpEntry):
                 # is held by gradgradcheck (README "Limits")
                 results.append("torch raised")
         ours, theirs = results
+        if theirs == "refused":  # ours is judged by gradgradcheck alone
+            continue
         what = f"{op.name} draw {i} {sample.describe()} second order"
         if isinstance(theirs, str):
             continue
@@ -402,7 +404,8 @@ def _opinfo_samples(op: OpEntry, dtype: torch.dtype):
     from torch.testing._internal.common_methods_invocations import op_db
 
     for info in op_db:
-        if info.name in op.opinfo and info.variant_test_name == "":
+        variant = f"{info.name}.{info.variant_test_name}" if info.variant_test_name else info.name
+        if variant in op.opinfo:  # "div.no_rounding_mode": a variant by name
             for sample in info.sample_inputs("cpu", dtype, requires_grad=True):
                 yield info.name, sample
 
@@ -425,7 +428,7 @@ def test_every_function_has_an_entry():
     from bp_torch import functional as BF
 
     named = {op.name for op in OPS}
-    aliases = {"relu_", "leaky_relu_", "max_pool2d_with_indices"}  # spellings of an entry's function
+    aliases = {"relu_", "leaky_relu_", "max_pool2d_with_indices", "hardtanh_"}  # spellings of an entry's function
     assert set(BF.__all__) - aliases <= named, set(BF.__all__) - aliases - named
 
 

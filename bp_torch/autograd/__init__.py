@@ -19,7 +19,11 @@ Beyond the notes (equation labels D and M are ours, derived in ``docs/derivation
 - ``max_pool``: ``MaxPool2dFunction`` (eq. M1, M2) and its gradient's pair of Functions, the scatter
   ``MaxPool2dInputGradFunction`` and the gather ``MaxPool2dGatherFunction`` (eq. M2, M3), each the other's backward;
 - ``adaptive_pool``: ``AdaptiveAvgPool2dFunction`` (eq. M4, M5) and ``AdaptiveAvgPool2dInputGradFunction``;
-- ``batch_norm``: ``BatchNormFunction`` (eq. M6–M12).
+- ``batch_norm``: ``BatchNormFunction`` (eq. M6–M12);
+- ``hard_activations``: ``HardtanhFunction`` (ReLU6 too), ``HardsigmoidFunction``, ``HardswishFunction``,
+  ``SiluFunction`` (eq. H1–H4), and the in-place twins of the last two, which keep a copy of x;
+- ``elementwise``: ``MulFunction``, ``DivFunction`` with broadcasting (eq. E1–E3);
+- ``reduction``: ``SumFunction``, ``MeanFunction`` over dimensions (eq. R1, R2).
 
 The transformer's operations (equation labels T, ours):
 
@@ -49,13 +53,23 @@ from bp_torch.autograd.conv import (
 )
 from bp_torch.autograd.direct import DirectFeedbackFunction, OutputErrorFunction
 from bp_torch.autograd.dropout import DropoutFunction
+from bp_torch.autograd.elementwise import DivFunction, MulFunction
 from bp_torch.autograd.gelu import GeluFunction
+from bp_torch.autograd.hard_activations import (
+    HardsigmoidFunction,
+    HardswishFunction,
+    HardswishInplaceFunction,
+    HardtanhFunction,
+    SiluFunction,
+    SiluInplaceFunction,
+)
 from bp_torch.autograd.layer_norm import GroupNormFunction, LayerNormFunction
 from bp_torch.autograd.linear import LinearFunction
 from bp_torch.autograd.loss import CrossEntropyFunction, MSELossFunction, NllLossFunction
 from bp_torch.autograd.matmul import AddmmFunction, MatmulFunction
 from bp_torch.autograd.max_pool import MaxPool2dFunction, MaxPool2dGatherFunction, MaxPool2dInputGradFunction
 from bp_torch.autograd.pool import AvgPool2dFunction, avg_pool2d_divisor
+from bp_torch.autograd.reduction import MeanFunction, SumFunction
 from bp_torch.autograd.softmax import LogSoftmaxFunction, SoftmaxFunction
 
 __all__ = [
@@ -84,6 +98,17 @@ __all__ = [
     "AdaptiveAvgPool2dFunction",
     "AdaptiveAvgPool2dInputGradFunction",
     "BatchNormFunction",
+    # the CNN zoo's activations, products and reductions (eq. H, E, R)
+    "HardtanhFunction",
+    "HardsigmoidFunction",
+    "HardswishFunction",
+    "SiluFunction",
+    "HardswishInplaceFunction",
+    "SiluInplaceFunction",
+    "MulFunction",
+    "DivFunction",
+    "SumFunction",
+    "MeanFunction",
     # the transformer's operations (eq. T1–T12)
     "LayerNormFunction",
     "GroupNormFunction",
