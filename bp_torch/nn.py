@@ -27,9 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from bp_torch import direct_feedback
+from bp_torch import direct_feedback, routing
 from bp_torch import functional as BF
-from bp_torch import routing
 from bp_torch.feedback import feedback_matrix, set_rule
 
 __all__ = ["Conv2d", "AvgPool2d", "Sigmoid", "Linear", "convert", "to_native", "Conversion"]

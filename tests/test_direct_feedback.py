@@ -228,8 +228,8 @@ def test_ddp_broadcasts_b_and_averages_the_dfa_gradients(tmp_path):
 def test_alignment_monitor_measures_dfa():
     """TensorBoard's alignment/<layer>/... under dfa: fc receives e itself, so its weight gradient is exact (angle 0);
     the layers below receive B̃ᵀe, far from backprop's δ at the start."""
-    from bp_torch.train.config import Loss
     from bp_torch.feedback import alignment
+    from bp_torch.train.config import Loss
 
     torch.manual_seed(0)
     values = alignment(LeNet(rule="dfa"), torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,)), Loss("ce"))
