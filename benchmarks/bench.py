@@ -429,8 +429,8 @@ def bench_models(device, args) -> list[Row]:
 
 
 def bench_epochs(device, args) -> list[Row]:
-    from bp_torch.train.config import PRESETS, Loss, build
-    from bp_torch.train.data import DatasetNotFoundError, make_loaders
+    from bp_torch.train.config import PRESETS, Loss, build, make_loaders
+    from bp_torch.train.data import DatasetNotFoundError
 
     rows = []
     recipes = [("default", PRESETS["default"]), ("seed at b256", _replace(PRESETS["seed"], batch_size=256))]
@@ -449,7 +449,7 @@ def bench_epochs(device, args) -> list[Row]:
 
         def epoch(impl, steps=steps, cfg=cfg, train=train):
             impl_cfg = _replace(cfg, impl=impl)
-            model, optimizer, scheduler = build(impl_cfg, device, train)
+            model, optimizer, scheduler = build(impl_cfg, device, steps)
             loss_fn = Loss(impl_cfg.loss, impl, impl_cfg.label_smoothing)
             train.set_epoch(0)
             sync(device)

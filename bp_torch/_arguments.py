@@ -90,7 +90,8 @@ def float_arg(value, name: str, op: str, scalar: bool = False) -> float:
     """torch's ``float`` (C++ double) argument, or with ``scalar`` its ``Scalar`` read as a float: a Python float,
     int or bool, a numpy number, or a 0-d tensor that does not require grad; TypeError otherwise. A complex number
     is a TypeError as a ``float``; as a ``Scalar`` it parses, then fails converting (RuntimeError), as in torch."""
-    if isinstance(value, torch.Tensor):
+    from_tensor = isinstance(value, torch.Tensor)
+    if from_tensor:
         if value.dim() != 0 or value.requires_grad:
             kind = "Number" if scalar else "float"
             raise TypeError(f"{op}(): argument '{name}' must be {kind}, not a Tensor of size {list(value.shape)}")
@@ -98,8 +99,8 @@ def float_arg(value, name: str, op: str, scalar: bool = False) -> float:
     elif _is_numpy_number(value):
         value = value.item()
     if isinstance(value, complex):
-        if scalar:
-            raise RuntimeError(f"{op}: argument '{name}'={value!r} cannot be converted to type float without overflow")
+        if scalar or from_tensor:  # a complex 0-d tensor parses, then fails converting
+            raise RuntimeError(f"{op}: argument '{name}'={value!r} cannot be converted to type double without overflow")
         raise TypeError(f"{op}(): argument '{name}' must be float, not complex")
     if not isinstance(value, (bool, int, float)):
         raise TypeError(f"{op}(): argument '{name}' must be {'Number' if scalar else 'float'}, not {_type_name(value)}")
@@ -116,7 +117,11 @@ def dim_arg(value, name: str, op: str) -> int:
 
 
 def optional_dtype_arg(value, name: str, op: str) -> torch.dtype | None:
-    """torch's ``ScalarType?`` argument: None or a torch.dtype (not an int, a string or a numpy type)."""
+    """torch's ``ScalarType?`` argument: None, a torch.dtype, or one of Python's number types as torch reads them
+    (float: float64, int: int64, bool, complex: complex128); not an int, a string or a numpy type."""
+    python_types = {float: torch.float64, int: torch.int64, bool: torch.bool, complex: torch.complex128}
+    if isinstance(value, type) and value in python_types:
+        return python_types[value]
     if value is not None and not isinstance(value, torch.dtype):
         raise TypeError(f"{op}(): argument '{name}' must be torch.dtype, not {_type_name(value)}")
     return value
@@ -383,9 +388,10 @@ def reduction_of(reduction: str, size_average=None, reduce=None) -> str:
 def check_dropout(p, training) -> float:
     """dropout's ``p`` (a float in [0, 1]: ValueError outside, RuntimeError for NaN, as torch's kernel) and
     ``training`` (a bool); returns p as a float."""
-    value = float_arg(p, "p", "dropout")
-    if value < 0.0 or value > 1.0:
+    # torch.nn.functional.dropout's own first check, on p as given (a tensor of two values: its RuntimeError)
+    if p < 0.0 or p > 1.0:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    value = float_arg(p, "p", "dropout")
     bool_arg(training, "training", "dropout")
     if value != value:
         raise RuntimeError(f"dropout probability has to be between 0 and 1, but got {p}")
@@ -458,7 +464,12 @@ def check_adaptive_avg_pool2d(input, output_size) -> Pair:
     if not isinstance(output_size, int):
         # torch's _list_with_default: anything but an int is read as a sequence, a None entry keeping that dimension's
         # input size (a numpy integer or a 0-d tensor has no len(): a TypeError there too)
-        if not hasattr(output_size, "__len__") or isinstance(output_size, torch.Tensor) and output_size.dim() == 0:
+        if (
+            not hasattr(output_size, "__len__")
+            or isinstance(output_size, (str, bytes))
+            or isinstance(output_size, torch.Tensor)
+            and output_size.dim() == 0
+        ):
             raise TypeError(f"{op}(): output_size must be an int or a sequence of two, not {_type_name(output_size)}")
         if len(output_size) != 2:
             raise RuntimeError(f"{op}: output_size must be 2 values, but got output_size={output_size!r}")
@@ -476,6 +487,11 @@ def check_batch_norm(input, running_mean, running_var, weight, bias, training, m
     for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
         if t is not None:
             _check_tensor(t, name, op)
+    # torch.nn.functional.batch_norm's own checks, on eps as given (so a tensor of two values fails as there)
+    if training and eps <= 0.0:
+        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    elif eps < 0.0:
+        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
     bool_arg(training, "training", op)
     momentum, eps = float_arg(momentum, "momentum", op), float_arg(eps, "eps", op)
     if input.dim() == 1 and input.numel() == 0:

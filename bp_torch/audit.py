@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ["audit", "Audit", "Node", "STRUCTURAL", "label_modules", "backward_kernels"]
+__all__ = ["audit", "Audit", "Node", "STRUCTURAL", "label_modules", "backward_kernels", "audit_backward"]
 
 # Nodes whose backward only routes gradients: each passes δ on unchanged, reshaped, re-strided, cast, summed over a
 # broadcast or added from two branches. Anything computing a derivative is not here.
@@ -251,3 +251,23 @@ class backward_kernels(TorchDispatchMode):
         if "backward" in func.__name__:
             self.seen.append(f"aten.{func.__name__}" if func.namespace == "aten" else str(func))
         return func(*args, **(kwargs or {}))
+
+
+def audit_backward(model: torch.nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor) -> tuple[Audit, list[str]]:
+    """The audit of one training step's backward graph, and the aten ``*_backward`` kernels its backward ran.
+
+    The step runs in training mode on ``x``, ``y`` with the random state saved and restored, and its backward
+    through ``autograd.grad``: no ``.grad``, no random draw and no mode of the run is changed.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        model.train()
+        try:
+            with label_modules(model):
+                loss = loss_fn(model(x), y)
+            with backward_kernels() as kernels:
+                torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
+        finally:
+            model.train(was_training)
+    return audit(loss), kernels.seen

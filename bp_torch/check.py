@@ -118,11 +118,18 @@ def _mse(name, **options) -> Case:
     """A weighted squared error: input, target and weight all differentiated."""
 
     def make(device, dtype):
-        return (*(torch.randn(3, 4, device=device, dtype=dtype) for _ in range(2)),
-                torch.rand(3, 4, device=device, dtype=dtype) + 0.5)  # fmt: skip
+        return (
+            *(torch.randn(3, 4, device=device, dtype=dtype) for _ in range(2)),
+            torch.rand(3, 4, device=device, dtype=dtype) + 0.5,
+        )
 
-    return Case(f"mse_loss {name}", lambda x, y, w, **o: BF.mse_loss(x, y, weight=w, **o),
-                lambda x, y, w, **o: F.mse_loss(x, y, weight=w, **o), make, options)  # fmt: skip
+    return Case(
+        f"mse_loss {name}",
+        lambda x, y, w, **o: BF.mse_loss(x, y, weight=w, **o),
+        lambda x, y, w, **o: F.mse_loss(x, y, weight=w, **o),
+        make,
+        options,
+    )
 
 
 def _max_pool(name, x, **options) -> Case:
@@ -131,8 +138,9 @@ def _max_pool(name, x, **options) -> Case:
 
 def _adaptive(name, x, output_size) -> Case:
     make = lambda d, t: (_randn(*x)(d, t),)  # noqa: E731
-    return Case(f"adaptive_avg_pool2d {name}", BF.adaptive_avg_pool2d, F.adaptive_avg_pool2d, make,
-                {"output_size": output_size})  # fmt: skip
+    return Case(
+        f"adaptive_avg_pool2d {name}", BF.adaptive_avg_pool2d, F.adaptive_avg_pool2d, make, {"output_size": output_size}
+    )
 
 
 def _batch_norm(name, x, training=True, affine=True, running=True, **options) -> Case:

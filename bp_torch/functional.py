@@ -143,15 +143,15 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) 
         >>> conv2d(torch.randn(2, 3, 8, 8), torch.randn(4, 3, 3, 3), padding="same").shape
         torch.Size([2, 4, 8, 8])
     """
-    if has_torch_function_variadic(input, weight, bias):  # torch.fx proxies, tensor subclasses: as torch's functions
-        return handle_torch_function(conv2d, (input, weight, bias), input, weight, bias, stride, padding, dilation,
-                                     groups)  # fmt: skip
     return _conv2d(input, weight, bias, stride, padding, dilation, groups)
 
 
 def _conv2d(input, weight, bias, stride, padding, dilation, groups, feedback=None) -> torch.Tensor:
-    """:func:`conv2d` after its __torch_function__ dispatch; ``feedback`` (the weight's shape): the matrix a backward
+    """:func:`conv2d`, and ``bp_torch.nn.Conv2d``'s forward: ``feedback`` (the weight's shape) is the matrix a backward
     rule of ``bp_torch.feedback`` sends δ back through in the weight's place (None: the weight, exact backprop)."""
+    if feedback is None and has_torch_function_variadic(input, weight, bias):  # torch.fx proxies, tensor subclasses
+        args = (input, weight, bias, stride, padding, dilation, groups)
+        return handle_torch_function(conv2d, (input, weight, bias), *args)  # as torch's functions do
     given_padding = padding
     stride, padding, extra, dilation, groups = check_conv2d(input, weight, bias, stride, padding, dilation, groups)
     unbatched = input.dim() == 3
@@ -173,10 +173,7 @@ def _conv2d(input, weight, bias, stride, padding, dilation, groups, feedback=Non
     if input.numel():
         check_same_dtype_and_device("conv2d", input=input, weight=weight, bias=bias)
     with autocast_off:
-        if feedback is None:
-            out = apply(Conv2dFunction, input, weight, bias, stride, padding, dilation, groups)
-        else:
-            out = apply(Conv2dFunction, input, weight, bias, stride, padding, dilation, groups, feedback)
+        out = apply(Conv2dFunction, input, weight, bias, stride, padding, dilation, groups, feedback)
     return out.squeeze(0) if unbatched else out
 
 
@@ -214,8 +211,9 @@ def avg_pool2d(
                  [1., 1.]]])
     """
     if has_torch_function_unary(input):
-        return handle_torch_function(avg_pool2d, (input,), input, kernel_size, stride, padding, ceil_mode,
-                                     count_include_pad, divisor_override)  # fmt: skip
+        return handle_torch_function(
+            avg_pool2d, (input,), input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+        )
     options = check_avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
     unbatched = input.dim() == 3
     if unbatched:
@@ -259,20 +257,18 @@ def linear(input, weight, bias=None) -> torch.Tensor:
         >>> linear(torch.ones(5, 3), torch.ones(2, 3)).shape
         torch.Size([5, 2])
     """
-    if has_torch_function_variadic(input, weight, bias):
-        return handle_torch_function(linear, (input, weight, bias), input, weight, bias)
     return _linear(input, weight, bias)
 
 
 def _linear(input, weight, bias, feedback=None) -> torch.Tensor:
-    """:func:`linear` after its __torch_function__ dispatch; ``feedback`` as in :func:`_conv2d`."""
+    """:func:`linear`, and ``bp_torch.nn.Linear``'s forward; ``feedback`` as in :func:`_conv2d`."""
+    if feedback is None and has_torch_function_variadic(input, weight, bias):
+        return handle_torch_function(linear, (input, weight, bias), input, weight, bias)
     check_linear(input, weight, bias)
     (input, weight, bias, feedback), autocast_off = _autocast_lower_precision(input, weight, bias, feedback)
     with autocast_off:
         try:
-            if feedback is not None:
-                return apply(LinearFunction, input, weight, bias, feedback)
-            return apply(LinearFunction, input, weight, bias)
+            return apply(LinearFunction, input, weight, bias, feedback)
         except RuntimeError as error:  # F.linear's verdict (check_linear says why it is torch's): its type, explained
             named = ", ".join(
                 f"{name} of size {list(t.shape)} ({t.dtype} on {t.device})"
@@ -406,6 +402,7 @@ def dropout(input, p=0.5, training=True, inplace=False) -> torch.Tensor:
     if has_torch_function_unary(input):
         return handle_torch_function(dropout, (input,), input, p=p, training=training, inplace=inplace)
     p = check_dropout(p, training)
+    inplace = bool(inplace)  # torch's `if inplace` picks the kernel: read whatever else the call does
     check_tensor(input, "input", "dropout")
     if not training or p == 0 or input.numel() == 0:
         return input
@@ -413,7 +410,7 @@ def dropout(input, p=0.5, training=True, inplace=False) -> torch.Tensor:
         noise = torch.zeros((), dtype=input.dtype, device=input.device)  # torch multiplies by a zero scalar too
     else:
         noise = torch.empty_like(input).bernoulli_(1 - p).div_(1 - p)  # eq. D4: m / (1 − p), drawn as torch draws it
-    return _maybe_inplace(DropoutFunction, input, noise, inplace=bool(inplace))
+    return _maybe_inplace(DropoutFunction, input, noise, inplace=inplace)
 
 
 # --- softmax and the losses (Note B eq. 13–16; docs/derivation.md eq. D5–D12) -------------------------------------
@@ -509,8 +506,9 @@ def _class_inputs(input, target):
     return input, target, False
 
 
-def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
-             reduction="mean") -> torch.Tensor:  # fmt: skip
+def nll_loss(
+    input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean"
+) -> torch.Tensor:
     """Negative log-likelihood of class indices, as :func:`torch.nn.functional.nll_loss`; backward −w_t/D at each
     target class and zero elsewhere (eq. D9).
 
@@ -530,8 +528,9 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
         return handle_torch_function(nll_loss, (input, target, weight), input, target, weight=weight,
                                      size_average=size_average, ignore_index=ignore_index, reduce=reduce,
                                      reduction=reduction)  # fmt: skip
-    for name, t in (("input", input), ("target", target)):
-        check_tensor(t, name, "nll_loss")
+    for name, t in (("input", input), ("target", target), ("weight", weight)):
+        if t is not None or name != "weight":
+            check_tensor(t, name, "nll_loss")
     reduction = reduction_of(reduction, size_average, reduce)
     ignore_index = int_arg(ignore_index, "ignore_index", "nll_loss")
     check_weight_not_differentiable(weight)
@@ -542,8 +541,9 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
     return out.squeeze(0) if unbatched and reduction == "none" else out
 
 
-def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
-                  label_smoothing=0.0) -> torch.Tensor:  # fmt: skip
+def cross_entropy(
+    input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean", label_smoothing=0.0
+) -> torch.Tensor:
     """Softmax cross-entropy of logits, as :func:`torch.nn.functional.cross_entropy`; backward (s·p − a)/D: the
     softmax minus the (weighted, smoothed) targets over the mean's denominator (eq. D10–D12).
 
@@ -566,8 +566,9 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         return handle_torch_function(cross_entropy, (input, target, weight), input, target, weight=weight,
                                      size_average=size_average, ignore_index=ignore_index, reduce=reduce,
                                      reduction=reduction, label_smoothing=label_smoothing)  # fmt: skip
-    for name, t in (("input", input), ("target", target)):
-        check_tensor(t, name, "cross_entropy")
+    for name, t in (("input", input), ("target", target), ("weight", weight)):
+        if t is not None or name != "weight":
+            check_tensor(t, name, "cross_entropy")
     reduction = reduction_of(reduction, size_average, reduce)
     ignore_index = int_arg(ignore_index, "ignore_index", "cross_entropy")
     label_smoothing = float_arg(label_smoothing, "label_smoothing", "cross_entropy")
@@ -602,8 +603,16 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
         tensor(5.)
     """
     if has_torch_function_variadic(input, target, weight):
-        return handle_torch_function(mse_loss, (input, target, weight), input, target, size_average=size_average,
-                                     reduce=reduce, reduction=reduction, weight=weight)  # fmt: skip
+        return handle_torch_function(
+            mse_loss,
+            (input, target, weight),
+            input,
+            target,
+            size_average=size_average,
+            reduce=reduce,
+            reduction=reduction,
+            weight=weight,
+        )
     for name, t in (("input", input), ("target", target)):
         check_tensor(t, name, "mse_loss")
     if target.size() != input.size():
@@ -664,8 +673,9 @@ def max_pool2d_with_indices(
         (tensor([[[4.]]]), tensor([[[1]]]))
     """
     if has_torch_function_unary(input):
-        return handle_torch_function(max_pool2d_with_indices, (input,), input, kernel_size, stride, padding,
-                                     dilation, ceil_mode, return_indices)  # fmt: skip
+        return handle_torch_function(
+            max_pool2d_with_indices, (input,), input, kernel_size, stride, padding, dilation, ceil_mode, return_indices
+        )
     kernel_size, stride, padding, dilation = check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode)
     unbatched = input.dim() == 3
     if unbatched:
@@ -687,8 +697,9 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
                  [13., 15.]]])
     """
     if has_torch_function_unary(input):
-        return handle_torch_function(max_pool2d, (input,), input, kernel_size, stride, padding, dilation, ceil_mode,
-                                     return_indices)  # fmt: skip
+        return handle_torch_function(
+            max_pool2d, (input,), input, kernel_size, stride, padding, dilation, ceil_mode, return_indices
+        )
     out, indices = max_pool2d_with_indices(input, kernel_size, stride, padding, dilation, ceil_mode)
     return (out, indices) if return_indices else out
 

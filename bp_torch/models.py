@@ -16,6 +16,7 @@ import math
 import torch
 from torch import nn
 
+from bp_torch import direct_feedback
 from bp_torch import nn as bnn
 from bp_torch.feedback import set_rule
 
@@ -46,7 +47,8 @@ class LeNet(nn.Module):
             counterparts. Both consume the random generator identically, so the same seed gives the same weights,
             and their state_dicts load into each other.
         rule: the backward rule of conv1, conv2 and fc (``bp_torch.feedback``; manual only): ``"backprop"`` (exact,
-            the default), ``"fa"``, ``"usf"``, ``"brsf"`` or ``"frsf"``. The weights are the same for every rule
+            the default), ``"fa"``, ``"usf"``, ``"brsf"``, ``"frsf"`` or ``"dfa"`` (direct feedback alignment of the
+            logits' error, ``bp_torch.direct_feedback``). The weights are the same for every rule
             (a rule's fixed matrices are drawn after them).
 
     Shape:
@@ -72,6 +74,8 @@ class LeNet(nn.Module):
         if rule != "backprop":
             for layer in (self.conv1, self.conv2, self.fc):
                 set_rule(layer, rule)
+        if rule == "dfa":  # the logits' error goes straight to each layer (its B drawn here, after fa's would be)
+            direct_feedback.attach(self, 10)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

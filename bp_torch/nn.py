@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from bp_torch import direct_feedback, routing
 from bp_torch import functional as BF
-from bp_torch import routing
 from bp_torch.feedback import feedback_matrix, set_rule
 
 __all__ = ["Conv2d", "AvgPool2d", "Sigmoid", "Linear", "convert", "to_native", "Conversion"]
@@ -78,19 +78,20 @@ class Conv2d(NotScriptable, nn.Conv2d):
         *,
         rule: str = "backprop",
     ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
-                         device, dtype)  # fmt: skip
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, device, dtype
+        )
         set_rule(self, rule)
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         # mirrors torch.nn.Conv2d._conv_forward line for line, with our conv2d in place of F.conv2d
-        feedback = feedback_matrix(self)
+        if getattr(self, "rule", None) == "dfa":  # δ to the input: B̃ᵀe, e the output error (bp_torch.direct_feedback)
+            input = direct_feedback.gate(self, input)
+        feedback = feedback_matrix(self)  # None: exact backprop
         if self.padding_mode != "zeros":
             input, padding = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode), 0
         else:
             padding = self.padding
-        if feedback is None:
-            return BF.conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups)
         return BF._conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups, feedback)
 
 
@@ -127,10 +128,9 @@ class Linear(NotScriptable, nn.Linear):
         set_rule(self, rule)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        feedback = feedback_matrix(self)
-        if feedback is None:
-            return BF.linear(input, self.weight, self.bias)
-        return BF._linear(input, self.weight, self.bias, feedback)
+        if getattr(self, "rule", None) == "dfa":  # δ to the input: Bᵀe, e the output error (bp_torch.direct_feedback)
+            input = direct_feedback.gate(self, input)
+        return BF._linear(input, self.weight, self.bias, feedback_matrix(self))  # feedback None: exact backprop
 
 
 # activations, dropout, softmax and the losses (docs/derivation.md eq. D1–D12; the squared error is Note B eq. 13–16)
@@ -481,7 +481,10 @@ def convert(model: nn.Module, rule: str = "backprop") -> tuple[nn.Module, Conver
     twin replaces (``NonDynamicallyQuantizableLinear`` is a Linear); one with a forward of its own stays native, as
     every other layer, and is named in the summary. For an untouched original, convert a copy:
     ``convert(copy.deepcopy(model))``. ``rule`` sets the backward rule of every bp_torch Linear and Conv2d in the
-    model (:mod:`bp_torch.feedback`; default ``"backprop"``, exact).
+    model (:mod:`bp_torch.feedback`; default ``"backprop"``, exact); a layer that has it already keeps its feedback
+    matrices. ``"dfa"`` also marks ``model`` as the network whose output error its layers receive
+    (:func:`bp_torch.direct_feedback.attach`: K is the out_features of its last Linear, or out_channels of its last
+    Conv2d).
 
     The functions the model's ``forward`` calls (``F.relu``, ``x.mean([2, 3])``, ``scale * x`` ...) are routed to
     bp_torch's twins while it runs (:mod:`bp_torch.routing`: hooks on ``model``, removed by :func:`to_native`); the
@@ -501,8 +504,12 @@ def convert(model: nn.Module, rule: str = "backprop") -> tuple[nn.Module, Conver
     routing.install(model, summary.native_calls)
     summary.native_calls = routing.installed(model)  # a model converted before keeps its record
     for module in model.modules():
-        if isinstance(module, (Linear, Conv2d)) and (rule != "backprop" or getattr(module, "rule", None) is None):
+        had = getattr(module, "rule", None)
+        # a layer that already has the rule keeps its matrices (a checkpoint restored before the call survives it)
+        if isinstance(module, (Linear, Conv2d)) and had != rule and (rule != "backprop" or had is None):
             set_rule(module, rule)
+    if rule == "dfa":  # the model's output is the error its layers receive; B drawn where there is none
+        direct_feedback.attach(model)
     return model, summary
 
 
@@ -513,5 +520,6 @@ def to_native(model: nn.Module) -> tuple[nn.Module, Conversion]:
         if isinstance(module, (Linear, Conv2d)):
             module._buffers.pop("feedback", None)
             module.__dict__.pop("rule", None)
+        direct_feedback.release(module)
     routing.uninstall(model)
     return _swap(model, {twin: native for native, twin in TWINS.items()} | _DERIVED_NATIVE)

@@ -1,11 +1,11 @@
 """Seed every test and pick the device from BP_TORCH_TEST_DEVICE (cpu by default), so the suite runs on CUDA too."""
 
 import os
-import struct
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import write_idx
 
 import bp_torch
 
@@ -51,11 +51,6 @@ def mnist_root() -> Path:
     pytest.skip("real MNIST not found: set BP_TORCH_DATA to a folder holding MNIST/raw")
 
 
-def _write_idx(path: Path, data: torch.Tensor) -> None:
-    header = struct.pack(">BBBB", 0, 0, 0x08, data.dim()) + struct.pack(f">{data.dim()}I", *data.shape)
-    path.write_bytes(header + data.to(torch.uint8).numpy().tobytes())
-
-
 @pytest.fixture(scope="session")
 def fake_data(tmp_path_factory) -> Path:
     """A small MNIST: 512 training and 251 test digits, each class a bright bar at its own row, plus noise.
@@ -71,6 +66,6 @@ def fake_data(tmp_path_factory) -> Path:
         images = torch.randint(0, 60, (n, 28, 28), generator=g)
         for i, k in enumerate(labels.tolist()):
             images[i, 3 + 2 * k : 5 + 2 * k, 4:24] = 255
-        _write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
     return root

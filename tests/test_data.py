@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import idx_bytes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DistributedSampler
@@ -22,10 +23,6 @@ FILES = [
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 ]
-
-
-def idx_bytes(t: torch.Tensor, code: int = 0x08) -> bytes:
-    return bytes([0, 0, code, t.dim()]) + struct.pack(f">{t.dim()}I", *t.shape) + bytes(t.flatten().tolist())
 
 
 def write(path: Path, content: bytes, gz: bool = False) -> Path:
@@ -165,6 +162,18 @@ def test_download_is_the_fallback(tmp_path, monkeypatch):
     assert len(calls) == 2
 
 
+@pytest.mark.parametrize("inner", ["MNIST", "MNIST/raw"])
+def test_a_root_inside_the_dataset_names_the_root_meant(tmp_path, monkeypatch, inner):
+    """A root pointing at MNIST/ or MNIST/raw/ is refused naming the folder above, and nothing is downloaded into it:
+    torchvision would nest a second copy, <root>/MNIST/MNIST/raw."""
+    write_split(tmp_path / "MNIST" / "raw", 3, 3)
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # any download attempt would fail on the import
+    with pytest.raises(DatasetNotFoundError, match=f"The root is MNIST's own folder: pass {tmp_path}, the folder") as e:
+        load_dataset("mnist", root=tmp_path / inner, download=True)
+    assert e.value.inside == tmp_path and e.value.failure is None
+    assert sorted(p.name for p in (tmp_path / "MNIST").iterdir()) == ["raw"]
+
+
 def test_extra_folders_are_searched(tmp_path, monkeypatch):
     write_split(tmp_path / "debian", 4, 4, gz=True, train=False)
     monkeypatch.setitem(DATASETS, "fashion-mnist", DATASETS["fashion-mnist"]._replace(also=(str(tmp_path / "debian"),)))
@@ -259,8 +268,9 @@ def test_train_shards_are_distributed_samplers(device, n, world_size, batch_size
     images, labels = identity_data(n)
     shards = []
     for rank in range(world_size):
-        loader = DeviceLoader(images, labels, batch_size, shuffle=shuffle, seed=seed, rank=rank,
-                              world_size=world_size, device=device)  # fmt: skip
+        loader = DeviceLoader(
+            images, labels, batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, device=device
+        )
         batches = epoch(loader, e)
         assert len(loader) == len(batches) == math.ceil(math.ceil(n / world_size) / batch_size)
         sampler = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
@@ -285,8 +295,17 @@ def test_eval_shards_cover_each_sample_once(device, n, world_size, batch_size, s
     images, labels = identity_data(n)
     shards = []
     for rank in range(world_size):
-        loader = DeviceLoader(images, labels, batch_size, shuffle=shuffle, seed=seed, rank=rank,
-                              world_size=world_size, even_shards=False, device=device)  # fmt: skip
+        loader = DeviceLoader(
+            images,
+            labels,
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            even_shards=False,
+            device=device,
+        )
         batches = epoch(loader, 0)
         assert len(loader) == len(batches) == math.ceil(loader.num_samples / batch_size)
         shards.append(torch.cat(batches).tolist() if batches else [])

@@ -10,8 +10,10 @@ from bp_torch.autograd import conv2d_input_grad
 from bp_torch.dense import DenseConv2d, conv2d_matrix, dense_conv2d
 
 F64 = torch.float64
-LENET = [ConvCase(1, 6, 1, (5, 5), (28, 28), batch=4, name="lenet-C1"), ConvCase(6, 12, 1, (5, 5), (12, 12), batch=4,
-         name="lenet-C2")]  # fmt: skip
+LENET = [
+    ConvCase(1, 6, 1, (5, 5), (28, 28), batch=4, name="lenet-C1"),
+    ConvCase(6, 12, 1, (5, 5), (12, 12), batch=4, name="lenet-C2"),
+]
 GRID = [pytest.param(case, id=str(case)) for case in CONV_GRID]
 
 

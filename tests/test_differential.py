@@ -218,8 +218,17 @@ def avg_pool2d_arguments(draw):
 def _pool_faults(name, args):
     x = args["input"].detach()
     if name == "input":
-        return [x.flatten(), torch.randn(2, 2), x[None, None] if x.dim() == 3 else x[None], x[..., :0, :],
-                x[..., :0, :, :], x.to(torch.complex128), x.to(torch.int64), x.tolist(), None]  # fmt: skip
+        return [
+            x.flatten(),
+            torch.randn(2, 2),
+            x[None, None] if x.dim() == 3 else x[None],
+            x[..., :0, :],
+            x[..., :0, :, :],
+            x.to(torch.complex128),
+            x.to(torch.int64),
+            x.tolist(),
+            None,
+        ]
     if name in ("ceil_mode", "count_include_pad"):
         return BAD_BOOLS
     if name == "divisor_override":

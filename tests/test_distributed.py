@@ -20,12 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from helpers import train_args
 
 from bp_torch.models import LeNet
 from bp_torch.train import cli as train
 from bp_torch.train import distributed
-from bp_torch.train.config import Config, Loss
-from bp_torch.train.data import DeviceLoader, make_loaders
+from bp_torch.train.config import Config, Loss, make_loaders
+from bp_torch.train.data import DeviceLoader
 from bp_torch.train.distributed import local_batch_size
 from bp_torch.train.loop import evaluate
 from bp_torch.train.resume import load_training_checkpoint
@@ -39,15 +40,14 @@ WORLD = 2
 PORTS = 8  # one per process group the workers make
 
 
-def _args(data: Path, logdir: Path, *extra: str) -> list[str]:
-    return ["--data-dir", str(data), "--logdir", str(logdir), "--num-threads", "1", *extra]
+ONE_THREAD = ["--num-threads", "1"]
 
 
 def _steps_args(data: Path, logdir: Path) -> list[str]:
     """Plain SGD over 2 epochs of 3 global batches of 32, augmentation on: DDP's mean of the two halves' mean
     gradients is the whole batch's mean gradient, so one process and two take the same steps."""
-    return _args(
-        data, logdir, "--optimizer", "sgd", "--schedule", "constant", "--lr", "0.5", "--epochs", "2",
+    return train_args(
+        data, logdir, *ONE_THREAD, "--optimizer", "sgd", "--schedule", "constant", "--lr", "0.5", "--epochs", "2",
         "--batch-size", "32", "--limit-train-batches", "3", "--test-batch-size", "25",
     )  # fmt: skip
 
@@ -55,8 +55,8 @@ def _steps_args(data: Path, logdir: Path) -> list[str]:
 def _resume_args(data: Path, logdir: Path) -> list[str]:
     """The default recipe (Adam, one-cycle schedule, shifts), 2 epochs of 4 batches of 32, 2 test batches of 25, under
     feedback alignment: its fixed matrices are buffers DDP broadcasts from rank 0, and the checkpoints hold them."""
-    return _args(
-        data, logdir, "--epochs", "2", "--batch-size", "32", "--limit-train-batches", "4",
+    return train_args(
+        data, logdir, *ONE_THREAD, "--epochs", "2", "--batch-size", "32", "--limit-train-batches", "4",
         "--test-batch-size", "25", "--limit-test-batches", "2", "--rule", "fa",
     )  # fmt: skip
 
@@ -108,11 +108,15 @@ def _worker(rank: int, ports: list[int], data: Path, logdir: Path, out: Path) ->
             with _group(rank, next(ports)):  # a single process's checkpoint, continued by two
                 codes["single-cut"] = train.main(["--resume", str(logdir / "single-cut"), "--data-dir", str(data)])
             with _group(rank, next(ports)):  # 33 does not split over 2
-                codes["odd-batch"] = train.main([*_args(data, logdir, "--batch-size", "33", "--run-name", "odd")])
+                codes["odd-batch"] = train.main(
+                    [*train_args(data, logdir, *ONE_THREAD, "--batch-size", "33", "--run-name", "odd")]
+                )
             print("-- rank 1 misses the data --", file=sys.stderr)
             with _group(rank, next(ports)):  # one rank's error: all exit, none waits for it in a collective
                 no_data = logdir / "nowhere" if rank == 1 else data
-                codes["no-data"] = train.main([*_args(no_data, logdir, "--dry-run", "--run-name", "no-data")])
+                codes["no-data"] = train.main(
+                    [*train_args(no_data, logdir, *ONE_THREAD, "--dry-run", "--run-name", "no-data")]
+                )
     torch.save(codes, out / f"codes{rank}.pt")
 
 
@@ -188,7 +192,7 @@ def test_every_rank_exits_with_the_same_code(runs):
 
 def test_an_error_on_any_rank_is_reported_once_by_rank_0(runs):
     odd_batch, no_data = (runs / "out" / "rank0.err").read_text().split("-- rank 1 misses the data --")
-    assert "batch_size=33, world_size=2" in odd_batch
+    assert "--batch-size=33, world_size=2" in odd_batch
     errors = [line for line in no_data.splitlines() if line.startswith("train.py: error:")]
     assert len(errors) == 1 and errors[0].startswith("train.py: error: rank 1: MNIST not found")
     assert "fetch the data first with a plain run" in no_data
@@ -287,7 +291,7 @@ def test_torchrun_dry_run(fake_data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD), "train.py",
-        *_args(fake_data, tmp_path, "--dry-run", "--batch-size", "32", "--run-name", "cli"),
+        *train_args(fake_data, tmp_path, *ONE_THREAD, "--dry-run", "--batch-size", "32", "--run-name", "cli"),
     ]  # fmt: skip
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

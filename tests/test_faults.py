@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import train_args, write_idx
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bp_torch import check
@@ -33,12 +34,20 @@ from bp_torch.train.data import DatasetNotFoundError
 from bp_torch.train.resume import load_training_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--batch-size", "32", "--test-batch-size", "64", "--limit-train-batches", "3", "--limit-test-batches", "1",
-        "--grad-check-interval", "0", "--num-threads", "1"]  # fmt: skip
-
-
-def _args(data: Path, logdir: Path, *extra: str) -> list[str]:
-    return ["--data-dir", str(data), "--logdir", str(logdir), *TINY, *extra]
+TINY = [
+    "--batch-size",
+    "32",
+    "--test-batch-size",
+    "64",
+    "--limit-train-batches",
+    "3",
+    "--limit-test-batches",
+    "1",
+    "--grad-check-interval",
+    "0",
+    "--num-threads",
+    "1",
+]
 
 
 def _one_line(err: str, *parts: str) -> str:
@@ -55,7 +64,7 @@ def stopped(fake_data, tmp_path_factory) -> Path:
     """A run of 2 epochs of 3 steps (default recipe: Adam, one-cycle), stopped at epoch 1, batch 1 (step 4)."""
     logdir = tmp_path_factory.mktemp("stopped")
     stop = lambda state: (state.epoch, state.batch) == (1, 1)  # noqa: E731
-    assert train.main(_args(fake_data, logdir, "--epochs", "2", "--run-name", "r"), should_stop=stop) == 130
+    assert train.main(train_args(fake_data, logdir, *TINY, "--epochs", "2", "--run-name", "r"), should_stop=stop) == 130
     return logdir / "r"
 
 
@@ -122,8 +131,8 @@ CRAFTED = {  # each edit of a sound checkpoint (saved with a valid checksum) and
         _setter("scheduler", "total_steps", value=60),
         "scheduler.total_steps must be 6 for this config and data",
     ),
-    "format 999": (_setter("format", value=999), "format 999 is newer than this bp_torch reads (1 to 2)"),
-    "format a string": (_setter("format", value="2"), "format must be one of 1, 2"),
+    "format 999": (_setter("format", value=999), "format 999 is newer than this bp_torch reads (2)"),
+    "format a string": (_setter("format", value="2"), "format must be 2"),
     "no rng": (lambda c: c.pop("rng"), "not a bp_torch training checkpoint: it lacks rng"),
 }
 
@@ -202,24 +211,13 @@ def test_a_sound_checkpoint_still_resumes(run, capsys):
 
 
 def test_a_complete_run_says_so_and_writes_nothing(fake_data, tmp_path, capsys):
-    assert train.main(_args(fake_data, tmp_path, "--epochs", "1", "--run-name", "done")) == 0
+    assert train.main(train_args(fake_data, tmp_path, *TINY, "--epochs", "1", "--run-name", "done")) == 0
     folder = tmp_path / "done"
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     code, out, err = _resume(folder, capsys)
     assert code == 0 and err == ""
     assert "is already complete: 1 of 1 epochs" in out and "resuming" not in out
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # no checkpoint rewritten, no new log
-
-
-def test_a_format_1_checkpoint_still_resumes(run, capsys):
-    """Written before checksums and the epoch's carried sums: read as it is."""
-    path = run / "checkpoint.pt"
-    c = load_checkpoint(path)
-    c["format"] = 1
-    del c["checksum"], c["state"]["train_sums"]
-    torch.save(c, path)
-    code, _, _ = _resume(run, capsys)
-    assert code == 0
 
 
 # --- checkpoints: writing -------------------------------------------------------------------------------------
@@ -249,7 +247,7 @@ def _dead_pid() -> int:
 @pytest.mark.skipif(os.name != "posix", reason="finding a dead process by its pid is POSIX's os.kill(pid, 0)")
 def test_a_killed_savers_leftovers_are_removed(tmp_path):
     host, dead = socket.gethostname(), _dead_pid()
-    stale = [f".checkpoint.pt.{host}.{dead}.0.tmp", f".checkpoint.pt.{dead}.tmp"]  # this version's, and older
+    stale = [f".checkpoint.pt.{host}.{dead}.0.tmp"]
     kept = [f".checkpoint.pt.{host}.{os.getpid()}.999.tmp", f".checkpoint.pt.otherhost.{dead}.0.tmp"]
     for name in stale + kept:
         (tmp_path / name).write_bytes(b"half a checkpoint")
@@ -333,7 +331,7 @@ def test_a_failed_save_during_training_stops_with_one_line(fake_data, tmp_path, 
         written.append(Path(dst).read_bytes())
 
     monkeypatch.setattr(os, "replace", replace)
-    assert train.main(_args(fake_data, tmp_path, "--epochs", "2", "--run-name", "f")) == train.EXIT_FAILED
+    assert train.main(train_args(fake_data, tmp_path, *TINY, "--epochs", "2", "--run-name", "f")) == train.EXIT_FAILED
     path = tmp_path / "f" / "checkpoint.pt"
     _one_line(capsys.readouterr().err, f"cannot write the checkpoint {path}: No space left on device; the previous")
     assert path.read_bytes() == written[0] and not list(path.parent.glob(".*.tmp"))
@@ -366,7 +364,7 @@ def _after_first_epoch(proc: subprocess.Popen, send) -> tuple[str, str]:
 
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_like_ctrl_c(fake_data, tmp_path):
-    proc = _spawn("train.py", *_args(fake_data, tmp_path, "--epochs", "1000", "--run-name", "term"))
+    proc = _spawn("train.py", *train_args(fake_data, tmp_path, *TINY, "--epochs", "1000", "--run-name", "term"))
     out, err = _after_first_epoch(proc, lambda: proc.send_signal(signal.SIGTERM))
     assert proc.returncode == 143, err
     assert err == "" and "interrupted by SIGTERM" in out and f"--resume {tmp_path / 'term'}" in out
@@ -377,7 +375,7 @@ def test_sigterm_saves_a_checkpoint_like_ctrl_c(fake_data, tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc to see torch being imported")
 def test_ctrl_c_while_starting_is_one_line(fake_data, tmp_path):
-    proc = _spawn("train.py", *_args(fake_data, tmp_path, "--epochs", "1000"))
+    proc = _spawn("train.py", *train_args(fake_data, tmp_path, *TINY, "--epochs", "1000"))
     try:
         deadline = time.monotonic() + 120
         while "libtorch" not in Path(f"/proc/{proc.pid}/maps").read_text() and time.monotonic() < deadline:
@@ -397,7 +395,7 @@ def test_ctrl_c_under_torchrun_is_one_line(fake_data, tmp_path):
     """Our launcher (torchrun's own main): the workers checkpoint, torchrun's SignalException becomes one line."""
     proc = _spawn(
         "-m", "bp_torch.train.torchrun", "--standalone", "--nproc_per_node", "2",
-        "train.py", *_args(fake_data, tmp_path, "--epochs", "1000", "--run-name", "ddp"),
+        "train.py", *train_args(fake_data, tmp_path, *TINY, "--epochs", "1000", "--run-name", "ddp"),
         env={"OMP_NUM_THREADS": "1"}, start_new_session=True,
     )  # fmt: skip
     out, err = _after_first_epoch(proc, lambda: os.killpg(proc.pid, signal.SIGINT))
@@ -414,11 +412,6 @@ def _copy_data(fake_data: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(fake_data, tmp_path / "data"))
 
 
-def _idx(path: Path, data: torch.Tensor) -> None:
-    header = struct.pack(">BBBB", 0, 0, 0x08, data.dim()) + struct.pack(f">{data.dim()}I", *data.shape)
-    path.write_bytes(header + data.to(torch.uint8).numpy().tobytes())
-
-
 @pytest.mark.parametrize(
     "fault, file, message",
     [
@@ -433,11 +426,11 @@ def test_bad_data_is_refused_naming_the_file(fake_data, tmp_path, capsys, fault,
     if fault == "label 10":
         labels = torch.arange(512) % 10
         labels[7] = 10
-        _idx(path, labels)
+        write_idx(path, labels)
     else:
         n, size = (512, (28, 27)) if fault == "28x27 images" else (251, (1, 1))
-        _idx(path, torch.zeros(n, *size))
-    code = train.main(_args(data, tmp_path / "runs", "--dry-run"))
+        write_idx(path, torch.zeros(n, *size))
+    code = train.main(train_args(data, tmp_path / "runs", *TINY, "--dry-run"))
     assert code == train.EXIT_ERROR
     _one_line(capsys.readouterr().err, "cannot read the dataset", f"{path}: {message}")
     assert not (tmp_path / "runs").exists()
@@ -456,14 +449,14 @@ def _offline(monkeypatch, calls: list):
     monkeypatch.setattr("torchvision.datasets.MNIST", mnist)
 
 
-@pytest.mark.parametrize("exists", ["nothing", "the data folder"])
+@pytest.mark.parametrize("exists", ["nothing", "the data folder", "not even its parents"])
 def test_offline_first_run_says_where_and_what_and_leaves_nothing(tmp_path, capsys, monkeypatch, exists):
     calls = []
     _offline(monkeypatch, calls)
-    data = tmp_path / "nonexistent"
+    data = tmp_path / ("new/newer/nonexistent" if exists == "not even its parents" else "nonexistent")
     if exists == "the data folder":
         data.mkdir()
-    assert train.main(_args(data, tmp_path / "runs")) == train.EXIT_ERROR
+    assert train.main(train_args(data, tmp_path / "runs", *TINY)) == train.EXIT_ERROR
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert len(lines) == 2 and "Traceback" not in err, err
@@ -476,11 +469,24 @@ def test_offline_first_run_says_where_and_what_and_leaves_nothing(tmp_path, caps
     )
     assert "download=True" not in err and len(calls) == 1
     assert data.exists() == (exists == "the data folder") and not (data / "MNIST").exists()  # nothing left behind
-    assert not (tmp_path / "runs").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["nonexistent"] if exists == "the data folder" else [])
+
+
+@pytest.mark.parametrize("inner", ["MNIST", "MNIST/raw"])
+def test_a_data_dir_inside_the_dataset_says_which_folder_to_pass(fake_data, tmp_path, capsys, monkeypatch, inner):
+    calls = []
+    _offline(monkeypatch, calls)
+    assert train.main(train_args(fake_data / inner, tmp_path / "runs", *TINY)) == train.EXIT_ERROR
+    _one_line(
+        capsys.readouterr().err,
+        f"the data folder {fake_data / inner} is inside the dataset: pass --data-dir "
+        f"{fake_data}, the folder that holds MNIST/raw/",
+    )
+    assert calls == [] and not (fake_data / "MNIST" / "MNIST").exists()  # no nested second copy downloaded
 
 
 def test_no_download_says_which_flag(tmp_path, capsys):
-    assert train.main(_args(tmp_path / "data", tmp_path / "runs", "--no-download")) == train.EXIT_ERROR
+    assert train.main(train_args(tmp_path / "data", tmp_path / "runs", *TINY, "--no-download")) == train.EXIT_ERROR
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 2 and lines[1].startswith("Run again with --download to fetch them (needs internet)")
     assert not (tmp_path / "data").exists()
@@ -538,8 +544,8 @@ def _hparams(run: Path) -> dict:
 
 
 def test_a_dry_run_is_kept_apart_from_real_runs(fake_data, tmp_path, capsys):
-    assert train.main(_args(fake_data, tmp_path, "--dry-run", "--run-name", "d")) == 0
-    assert train.main(_args(fake_data, tmp_path, "--epochs", "1", "--run-name", "real")) == 0
+    assert train.main(train_args(fake_data, tmp_path, *TINY, "--dry-run", "--run-name", "d")) == 0
+    assert train.main(train_args(fake_data, tmp_path, *TINY, "--epochs", "1", "--run-name", "real")) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dry-run", "real"]
     assert _hparams(tmp_path / "dry-run" / "d") == {}  # out of TensorBoard's hparams table
     assert _hparams(tmp_path / "real")  # where real runs are compared
@@ -551,7 +557,7 @@ def _epoch_lines(out: str) -> list[str]:
 
 
 def test_the_first_epoch_after_a_resume_reports_the_whole_epoch(fake_data, tmp_path, capsys):
-    common = _args(fake_data, tmp_path, "--epochs", "2", "--limit-train-batches", "5")
+    common = train_args(fake_data, tmp_path, *TINY, "--epochs", "2", "--limit-train-batches", "5")
     assert train.main([*common, "--run-name", "whole"]) == 0
     whole = _epoch_lines(capsys.readouterr().out)
     stop = lambda state: (state.epoch, state.batch) == (0, 2)  # noqa: E731
@@ -561,6 +567,45 @@ def test_the_first_epoch_after_a_resume_reports_the_whole_epoch(fake_data, tmp_p
     capsys.readouterr()
     assert train.main(["--resume", str(tmp_path / "cut")]) == 0
     assert _epoch_lines(capsys.readouterr().out) == whole  # the same loss and accuracy as the uninterrupted run
+
+
+# --- the command line ------------------------------------------------------------------------------------------
+
+
+def test_a_misspelled_flag_is_one_line_naming_the_flag_meant(capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main(["--bach-size", "64", "--dry-run"])
+    assert e.value.code == train.EXIT_ERROR
+    _one_line(capsys.readouterr().err, "unrecognized arguments: --bach-size 64", "did you mean --batch-size?")
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--batch-size", "0"], "--batch-size must be a positive integer, but got --batch-size=0"),
+        (["--warmup", "1.5"], "--warmup must be in [0, 1), but got --warmup=1.5"),
+        (["--rule", "fa", "--impl", "native"], "--rule='fa' needs --impl='manual'"),
+    ],
+)
+def test_a_setting_out_of_range_is_named_by_its_flag(tmp_path, capsys, flags, message):
+    assert train.main(["--logdir", str(tmp_path), "--dry-run", *flags]) == train.EXIT_ERROR
+    _one_line(capsys.readouterr().err, message)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_a_gpu_says_what_to_use_instead(tmp_path, capsys):
+    assert train.main(["--logdir", str(tmp_path), "--dry-run", "--device", "cuda"]) == train.EXIT_ERROR
+    _one_line(capsys.readouterr().err, "no CUDA device is available: use --device cpu")
+
+
+def test_run_folders_are_named_by_the_settings_that_tell_them_apart():
+    parser = train.build_parser()
+    args = parser.parse_args(["--rule", "fa", "--lr", "0.1", "--epochs", "20", "--log-interval", "5"])
+    name = train.run_name(args, train.resolve_config(args, None))
+    assert name.endswith("-default-manual-rule=fa-lr=0.1")  # epochs is the preset's, log-interval changes no weight
+    args = parser.parse_args(["--preset", "seed", "--impl", "native", "--batch-size", "64"])
+    assert train.run_name(args, train.resolve_config(args, None)).endswith("-seed-native-batch-size=64")
 
 
 def test_exit_codes_are_documented(capsys):

@@ -82,8 +82,11 @@ def test_hessian_of_a_network_equals_native_through_the_gradient_functions_jvp(a
     b, fc = b[:2], fc[:, : 2 * 2 * 2]
     calls = []
     for function in (Conv2dInputGradFunction, Conv2dWeightGradFunction):  # torch.func runs the class's own jvp
-        monkeypatch.setattr(function, "jvp", staticmethod(lambda *a, _jvp=function.jvp, _name=function.__name__: (
-            calls.append(_name), _jvp(*a))[1]))  # fmt: skip
+        monkeypatch.setattr(
+            function,
+            "jvp",
+            staticmethod(lambda *a, _jvp=function.jvp, _name=function.__name__: (calls.append(_name), _jvp(*a))[1]),
+        )
     ours = hessian(lambda *a: _loss(BF, *a), argnums=argnum)(x, w, b, fc)
     native = hessian(lambda *a: _loss(torch.nn.functional, *a), argnums=argnum)(x, w, b, fc)
     torch.testing.assert_close(ours, native, rtol=1e-9, atol=1e-10)

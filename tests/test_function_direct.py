@@ -3,7 +3,7 @@ may be."""
 
 import pytest
 import torch
-from test_backward_rules import FUNCTIONS
+from test_source_rules import FUNCTIONS
 
 from bp_torch import functional as BF
 from bp_torch._function import _TRACED, apply

@@ -40,8 +40,12 @@ def test_symbolic_trace_keeps_the_hand_derived_functions_and_their_gradients():
     traced_grads = torch.autograd.grad(traced_out.sum(), [x, *traced.parameters()])
     for g, t in zip(grads, traced_grads):
         torch.testing.assert_close(t, g)
-    assert {"Conv2dFunctionBackward", "AvgPool2dFunctionBackward", "SigmoidFunctionBackward",
-            "LinearFunctionBackward"} <= _grad_functions(traced_out)  # fmt: skip
+    assert {
+        "Conv2dFunctionBackward",
+        "AvgPool2dFunctionBackward",
+        "SigmoidFunctionBackward",
+        "LinearFunctionBackward",
+    } <= _grad_functions(traced_out)
 
 
 def test_feature_extraction_of_a_converted_resnet18_runs_the_hand_derived_backward():

@@ -9,8 +9,21 @@ from bp_torch import functional as BF
 from bp_torch.check import Case, passes_gradcheck
 
 # vmap over the backward (check_batched_grad) needs every op of the backward to have a batching rule
-BATCHED = {"conv2d", "avg_pool2d", "sigmoid", "linear", "relu", "leaky_relu", "tanh", "dropout", "softmax",
-           "log_softmax", "nll_loss", "cross_entropy", "mse_loss"}  # fmt: skip
+BATCHED = {
+    "conv2d",
+    "avg_pool2d",
+    "sigmoid",
+    "linear",
+    "relu",
+    "leaky_relu",
+    "tanh",
+    "dropout",
+    "softmax",
+    "log_softmax",
+    "nll_loss",
+    "cross_entropy",
+    "mse_loss",
+}
 BATCHED = {"conv2d", "avg_pool2d", "sigmoid", "linear", "max_pool2d", "adaptive_avg_pool2d", "batch_norm"}
 
 pytestmark = pytest.mark.usefixtures("both_formulas")  # every test, fast and literal formulations
@@ -40,7 +53,8 @@ def test_conv2d_random_configs_gradgradcheck(case):
 @settings(max_examples=40, deadline=None)
 @given(pool_cases())
 def test_avg_pool2d_random_configs_gradcheck(case):
-    pool = Case("avg_pool2d random", BF.avg_pool2d, None, lambda d, t: (case.input(t, d, requires_grad=False),),
-                case.options)  # fmt: skip
+    pool = Case(
+        "avg_pool2d random", BF.avg_pool2d, None, lambda d, t: (case.input(t, d, requires_grad=False),), case.options
+    )
     assert passes_gradcheck(pool)
     assert passes_gradcheck(pool, second_order=True)

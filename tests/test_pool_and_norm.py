@@ -50,8 +50,9 @@ def test_max_pool2d_random_configs_match_native(case, channels_last):
 @settings(max_examples=30, deadline=None)
 @given(max_pool_cases())
 def test_max_pool2d_random_configs_gradcheck(case):
-    pool = Case("max_pool2d random", BF.max_pool2d, None, lambda d, t: (case.input(t, d, requires_grad=False),),
-                case.options)  # fmt: skip
+    pool = Case(
+        "max_pool2d random", BF.max_pool2d, None, lambda d, t: (case.input(t, d, requires_grad=False),), case.options
+    )
     assert passes_gradcheck(pool)
     assert passes_gradcheck(pool, second_order=True)
 
@@ -137,8 +138,13 @@ def test_adaptive_avg_pool2d_random_configs_match_native(case, channels_last):
 @settings(max_examples=30, deadline=None)
 @given(adaptive_pool_cases())
 def test_adaptive_avg_pool2d_random_configs_gradcheck(case):
-    pool = Case("adaptive_avg_pool2d random", BF.adaptive_avg_pool2d, None,
-                lambda d, t: (case.input(t, d, requires_grad=False),), case.options)  # fmt: skip
+    pool = Case(
+        "adaptive_avg_pool2d random",
+        BF.adaptive_avg_pool2d,
+        None,
+        lambda d, t: (case.input(t, d, requires_grad=False),),
+        case.options,
+    )
     assert passes_gradcheck(pool)
     assert passes_gradcheck(pool, second_order=True)
 
@@ -258,8 +264,14 @@ def test_forward_mode_ad_is_hand_written_and_correct(name):
     """gradcheck's forward-AD check (the Jacobian from jvp against finite differences), and jvp against native's."""
     op, shape = OPS[name]
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x: op(BF, x), (x,), check_forward_ad=True, check_backward_ad=False,
-                                    check_undefined_grad=False, check_batched_grad=False)  # fmt: skip
+    assert torch.autograd.gradcheck(
+        lambda x: op(BF, x),
+        (x,),
+        check_forward_ad=True,
+        check_backward_ad=False,
+        check_undefined_grad=False,
+        check_batched_grad=False,
+    )
     tangent = torch.randn_like(x)
     _, ours = torch.func.jvp(lambda x: op(BF, x), (x.detach(),), (tangent,))
     _, native = torch.func.jvp(lambda x: op(F, x), (x.detach(),), (tangent,))
@@ -275,8 +287,14 @@ def test_batch_norm_forward_mode_ad_with_affine_tangents():
         def op(x, w, b, training=training):
             return BF.batch_norm(x, stats[0].clone(), stats[1].clone(), w, b, training)
 
-        assert torch.autograd.gradcheck(op, (x, w, b), check_forward_ad=True, check_backward_ad=False,
-                                        check_undefined_grad=False, check_batched_grad=False)  # fmt: skip
+        assert torch.autograd.gradcheck(
+            op,
+            (x, w, b),
+            check_forward_ad=True,
+            check_backward_ad=False,
+            check_undefined_grad=False,
+            check_batched_grad=False,
+        )
 
 
 @pytest.mark.parametrize("name", OPS)
@@ -385,8 +403,12 @@ def test_literal_and_fast_formulations_agree():
     """The fast formulations (expanded Σδx̂, δ/(H·W) broadcast, upsampling) equal eq. M5 and M10 as written."""
     x = torch.randn(4, 3, 6, 8, dtype=torch.float64, requires_grad=True)
     w = torch.randn(3, dtype=torch.float64, requires_grad=True)
-    for op in [lambda x: BF.batch_norm(x, None, None, w, None, True), lambda x: BF.adaptive_avg_pool2d(x, 1),
-               lambda x: BF.adaptive_avg_pool2d(x, (3, 2)), lambda x: BF.adaptive_avg_pool2d(x, (4, 5))]:  # fmt: skip
+    for op in [
+        lambda x: BF.batch_norm(x, None, None, w, None, True),
+        lambda x: BF.adaptive_avg_pool2d(x, 1),
+        lambda x: BF.adaptive_avg_pool2d(x, (3, 2)),
+        lambda x: BF.adaptive_avg_pool2d(x, (4, 5)),
+    ]:
         grad = torch.randn_like(op(x))
         with bp_torch.formulas("literal"):
             literal = _grads(op, [x], grad)
@@ -396,8 +418,10 @@ def test_literal_and_fast_formulations_agree():
 
 
 def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return all(a.is_contiguous(memory_format=f) == b.is_contiguous(memory_format=f)
-               for f in (torch.contiguous_format, torch.channels_last))  # fmt: skip
+    return all(
+        a.is_contiguous(memory_format=f) == b.is_contiguous(memory_format=f)
+        for f in (torch.contiguous_format, torch.channels_last)
+    )
 
 
 def _node_names(fn) -> set[str]:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import train_args
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bp_torch.models import LeNet
@@ -32,8 +33,7 @@ from bp_torch.train.tensorboard import confusion_figure, error_map_images, filte
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _args(data: Path, logdir: Path, *extra: str) -> list[str]:
-    return ["--data-dir", str(data), "--logdir", str(logdir), "--batch-size", "32", "--test-batch-size", "64", *extra]
+SMALL = ["--batch-size", "32", "--test-batch-size", "64"]
 
 
 # --- configuration -------------------------------------------------------------------------------------------
@@ -98,7 +98,7 @@ def test_misclassified_digits_are_titled_with_both_labels():
 
 
 def test_dry_run_trains_logs_and_checkpoints(fake_data, tmp_path, capsys):
-    assert train.main(_args(fake_data, tmp_path, "--dry-run", "--run-name", "dry")) == 0
+    assert train.main(train_args(fake_data, tmp_path, *SMALL, "--dry-run", "--run-name", "dry")) == 0
     out = capsys.readouterr().out
     assert "test accuracy" in out and "tensorboard --logdir" in out
     ckpt = load_training_checkpoint(tmp_path / "dry-run" / "dry" / "checkpoint.pt")  # apart from real runs
@@ -119,7 +119,9 @@ def test_dry_run_trains_logs_and_checkpoints(fake_data, tmp_path, capsys):
     ],
 )
 def test_the_run_starts_with_the_audit_of_its_backward_graph(fake_data, tmp_path, capsys, impl, preset, expected):
-    args = _args(fake_data, tmp_path, "--dry-run", "--impl", impl, "--preset", preset, "--grad-check-interval", "0")
+    args = train_args(
+        fake_data, tmp_path, *SMALL, "--dry-run", "--impl", impl, "--preset", preset, "--grad-check-interval", "0"
+    )
     assert train.main(args) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("backward graph:")]
     assert len(lines) == 1 and expected in lines[0]
@@ -148,19 +150,27 @@ def test_error_maps_are_note_b_deltas(fake_data):
 
 def test_runs_are_never_overwritten(fake_data, tmp_path, capsys):
     for _ in range(2):
-        assert train.main(_args(fake_data, tmp_path, "--dry-run", "--run-name", "same")) == 0
+        assert train.main(train_args(fake_data, tmp_path, *SMALL, "--dry-run", "--run-name", "same")) == 0
     assert sorted(p.name for p in (tmp_path / "dry-run").iterdir()) == ["same", "same-2"]
 
 
 @pytest.mark.parametrize(
     ("stop_at", "rule"),
-    [("epoch_end", "backprop"), ("mid_epoch", "backprop"), ("mid_epoch", "fa"), ("mid_epoch", "brsf")],
+    [
+        ("epoch_end", "backprop"),
+        ("mid_epoch", "backprop"),
+        ("mid_epoch", "fa"),
+        ("mid_epoch", "brsf"),
+        ("mid_epoch", "dfa"),
+    ],
 )
 def test_resume_ends_with_the_same_weights(fake_data, tmp_path, capsys, stop_at, rule):
     """An interrupted and resumed run and an uninterrupted one end bit-identical (default recipe, augmentation on);
-    under a backward rule too: fa's feedback matrices are restored from the checkpoint, brsf's draws continue the
-    restored random stream (and the alignment monitor, every 2 steps, draws from a forked one)."""
-    common = _args(fake_data, tmp_path, "--epochs", "3", "--limit-train-batches", "5", "--limit-test-batches", "1")
+    under a backward rule too: fa's and dfa's feedback matrices are restored from the checkpoint, brsf's draws continue
+    the restored random stream (and the alignment monitor, every 2 steps, draws from a forked one)."""
+    common = train_args(
+        fake_data, tmp_path, *SMALL, "--epochs", "3", "--limit-train-batches", "5", "--limit-test-batches", "1"
+    )
     common += ["--rule", rule, "--grad-check-interval", "2"]
     assert train.main([*common, "--run-name", "whole"]) == 0
 
@@ -192,7 +202,9 @@ def test_compiled_training_matches_eager(fake_data, tmp_path, capsys, monkeypatc
     monkeypatch.setattr(
         torch, "compile", lambda model, **kw: compiled_modules.append(model) or real_compile(model, **kw)
     )
-    common = _args(fake_data, tmp_path, "--epochs", "1", "--limit-train-batches", "3", "--limit-test-batches", "1")
+    common = train_args(
+        fake_data, tmp_path, *SMALL, "--epochs", "1", "--limit-train-batches", "3", "--limit-test-batches", "1"
+    )
     for name, flags in (("eager", []), ("compiled", ["--compile"])):
         assert train.main([*common, *flags, "--grad-check-interval", "0", "--run-name", name]) == 0
     assert [type(m).__name__ for m in compiled_modules] == ["LeNet"]  # the compiled run, and only it, compiled
@@ -204,7 +216,7 @@ def test_compiled_training_matches_eager(fake_data, tmp_path, capsys, monkeypatc
 
 
 def test_resume_refuses_to_change_the_recipe(fake_data, tmp_path, capsys):
-    assert train.main(_args(fake_data, tmp_path, "--dry-run", "--run-name", "r")) == 0
+    assert train.main(train_args(fake_data, tmp_path, *SMALL, "--dry-run", "--run-name", "r")) == 0
     assert train.main(["--resume", str(tmp_path / "dry-run" / "r"), "--lr", "0.5"]) == train.EXIT_ERROR
     assert "--lr cannot change when resuming" in capsys.readouterr().err
     assert train.main(["--resume", str(tmp_path / "dry-run" / "r"), "--rule", "fa"]) == train.EXIT_ERROR
@@ -212,7 +224,9 @@ def test_resume_refuses_to_change_the_recipe(fake_data, tmp_path, capsys):
 
 
 def test_missing_data_is_a_clear_error(tmp_path, capsys):
-    assert train.main(_args(tmp_path / "nowhere", tmp_path, "--dry-run", "--no-download")) == train.EXIT_ERROR
+    assert (
+        train.main(train_args(tmp_path / "nowhere", tmp_path, *SMALL, "--dry-run", "--no-download")) == train.EXIT_ERROR
+    )
     err = capsys.readouterr().err
     assert "not found" in err and "--data-dir" in err and "Traceback" not in err
 
@@ -227,7 +241,7 @@ def test_missing_data_is_downloaded_by_default(tmp_path, capsys, monkeypatch):
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: offline")
 
     monkeypatch.setattr("torchvision.datasets.MNIST", mnist)
-    assert train.main(_args(fake, tmp_path, "--dry-run")) == train.EXIT_ERROR
+    assert train.main(train_args(fake, tmp_path, *SMALL, "--dry-run")) == train.EXIT_ERROR
     assert downloads == [(str(fake.absolute()), True, True)]
     err = capsys.readouterr().err
     assert "downloading them failed (RuntimeError: Error downloading" in err and "Traceback" not in err
@@ -239,13 +253,13 @@ def test_corrupt_data_is_a_clear_error(fake_data, tmp_path, capsys):
     for f in (fake_data / "MNIST" / "raw").iterdir():
         data = f.read_bytes()
         (broken / "MNIST" / "raw" / f.name).write_bytes(data[: len(data) // 2] if "train-images" in f.name else data)
-    assert train.main(_args(broken, tmp_path, "--dry-run")) == train.EXIT_ERROR
+    assert train.main(train_args(broken, tmp_path, *SMALL, "--dry-run")) == train.EXIT_ERROR
     assert "cannot read the dataset" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "not_a_dict"])
 def test_corrupt_checkpoint_is_a_clear_error(fake_data, tmp_path, capsys, damage):
-    assert train.main(_args(fake_data, tmp_path, "--dry-run", "--run-name", "c")) == 0
+    assert train.main(train_args(fake_data, tmp_path, *SMALL, "--dry-run", "--run-name", "c")) == 0
     path = tmp_path / "dry-run" / "c" / "checkpoint.pt"
     if damage == "garbage":
         path.write_bytes(os.urandom(1000))
@@ -271,7 +285,7 @@ def _spawn(*args: str, **kwargs) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_cli_dry_run(fake_data, tmp_path):
-    proc = _spawn("train.py", *_args(fake_data, tmp_path, "--dry-run", "--run-name", "cli"))
+    proc = _spawn("train.py", *train_args(fake_data, tmp_path, *SMALL, "--dry-run", "--run-name", "cli"))
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "test accuracy" in out.splitlines()[-3]
@@ -280,7 +294,7 @@ def test_cli_dry_run(fake_data, tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_leaves_a_loadable_checkpoint(fake_data, tmp_path):
-    proc = _spawn("train.py", *_args(fake_data, tmp_path, "--epochs", "200", "--run-name", "sigint"))
+    proc = _spawn("train.py", *train_args(fake_data, tmp_path, *SMALL, "--epochs", "200", "--run-name", "sigint"))
     try:
         deadline = time.monotonic() + 240
         for line in proc.stdout:  # wait until training has finished an epoch
@@ -311,7 +325,9 @@ def _get_json(url: str):
 @pytest.mark.slow
 def test_tensorboard_server_shows_the_run(fake_data, tmp_path, capsys):
     logdir = tmp_path / "runs"
-    args = _args(fake_data, logdir, "--epochs", "2", "--limit-train-batches", "4", "--limit-test-batches", "2")
+    args = train_args(
+        fake_data, logdir, *SMALL, "--epochs", "2", "--limit-train-batches", "4", "--limit-test-batches", "2"
+    )
     assert train.main([*args, "--run-name", "tb", "--log-interval", "2", "--grad-check-interval", "3"]) == 0
     ckpt = load_training_checkpoint(logdir / "tb" / "checkpoint.pt")
 

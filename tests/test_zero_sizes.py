@@ -21,8 +21,9 @@ CASES = [
     ("avg_pool2d no samples", lambda f, x: f.avg_pool2d(x, 2), [(0, 2, 4, 4)]),
     ("sigmoid empty", lambda f, x: f.sigmoid(x), [(2, 0, 3)]),
 ]  # fmt: skip
-NATIVE = type("native", (), {"conv2d": F.conv2d, "avg_pool2d": F.avg_pool2d, "sigmoid": torch.sigmoid,
-                             "linear": F.linear})  # fmt: skip
+NATIVE = type(
+    "native", (), {"conv2d": F.conv2d, "avg_pool2d": F.avg_pool2d, "sigmoid": torch.sigmoid, "linear": F.linear}
+)
 
 
 @pytest.mark.parametrize("call, shapes", [c[1:] for c in CASES], ids=[c[0] for c in CASES])

@@ -32,6 +32,9 @@ The transformer's operations (equation labels T, ours):
 - ``matmul``: ``MatmulFunction`` (matmul, bmm) and ``AddmmFunction`` (addmm, baddbmm) (eq. T7, T8);
 - ``attention``: ``ScaledDotProductAttentionFunction`` (eq. T9–T12).
 
+Direct feedback alignment (``bp_torch.direct_feedback``, eq. F1–F4): ``direct``: ``OutputErrorFunction``, which keeps
+the output error, and ``DirectFeedbackFunction``, which sends it to a layer's input through the layer's B.
+
 Every backward is written with forward tensor ops only (conv2d, matmul, pad, flip, sum ...): never autograd,
 ``torch.nn.grad``, ``torch.func`` or an ``aten.*_backward`` op. Arguments arrive validated and normalised by
 ``bp_torch.functional``.
@@ -48,6 +51,7 @@ from bp_torch.autograd.conv import (
     conv2d_input_grad,
     conv2d_weight_grad,
 )
+from bp_torch.autograd.direct import DirectFeedbackFunction, OutputErrorFunction
 from bp_torch.autograd.dropout import DropoutFunction
 from bp_torch.autograd.elementwise import DivFunction, MulFunction
 from bp_torch.autograd.gelu import GeluFunction
@@ -112,4 +116,7 @@ __all__ = [
     "MatmulFunction",
     "AddmmFunction",
     "ScaledDotProductAttentionFunction",
+    # direct feedback alignment (eq. F1–F4)
+    "OutputErrorFunction",
+    "DirectFeedbackFunction",
 ]

@@ -32,7 +32,7 @@ class SigmoidFunction(Function):
         dtype, delta = grad_output.dtype, opmath(grad_output)  # half precision: computed in float32, as torch's
         out = opmath(out).conj()  # complex: PyTorch's gradient is δ·conj(σ'), conj(σ(1−σ)) = C̄(1−C̄); real: out
         if is_literal():
-            return (delta * out * (1 - out)).to(dtype)  # Note B eq. 37/57: ΔC_σ = ΔC ⊙ C(1−C)
+            return (delta * (out * (1 - out))).to(dtype)  # Note B eq. 37/57: ΔC_σ = ΔC ⊙ C(1−C)
         # a product, never a difference t − t·C: an infinite δ stays infinite where C(1−C) > 0, as in torch
         return (delta * ((1 - out) * out)).to(dtype)  # Note B eq. 37/57: ΔC ⊙ C(1−C), in δ's layout (as torch's)
 
@@ -139,7 +139,10 @@ class TanhFunction(Function):
         (out,) = ctx.saved_tensors
         dtype, delta, out = grad_output.dtype, opmath(grad_output), opmath(out)  # half precision: in float32
         if is_literal():
-            return (delta * (1 - out * out).conj()).to(dtype)  # eq. D3: δ ⊙ conj(1 − y²)
+            # as written, with y² in double precision: 1 − y·y cancels the rounding of y² where |y| → 1 (torch's
+            # kernel fuses the product and the difference)
+            wide = out.to(torch.complex128 if out.is_complex() else torch.float64)
+            return (delta * (1 - wide * wide).conj().to(delta.dtype)).to(dtype)  # eq. D3: δ ⊙ conj(1 − y²)
         # 1 − ȳ² as (1 − ȳ)(1 + ȳ): where |y| → 1, 1 ∓ y is exact and the product keeps every digit, while 1 − y·y
         # (and δ − (δȳ)ȳ more so) cancels the rounding of y² up to the result's size
         y = out.conj()

@@ -33,12 +33,10 @@ class Conv2dFunction(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, weight, bias, stride, padding, dilation, groups, *rest = inputs
-        # a backward rule's feedback kernel B (bp_torch.feedback) carries δ back in k's place; None: k, exact
-        feedback = rest[0] if rest else None
-        ctx.with_feedback = bool(rest)
+        input, weight, bias, stride, padding, dilation, groups, feedback = (*inputs, None)[:8]
         needs_input, needs_weight = ctx.needs_input_grad[:2]
-        # ∂e/∂x needs only the kernel, ∂e/∂k only the input: save what the requested gradients read
+        # ∂e/∂x needs only the kernel, ∂e/∂k only the input: save what the requested gradients read; a backward
+        # rule's feedback kernel B (bp_torch.feedback) carries δ back in k's place; None: k, exact
         backward_kernel = weight if feedback is None else feedback
         ctx.save_for_backward(input if needs_weight else None, backward_kernel if needs_input else None)
         ctx.input_size = tuple(input.shape[2:])
@@ -52,9 +50,9 @@ class Conv2dFunction(Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        extra = (None,) * (5 if ctx.with_feedback else 4)  # the options' and the feedback's: none
+        no_grads = (None,) * 5  # the options' and the feedback's: none (autograd drops the last if none was passed)
         if ctx.empty is not None:
-            return (*_zero_gradients(ctx), *extra)
+            return (*_zero_gradients(ctx), *no_grads)
         input, weight = ctx.saved_tensors  # under a backward rule, B in k's place
         grad_input = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
@@ -68,7 +66,7 @@ class Conv2dFunction(Function):
             grad_weight = in_layout(grad_weight, ctx.channels_last)
         if ctx.needs_input_grad[2]:
             grad_bias = grad_output.sum((0, 2, 3))  # Note B eq. 45/64: Δb = Σ ΔC_σ
-        return grad_input, grad_weight, grad_bias, *extra
+        return grad_input, grad_weight, grad_bias, *no_grads
 
     @staticmethod
     def jvp(ctx, input_t, weight_t, bias_t, *_):
@@ -96,7 +94,7 @@ class Conv2dInputGradFunction(Function):
 
     @staticmethod
     def forward(delta, weight, input_size: Pair, stride: Pair, padding: Pair, dilation: Pair, groups: int):
-        return _own(_conv.input_grad(delta, weight, input_size, stride, padding, dilation, groups))
+        return _own_storage(_conv.input_grad(delta, weight, input_size, stride, padding, dilation, groups))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -147,7 +145,7 @@ class Conv2dWeightGradFunction(Function):
 
     @staticmethod
     def forward(input, delta, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair, groups: int):
-        return _own(_conv.weight_grad(input, delta, kernel_size, stride, padding, dilation, groups))
+        return _own_storage(_conv.weight_grad(input, delta, kernel_size, stride, padding, dilation, groups))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -185,8 +183,9 @@ class Conv2dWeightGradFunction(Function):
 
 
 def gradients_channels_last(input: torch.Tensor, weight: torch.Tensor) -> bool:
-    """torch's rule for conv2d's gradients on CPU (checked by experiment, tests/test_layouts.py): both channels_last
-    when either the input or the weight is; complex ones, which torch computes as real convolutions, never."""
+    """torch's rule for conv2d's gradients on CPU (checked by experiment, tests/test_memory_formats.py): both
+    channels_last when either the input or the weight is; complex ones, which torch computes as real convolutions,
+    never."""
     return not input.is_complex() and (is_channels_last(input) or is_channels_last(weight))
 
 
@@ -202,7 +201,7 @@ def _zero_gradients(ctx) -> tuple:
     )
 
 
-def _own(t: torch.Tensor) -> torch.Tensor:
+def _own_storage(t: torch.Tensor) -> torch.Tensor:
     """``t``, copied if it is a crop of a larger intermediate: forward-mode AD cannot give such a view the tangent
     its jvp computes (a tensor of its own)."""
     base = t._base
@@ -216,7 +215,7 @@ def _add(a, b):
 
 def conv2d(input, weight, stride: Pair, padding: Pair, dilation: Pair, groups: int) -> torch.Tensor:
     """The forward correlation (Note A eq. 10) inside a backward, without bias."""
-    return nested_apply(Conv2dFunction, input, weight, None, stride, padding, dilation, groups)
+    return nested_apply(Conv2dFunction, input, weight, None, stride, padding, dilation, groups, None)
 
 
 def conv2d_input_grad(delta, weight, input_size: Pair, stride: Pair, padding: Pair, dilation: Pair, groups: int):

@@ -27,11 +27,9 @@ class LinearFunction(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, weight, bias, *rest = inputs
-        # a backward rule's feedback matrix B (bp_torch.feedback) carries δ back in W's place; None: W, exact
-        feedback = rest[0] if rest else None
-        ctx.with_feedback = bool(rest)
+        input, weight, bias, feedback = (*inputs, None)[:4]
         needs_input, needs_weight = ctx.needs_input_grad[:2]
+        # a backward rule's feedback matrix B (bp_torch.feedback) carries δ back in W's place; None: W, exact
         backward_matrix = weight if feedback is None else feedback
         ctx.save_for_backward(input if needs_weight else None, backward_matrix if needs_input else None)
         ctx.save_for_forward(input, weight)
@@ -58,8 +56,9 @@ class LinearFunction(Function):
             grad_weight = delta.T @ x.conj()  # Note A eq. 7 / Note B eq. 19: xδᵀ
             if vector_weight:
                 grad_weight = grad_weight.squeeze(0)
-        # no gradient for the feedback matrix: it is fixed, or redrawn, never learnt
-        return (grad_input, grad_weight, grad_bias, None)[: 4 if ctx.with_feedback else 3]
+        # no gradient for the feedback matrix: it is fixed, or redrawn, never learnt (autograd drops the None when a
+        # direct call passed no feedback)
+        return grad_input, grad_weight, grad_bias, None
 
     @staticmethod
     def jvp(ctx, input_t, weight_t, bias_t, *_):
@@ -89,4 +88,4 @@ def _sum_to(grad, shape):
 
 def linear(input, weight):
     """The layer without bias (Note A eq. 5) inside a jvp or backward."""
-    return nested_apply(LinearFunction, input, weight, None)
+    return nested_apply(LinearFunction, input, weight, None, None)

@@ -95,6 +95,15 @@ def _safe_targets(target: torch.Tensor, ignore_index: int):
     return kept, target.long().masked_fill(~kept, 0)
 
 
+def _support(ctx, target: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Where class-index targets put a term (torch's nll_loss writes only there): each kept position's target class,
+    and with label smoothing every class of a kept position."""
+    kept, classes = _safe_targets(target, ctx.ignore_index)
+    support = torch.zeros(like.shape, dtype=torch.bool, device=like.device)
+    support = support.scatter(1, _per_element(classes), _per_element(kept))
+    return support | _per_element(kept) if ctx.label_smoothing > 0 else support
+
+
 def _per_element(t: torch.Tensor) -> torch.Tensor:
     """(N, d...) -> (N, 1, d...): broadcast along the class dimension (a scalar broadcasts as it is)."""
     return t.unsqueeze(1) if t.dim() else t
@@ -142,7 +151,9 @@ class NllLossFunction(Function):
         # times the incoming δ (one per position for "none"); under torch.func out of place (vmap batches no
         # in-place scatter without a loop)
         scatter = zeros.scatter if torch._C._are_functorch_transforms_active() else zeros.scatter_
-        grad_input = scatter(1, index, _per_element(coefficient * grad_output))  # eq. D9: −w_{t_n}/D at t_n
+        # an ignored position's gradient is 0 whatever its δ (torch's kernel skips it: a NaN δ stays out)
+        delta = torch.where(target != ctx.ignore_index, coefficient * grad_output, 0)
+        grad_input = scatter(1, index, _per_element(delta))  # eq. D9: −w_{t_n}/D at t_n
         return grad_input.to(dtype), None, None, None, None
 
     @staticmethod
@@ -221,7 +232,10 @@ class CrossEntropyFunction(Function):
             p = nested_apply(SoftmaxFunction, input, 1)
             if is_literal() or ctx.probabilities:
                 a, s, factor = CrossEntropyFunction._terms(ctx, input, target, weight, scale)
-                grad_input = (s * p - a) * factor  # eq. D10: ∂L/∂x = (s p − a)/D, the softmax minus the targets
+                # as torch composes it (nll_loss, then log_softmax's backward g − p Σ g), so that a non-finite δ
+                # gives torch's NaN and inf: g = a/D where a target is (exactly 0 elsewhere), s/D = Σ g
+                g = a * factor if ctx.probabilities else torch.where(_support(ctx, target, p), a * factor, 0)
+                grad_input = p * g.sum(1, keepdim=True) - g  # eq. D10: ∂L/∂x = (s p − a)/D
             else:
                 grad_input = CrossEntropyFunction._index_grad(ctx, p, target, weight, scale)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:  # probability targets only: indices have none
@@ -246,17 +260,15 @@ class CrossEntropyFunction(Function):
         eps, C = ctx.label_smoothing, p.shape[1]
         kept, classes, w_t, factor = CrossEntropyFunction._indices(ctx, target, weight, scale, p.dtype)
         at_target = w_t * factor  # w_{t_n}/D, zero where ignored (factor is)
-        s = (
-            at_target
-            if eps == 0
-            else at_target * (1 - eps) + factor * (eps * (weight.sum() if weight is not None else C) / C)
-        )
-        grad = p * _per_element(s)  # eq. D10: s p / D
-        index = _per_element(classes)
-        grad.scatter_add_(1, index, _per_element(at_target * (eps - 1)))  # eq. D10: − a/D at the targets
+        # the targets' share and smoothing's, each s p/D − a/D on its own (as torch's two terms): each is exactly 0
+        # where p is the one-hot target
+        share = at_target if eps == 0 else at_target * (1 - eps)
+        grad = p * _per_element(share)  # eq. D10: s p / D, the targets' share
+        grad.scatter_add_(1, _per_element(classes), _per_element(-share))  # eq. D10: − a/D at the targets
         if eps > 0:
             w = _class_weight(weight, p) if weight is not None else 1
-            grad -= _per_element(factor) * (w * (eps / C))  # eq. D10: − a/D, what smoothing spreads
+            spread = factor * (eps * (weight.sum() if weight is not None else C) / C)
+            grad += p * _per_element(spread) - _per_element(factor) * (w * (eps / C))  # eq. D10: what smoothing spreads
         return grad
 
     @staticmethod

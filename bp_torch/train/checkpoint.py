@@ -43,11 +43,8 @@ class CheckpointError(ValueError):
     written. The message says which file and why, in one line."""
 
 
-# ---------------------------------------------------------------------------------------------------
-
 _saves = itertools.count()  # with the host and pid: a temporary name no other save, here or elsewhere, uses
-# .<name>.<host>.<pid>.<n>.tmp; before format 2, .<name>.<pid>.tmp (this host's)
-_TEMPORARY = r"\.{name}\.(?:(?P<host>.+)\.(?P<pid>\d+)\.\d+|(?P<old_pid>\d+))\.tmp"
+_TEMPORARY = r"\.{name}\.(?P<host>.+)\.(?P<pid>\d+)\.\d+\.tmp"  # .<name>.<host>.<pid>.<n>.tmp
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -97,7 +94,7 @@ def _remove_stale_temporaries(target: Path) -> None:
     try:
         for tmp in target.parent.iterdir():
             m = pattern.fullmatch(tmp.name)
-            if m and m["host"] in (host, None) and not _alive(int(m["pid"] or m["old_pid"])):
+            if m and m["host"] == host and not _alive(int(m["pid"])):
                 tmp.unlink(missing_ok=True)
     except OSError:  # a folder not there yet, or a file not ours to delete: the save itself will tell
         pass

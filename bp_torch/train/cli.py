@@ -23,35 +23,55 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
 import platform
+import re
 import signal
 import sys
 import textwrap
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import torch
 
 import bp_torch
-from bp_torch.feedback import RULES
 from bp_torch.train import distributed
 from bp_torch.train.checkpoint import CheckpointError
-from bp_torch.train.config import PRESETS, RUNTIME_FIELDS, Config, build, config_from_dict, steps_per_epoch, validate
-from bp_torch.train.data import DATASETS, DatasetNotFoundError, make_loaders, resolve_data_root
-from bp_torch.train.loop import fit
-from bp_torch.train.monitor import Interrupted, Watch, report_backward_graph
-from bp_torch.train.resume import TrainState, load_training_checkpoint, restore
-from bp_torch.train.signals import StopOnSignal
+from bp_torch.train.config import PRESETS, Config, build, config_from_dict, make_loaders, steps_per_epoch, validate
+from bp_torch.train.data import DatasetNotFoundError, resolve_data_root
+from bp_torch.train.loop import TrainState, fit
+from bp_torch.train.monitor import Watch, report_backward_graph
+from bp_torch.train.resume import load_training_checkpoint, restore, save_training_checkpoint
+from bp_torch.train.signals import Interrupted, StopOnSignal
 
 CHECKPOINT = "checkpoint.pt"
 # a stop asked by a signal exits with 128 + its number, as a shell reports a process it ended: 130 for Ctrl-C
 # (SIGINT), 143 for SIGTERM; EXIT_INTERRUPTED for a stop asked otherwise (should_stop)
 EXIT_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 1, 2, 130
+SETTINGS = dataclasses.fields(Config)
+
+
+def flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage), naming the flag meant when one is misspelled."""
+
+    def error(self, message: str) -> None:
+        flags = [option for action in self._actions for option in action.option_strings]
+        typos = re.findall(r"(?<!\S)--?[\w-]+", message) if message.startswith("unrecognized arguments") else []
+        meant = [m for typo in typos for m in difflib.get_close_matches(typo, flags, n=1)]
+        hint = f"; did you mean {' or '.join(meant)}?" if meant else " (--help lists the flags)"
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}{hint}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The command line: a flag for each ``Config`` field, made from its metadata, and four of the run's own."""
+    parser = Parser(
+        prog="train.py",  # as every message of the run is signed, also under python -m bp_torch.train
         description="Train Note B's 3,898-parameter LeNet on MNIST with hand-derived backpropagation.",
         epilog="Defaults are the default preset's; '--preset seed' changes those marked 'seed:'. "
         "Flags given explicitly override the preset. Scale out with 'torchrun --nproc_per_node=N train.py ...': "
@@ -59,120 +79,88 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit codes: 0 done (or already complete); 1 a checkpoint could not be written; 2 bad arguments, missing or "
         "corrupt data or checkpoint; 130 Ctrl-C, 143 SIGTERM, each after saving a checkpoint.",
     )
-    seed = PRESETS["seed"]
-
-    def add(flag: str, help: str, **kwargs) -> None:
-        # config flags default to SUPPRESS, so that only flags the user gave override the preset
-        name = flag[2:].replace("-", "_")
-        default, seeded = getattr(Config(), name), getattr(seed, name)
-        note = (
-            f" (default: {default}" + (f"; seed: {seeded})" if seeded != default else ")")
-            if default is not None
-            else ""
+    for f in SETTINGS:  # default SUPPRESS: only the flags given override the preset
+        default, seeded, meta = f.default, getattr(PRESETS["seed"], f.name), f.metadata
+        seeded = f"; seed: {seeded}" if seeded != default and f.name != "preset" else ""
+        note = "" if default is None else f" (default: {default}{seeded})"
+        kind = {"bool": {"action": argparse.BooleanOptionalAction}, "int": {"type": int}, "float": {"type": float}}
+        choices = {"choices": meta["choices"]} if meta["choices"] else {}
+        parser.add_argument(
+            flag(f.name),
+            help=meta["help"] + note,
+            default=argparse.SUPPRESS,
+            metavar=meta["metavar"] or ("N" if f.type == "int" else None),
+            **kind.get(f.type, {}),
+            **choices,
         )
-        parser.add_argument(flag, help=help + note, default=argparse.SUPPRESS, **kwargs)
-
-    parser.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        default=argparse.SUPPRESS,
-        help="named configuration: 'default' is the best recipe found for this network, 'seed' is exactly "
-        "Note B / DeepLearnToolbox (sigmoid outputs, squared error, SGD lr 1, batch 50, 1 epoch) (default: default)",
-    )
-    add("--dataset", "dataset", choices=sorted(DATASETS))
-    add("--data-dir", "folder holding MNIST/raw/ (default: $BP_TORCH_DATA, else ./data)", metavar="DIR")
-    add(
-        "--download", "let torchvision download missing data into --data-dir, leaving nothing behind if it fails "
-        "(never under torchrun: fetch it first, e.g. with one plain --dry-run)", action=argparse.BooleanOptionalAction,
-    )  # fmt: skip
-    add("--impl", "'manual': hand-derived backward; 'native': torch's autograd", choices=("manual", "native"))
-    add(
-        "--rule",
-        "the backward rule of the conv and linear layers: exact backprop, feedback alignment (fa) or sign "
-        "symmetry (usf, brsf, frsf); bp_torch.feedback",
-        choices=RULES,
-    )
-    add("--epochs", "number of epochs to train", type=int, metavar="N")
-    add(
-        "--batch-size", "training batch size; under torchrun the global batch, split evenly over the processes "
-        "(it must divide by their number)", type=int, metavar="N",
-    )  # fmt: skip
-    add("--test-batch-size", "evaluation batch size, per process", type=int, metavar="N")
-    add("--lr", "learning rate (the peak with --schedule onecycle)", type=float)
-    add("--optimizer", "optimizer", choices=("sgd", "adam", "adamw"))
-    add("--momentum", "SGD momentum", type=float)
-    add("--nesterov", "Nesterov momentum for SGD", action=argparse.BooleanOptionalAction)
-    add("--weight-decay", "weight decay", type=float)
-    add("--schedule", "learning-rate schedule over all steps", choices=("constant", "onecycle", "cosine"))
-    add("--warmup", "onecycle: fraction of the steps spent warming up", type=float)
-    add("--loss", "'ce': cross-entropy on logits; 'mse': Note B's ½Σ(σ(z)−y)², batch mean", choices=("ce", "mse"))
-    add("--label-smoothing", "label smoothing for --loss ce", type=float)
-    add("--normalize", "standardise pixels (else in [0, 1])", action=argparse.BooleanOptionalAction)
-    add("--shift", "augmentation: random translation by up to N pixels, 0 for none", type=int, metavar="N")
-    add("--seed", "random seed (init, data order, augmentation)", type=int)
-    add(
-        "--device", "'auto' picks cuda when available; under torchrun each process takes GPU LOCAL_RANK",
-        choices=("auto", "cpu", "cuda"),
-    )  # fmt: skip
-    add("--log-interval", "steps between training-scalar logs", type=int, metavar="N")
-    add("--grad-check-interval", "steps between manual-vs-native gradient checks, 0 for none", type=int, metavar="N")
-    add("--limit-train-batches", "train on at most N batches per epoch, 0 for all", type=int, metavar="N")
-    add(
-        "--limit-test-batches",
-        "evaluate on the first N*test-batch-size test images, 0 for all",
-        type=int,
-        metavar="N",
-    )
-    add("--num-threads", "CPU threads for torch, 0 for torch's default", type=int, metavar="N")
-    add(
-        "--compile", "torch.compile the training step's forward and hand-derived backward (the first steps "
-        "spend seconds compiling)", action=argparse.BooleanOptionalAction,
-    )  # fmt: skip
     parser.add_argument("--logdir", default="runs", help="folder of TensorBoard runs (default: runs)")
     parser.add_argument(
-        "--run-name", help="this run's folder under --logdir; never overwritten: a suffix is added if it exists "
-        "(default: date-time-preset-impl)",
-    )  # fmt: skip
+        "--run-name",
+        help="this run's folder under --logdir; never overwritten: a suffix is added if "
+        "it exists (default: date-time-preset-impl, then each setting given that differs from the "
+        "preset, e.g. -rule=fa-lr=0.1)",
+    )
     parser.add_argument(
         "--resume",
         metavar="PATH",
-        help="continue a run from its checkpoint (file or run folder); flags that would change the weights are "
-        "refused. Under torchrun rank 0 reads it and sends it to the others; any world size may resume any run",
+        help="continue a run from its checkpoint (file or run folder); "
+        "flags that would change the weights are refused. Under torchrun rank 0 reads it and sends it "
+        "to the others; any world size may resume any run",
     )
     parser.add_argument(
-        "--dry-run", action="store_true",
-        help="1 epoch of 2 training batches and 1 test batch, logging every step: a quick end-to-end check. Its run "
-        "goes to <logdir>/dry-run/, without hparams, apart from real runs",
-    )  # fmt: skip
+        "--dry-run",
+        action="store_true",
+        help="1 epoch of 2 training batches and 1 test batch, "
+        "logging every step: a quick end-to-end check. Its run goes to <logdir>/dry-run/, without "
+        "hparams, apart from real runs",
+    )
     return parser
 
 
+def given_settings(args: argparse.Namespace) -> dict:
+    return {f.name: getattr(args, f.name) for f in SETTINGS if hasattr(args, f.name)}
+
+
 def resolve_config(args: argparse.Namespace, checkpoint: dict | None) -> Config:
-    """The preset (or the checkpoint's config), overridden by the flags given; raises ValueError."""
-    given = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(Config)}}
+    """The preset (or the checkpoint's config), overridden by the flags given; raises ValueError naming the flag."""
+    given = given_settings(args)
     if checkpoint is None:
-        return validate(dataclasses.replace(PRESETS[given.get("preset", "default")], **given))
+        return validate(dataclasses.replace(PRESETS[given.get("preset", "default")], **given), flag)
     cfg = config_from_dict(checkpoint["config"])
-    for name, value in given.items():
-        if name not in RUNTIME_FIELDS and value != getattr(cfg, name):
+    for f in SETTINGS:
+        if f.name in given and not f.metadata["runtime"] and given[f.name] != getattr(cfg, f.name):
             raise ValueError(
-                f"--{name.replace('_', '-')} cannot change when resuming: the run has {getattr(cfg, name)!r}, "
-                f"got {value!r}. Start a new run instead."
+                f"{flag(f.name)} cannot change when resuming: the run has {getattr(cfg, f.name)!r}, "
+                f"got {given[f.name]!r}. Start a new run instead."
             )
-    return validate(dataclasses.replace(cfg, **given))
+    return validate(dataclasses.replace(cfg, **given), flag)
 
 
-def new_run_dir(logdir: str, name: str | None, cfg: Config) -> Path:
-    """A fresh folder under ``logdir``: ``name`` or date-time-preset-impl, with -2, -3 ... if taken."""
-    base = name or f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.preset}-{cfg.impl}"
+def run_name(args: argparse.Namespace, cfg: Config) -> str:
+    """date-time-preset-impl, then each setting given that changes the weights and differs from the preset (the rule,
+    the learning rate ...), so that runs tell themselves apart in TensorBoard's list."""
+    preset, given = PRESETS[cfg.preset], given_settings(args)
+    changed = [
+        f"-{f.name.replace('_', '-')}={given[f.name]}"
+        for f in SETTINGS
+        if f.name in given
+        and not f.metadata["runtime"]
+        and f.name not in ("preset", "impl")
+        and given[f.name] != getattr(preset, f.name)
+    ]
+    return f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.preset}-{cfg.impl}" + "".join(changed)
+
+
+def new_run_dir(logdir: Path, name: str) -> Path:
+    """A fresh folder ``logdir/name``, with -2, -3 ... if taken."""
     for i in range(1, 10_000):
-        path = Path(logdir) / (base if i == 1 else f"{base}-{i}")
+        path = logdir / (name if i == 1 else f"{name}-{i}")
         try:
             path.mkdir(parents=True, exist_ok=False)  # atomic: two runs started together get different folders
             return path
         except FileExistsError:
             continue
-    raise FileExistsError(f"no free run folder named {base}[-N] in {logdir}")
+    raise FileExistsError(f"no free run folder named {name}[-N] in {logdir}")
 
 
 def probe_digits(test_loader) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,8 +204,75 @@ def main(argv: list[str] | None = None, should_stop=None) -> int:
         return EXIT_INTERRUPTED
 
 
+def run(args: argparse.Namespace, ctx: distributed.Context, should_stop=None) -> int:
+    """Prepare, start reporting, train; the exit code. Under torchrun every rank runs it; rank 0 alone speaks."""
+    try:
+        job = prepare(args, ctx)
+    except Refused as e:
+        return fail(str(e)) if ctx.is_main else EXIT_ERROR
+    if job.state.epoch == job.cfg.epochs:  # a finished run resumed: nothing left to train; say so, write nothing
+        if ctx.is_main:
+            accuracy = job.state.metrics.get("test_accuracy", float("nan"))
+            print(
+                f"run {job.run_dir} is already complete: {job.state.epoch} of {job.cfg.epochs} epochs, test accuracy "
+                f"{accuracy:.2%}; nothing to resume (start a new run to train more)"
+            )
+        return 0
+    logger = start_reporting(job, args, ctx) if ctx.is_main else None
+    try:
+        return train(job, ctx, logger, should_stop)
+    finally:
+        if logger is not None:
+            logger.close()
+
+
 class Refused(Exception):
     """Why a run cannot start, for the user: bad arguments, missing or corrupt data or checkpoint."""
+
+
+@dataclasses.dataclass
+class Job:
+    """A run ready to train: what ``prepare`` made, the same on every rank but ``run_dir`` (rank 0's, else None)."""
+
+    cfg: Config
+    device: torch.device
+    train_loader: object
+    test_loader: object
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    state: TrainState
+    resumed: bool
+    run_dir: Path | None
+
+
+def prepare(args: argparse.Namespace, ctx: distributed.Context) -> Job:
+    """Read the checkpoint, settle the config, load the data, build the model, restore; raises ``Refused`` on every
+    rank if any rank cannot start (before any of them waits on it), leaving no folder behind."""
+    checkpoint = run_dir = problem = None
+    try:
+        checkpoint = read_checkpoint(args, ctx)
+        cfg, device = configure(args, checkpoint, ctx)
+        train_loader, test_loader = load_data(cfg, device, ctx)
+        steps = steps_per_epoch(train_loader, cfg)
+        model, optimizer, scheduler = build(cfg, device, steps)
+        state = restore(checkpoint, model, optimizer, scheduler, steps) if checkpoint else None
+        run_dir = run_folder(args, cfg, checkpoint is not None) if ctx.is_main else None
+    except Refused as e:
+        problem = str(e)
+    except CheckpointError as e:  # restore's: the checkpoint does not fit the model, optimizer or schedule built
+        problem = f"{checkpoint_file(args)}: {e}"
+    problem = distributed.first_error(problem)  # any rank's error stops them all
+    if problem is not None:
+        if checkpoint is None and run_dir is not None:
+            run_dir.rmdir()  # rank 0's new, still empty folder: a run that never started leaves none
+            if args.dry_run and not any(run_dir.parent.iterdir()):
+                run_dir.parent.rmdir()
+        raise Refused(problem)
+    resumed = checkpoint is not None
+    return Job(
+        cfg, device, train_loader, test_loader, model, optimizer, scheduler, state or TrainState(), resumed, run_dir
+    )
 
 
 def read_checkpoint(args: argparse.Namespace, ctx: distributed.Context) -> dict | None:
@@ -252,7 +307,7 @@ def configure(args: argparse.Namespace, checkpoint: dict | None, ctx: distribute
             cfg = dataclasses.replace(
                 cfg, epochs=1, limit_train_batches=2, limit_test_batches=1, log_interval=1, grad_check_interval=1
             )
-        distributed.local_batch_size(cfg.batch_size, ctx.world_size)
+        distributed.local_batch_size(cfg.batch_size, ctx.world_size, flag("batch_size"))
         device = distributed.local_device(cfg.device, ctx)
     except ValueError as e:
         raise Refused(str(e)) from None
@@ -271,8 +326,13 @@ def load_data(cfg: Config, device: torch.device, ctx: distributed.Context):
 
 
 def missing_data(e: DatasetNotFoundError, ctx: distributed.Context) -> str:
-    """Two lines: where the data was looked for and what was expected there; what to do, in this CLI's flags."""
+    """Where the data was looked for and what was expected there; what to do, in this CLI's flags."""
     raw = e.folders[0]
+    if e.inside is not None:
+        return (
+            f"the data folder {raw.parent.parent} is inside the dataset: pass --data-dir {e.inside}, the folder that "
+            f"holds {e.dataset}/raw/"
+        )
     looked = f"{e.dataset} not found: looked in {', '.join(map(str, e.folders))} for {' and '.join(e.files)} (or .gz)"
     elsewhere = f"copy the raw IDX files into {raw}, or point --data-dir at a folder that holds {e.dataset}/raw/"
     if ctx.world_size > 1:
@@ -285,119 +345,110 @@ def missing_data(e: DatasetNotFoundError, ctx: distributed.Context) -> str:
     return f"{looked}.\nRun again with --download to fetch them (needs internet), {elsewhere}."
 
 
-def resume(path: Path, checkpoint: dict, model, optimizer, scheduler, steps: int) -> TrainState:
-    try:
-        return restore(checkpoint, model, optimizer, scheduler, steps)
-    except CheckpointError as e:
-        raise Refused(f"{path}: {e}") from None
-
-
 def run_folder(args: argparse.Namespace, cfg: Config, resumed: bool) -> Path:
     """The resumed run's folder, or a new one (rank 0 only); a dry run's under <logdir>/dry-run/."""
     if resumed:
         return checkpoint_file(args).parent
     try:
-        return new_run_dir(Path(args.logdir) / ("dry-run" if args.dry_run else ""), args.run_name, cfg)
+        return new_run_dir(
+            Path(args.logdir) / ("dry-run" if args.dry_run else ""), args.run_name or run_name(args, cfg)
+        )
     except OSError as e:
         raise Refused(f"cannot make a run folder: {e.strerror or e}") from None
 
 
-def run(args: argparse.Namespace, ctx: distributed.Context, should_stop=None) -> int:
-    """Prepare, train, report; returns the exit code. Under torchrun every rank runs it; rank 0 alone speaks."""
-    checkpoint = run_dir = problem = None
-    try:  # the same on every rank, but for the run folder (rank 0's)
-        checkpoint = read_checkpoint(args, ctx)
-        cfg, device = configure(args, checkpoint, ctx)
-        train_loader, test_loader = load_data(cfg, device, ctx)
-        model, optimizer, scheduler = build(cfg, device, train_loader)
-        steps = steps_per_epoch(train_loader, cfg)
-        state = resume(checkpoint_file(args), checkpoint, model, optimizer, scheduler, steps) if checkpoint else None
-        run_dir = run_folder(args, cfg, checkpoint is not None) if ctx.is_main else None
-    except Refused as e:
-        problem = str(e)
-    problem = distributed.first_error(problem)  # any rank's error stops them all, before any of them waits on it
-    if problem is not None:
-        if checkpoint is None and run_dir is not None:
-            run_dir.rmdir()  # rank 0's new, still empty folder: a run that never started leaves none
-            if args.dry_run and not any(run_dir.parent.iterdir()):
-                run_dir.parent.rmdir()
-        return fail(problem) if ctx.is_main else EXIT_ERROR
-    resumed, state = checkpoint is not None, state or TrainState()
-    if resumed and state.epoch == cfg.epochs:  # nothing left to train: say so, and write nothing
-        if ctx.is_main:
-            accuracy = state.metrics.get("test_accuracy", float("nan"))
-            print(
-                f"run {run_dir} is already complete: {state.epoch} of {cfg.epochs} epochs, test accuracy "
-                f"{accuracy:.2%}; nothing to resume (start a new run to train more)"
-            )
-        return 0
-    model = distributed.wrap(model)  # DistributedDataParallel under torchrun
+def start_reporting(job: Job, args: argparse.Namespace, ctx: distributed.Context):
+    """Rank 0's TensorBoard logger, the config and environment logged, the run announced and its backward audited."""
+    from bp_torch.train.tensorboard import TensorBoardLogger
+
+    # resuming at step s: hide what the interrupted session logged after its checkpoint (steps > s)
+    purge = job.state.step + 1 if job.resumed else None
+    logger = TensorBoardLogger(job.run_dir, probe_digits(job.test_loader), purge_step=purge)
+    if not job.resumed:  # a dry run stays out of TensorBoard's hparams table, where real runs are compared
+        logger.log_start(
+            dataclasses.asdict(job.cfg), environment(job.device, job.run_dir, ctx.world_size), not args.dry_run
+        )
+    announce(job, ctx)
+    report_backward_graph(job.model, job.cfg, job.test_loader, logger)  # "backward graph: N nodes, ..."
+    return logger
+
+
+def train(job: Job, ctx: distributed.Context, logger, should_stop=None) -> int:
+    """Fit to the last epoch, checkpointing after each (rank 0); returns the exit code, after a stop included."""
+    model = distributed.wrap(job.model)  # DistributedDataParallel under torchrun
+    stop = StopOnSignal(escalate=not distributed.under_torchrun())
+    watch = watcher(job, ctx, logger, should_stop or stop)
+    save = lambda state: None  # noqa: E731
+    if ctx.is_main:
+        save = partial(
+            save_training_checkpoint, job.run_dir / CHECKPOINT, job.model, job.optimizer, job.scheduler, job.cfg
+        )
+    loaders = job.train_loader, job.test_loader
+    try:
+        with stop:
+            result = fit(model, job.optimizer, job.scheduler, *loaders, job.cfg, job.state, watch=watch, save=save)
+    except Interrupted:
+        return interrupted(job, ctx, distributed.largest(stop.signum))
+    except CheckpointError as e:  # only rank 0 writes: the others are stopped by torchrun when it exits
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    if ctx.is_main:
+        print(
+            f"test accuracy {result.accuracy:.2%} (error {1 - result.accuracy:.2%}) on {result.count:,} images, "
+            f"{job.state.epoch} epoch{'s' * (job.state.epoch != 1)} in {format_seconds(job.state.elapsed)}\n"
+            f"run: {job.run_dir}\nsee it: tensorboard --logdir {job.run_dir.parent}",
+            flush=True,
+        )
+    return 0
+
+
+def watcher(job: Job, ctx: distributed.Context, logger, should_stop) -> Watch:
+    """What reports the training of ``job``: rank 0's progress bar (on a terminal), lines and logger."""
     progress = ctx.is_main and sys.stderr.isatty()
     echo = print if ctx.is_main else lambda line: None
     if progress:
         from tqdm import tqdm
 
         echo = tqdm.write
-    logger = None
-    if ctx.is_main:
-        from bp_torch.train.tensorboard import TensorBoardLogger
+    return Watch(
+        job.model,
+        job.cfg,
+        logger=logger,
+        progress=progress,
+        echo=echo,
+        device=job.device,
+        should_stop=lambda state: distributed.any_rank(should_stop(state)),  # all ranks stop at the same step
+        distributed=ctx.world_size > 1,
+    )
 
-        # resuming at step s: hide what the interrupted session logged after its checkpoint (steps > s)
-        logger = TensorBoardLogger(run_dir, probe_digits(test_loader), purge_step=state.step + 1 if resumed else None)
-        if not resumed:
-            # a dry run stays out of TensorBoard's hparams table, where real runs are compared
-            logger.log_start(dataclasses.asdict(cfg), environment(device, run_dir, ctx.world_size), not args.dry_run)
-        announce(cfg, distributed.unwrap(model), device, ctx, state, run_dir, resumed)
-        report_backward_graph(distributed.unwrap(model), cfg, test_loader, logger)  # "backward graph: N nodes, ..."
-    stop = StopOnSignal(escalate=not distributed.under_torchrun())
-    try:
-        with stop:
-            asked = should_stop or stop
-            watch = Watch(
-                distributed.unwrap(model), cfg, logger=logger, progress=progress, echo=echo,
-                should_stop=lambda state: distributed.any_rank(asked(state)),  # all ranks stop at the same step
-                distributed=ctx.world_size > 1, device=device,
-            )  # fmt: skip
-            checkpoint_path = run_dir / CHECKPOINT if ctx.is_main else None
-            result = fit(model, optimizer, scheduler, train_loader, test_loader, cfg, state,
-                         checkpoint_path=checkpoint_path, watch=watch)  # fmt: skip
-    except Interrupted:
-        # torchrun stops every rank as soon as one exits non-zero: wait here until rank 0 has saved the checkpoint,
-        # and exit with the same code on every rank (the signal that reached any of them)
-        signum = distributed.largest(stop.signum)
-        if ctx.is_main:
-            by = f" by {signal.Signals(signum).name}" if signum else ""
-            print(
-                f"\ninterrupted{by} at epoch {state.epoch + 1}, step {state.step}; checkpoint saved. Continue with:\n"
-                f"  {'python' if ctx.world_size == 1 else 'torchrun [its options]'} train.py --resume {run_dir}",
-                flush=True,
-            )
-        return 128 + signum if signum else EXIT_INTERRUPTED
-    except CheckpointError as e:  # only rank 0 writes: the others are stopped by torchrun when it exits
-        print(f"train.py: error: {e}", file=sys.stderr)
-        return EXIT_FAILED
-    finally:
-        if logger is not None:
-            logger.close()
+
+def interrupted(job: Job, ctx: distributed.Context, signum: int) -> int:
+    """Say where the run stopped and how to continue it; the exit code of the signal that reached any rank.
+
+    torchrun stops every rank as soon as one exits non-zero: every rank waits for rank 0's checkpoint (in ``fit``)
+    and exits with the same code."""
     if ctx.is_main:
+        by = f" by {signal.Signals(signum).name}" if signum else ""
+        where = f"at epoch {job.state.epoch + 1}, step {job.state.step}"
         print(
-            f"test accuracy {result.accuracy:.2%} (error {1 - result.accuracy:.2%}) on {result.count:,} images, "
-            f"{state.epoch} epoch{'s' * (state.epoch != 1)} in {format_seconds(state.elapsed)}\n"
-            f"run: {run_dir}\n"
-            f"see it: tensorboard --logdir {run_dir.parent}",
+            f"\ninterrupted{by} {where}; checkpoint saved. Continue with:\n"
+            f"  {'python' if ctx.world_size == 1 else 'torchrun [its options]'} train.py --resume {job.run_dir}",
             flush=True,
         )
-    return 0
+    return 128 + signum if signum else EXIT_INTERRUPTED
 
 
-def announce(cfg: Config, model, device, ctx: distributed.Context, state: TrainState, run_dir: Path, resumed: bool):
-    what = f"resuming {run_dir} at epoch {state.epoch + 1}, step {state.step}" if resumed else f"run {run_dir}"
+def announce(job: Job, ctx: distributed.Context) -> None:
+    cfg, state, device = job.cfg, job.state, job.device
+    what = (
+        f"resuming {job.run_dir} at epoch {state.epoch + 1}, step {state.step}" if job.resumed else f"run {job.run_dir}"
+    )
     where = str(device)
     if ctx.world_size > 1:
         share = cfg.batch_size // ctx.world_size
         where = f"{ctx.world_size} processes on {device.type}, {share} images of each batch each"
     print(
-        f"LeNet ({cfg.impl}, {model.count_parameters():,} parameters) on {cfg.dataset}, {where}: {what}\n"
+        f"LeNet ({cfg.impl}, {job.model.count_parameters():,} parameters) on {cfg.dataset}, {where}: {what}\n"
         + textwrap.fill(" ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items()), 120),
         flush=True,
     )

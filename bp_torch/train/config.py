@@ -1,5 +1,6 @@
-"""The recipe: a run's ``Config``, its presets and their validation, and what a config builds (loss, model,
-optimizer, learning-rate schedule)."""
+"""The recipe: a run's ``Config`` — each setting written once, its help, type and allowed values in its field, from
+which the command line's flags and ``validate`` are derived — its presets, and what a config builds (the loaders,
+loss, model, optimizer, learning-rate schedule)."""
 
 from __future__ import annotations
 
@@ -14,118 +15,99 @@ import torch.nn.functional as F
 from bp_torch import functional as BF
 from bp_torch.feedback import RULES
 from bp_torch.models import LeNet
-from bp_torch.train.data import DATASETS, DeviceLoader
+from bp_torch.train.data import DATASETS, DeviceLoader, load_dataset
+from bp_torch.train.distributed import local_batch_size
 
-__all__ = ["Config", "PRESETS", "RUNTIME_FIELDS", "validate", "config_from_dict", "Loss", "build", "steps_per_epoch"]
+__all__ = ["Config", "PRESETS", "validate", "config_from_dict", "make_loaders", "Loss", "build", "steps_per_epoch"]
+
+# what a field's "must" metadata promises, and its test ("not >=": NaN fails too)
+POSITIVE, NON_NEGATIVE, FRACTION = "a positive integer", ">= 0", "in [0, 1)"
+_MUST = {
+    POSITIVE: lambda v: v >= 1,
+    NON_NEGATIVE: lambda v: v >= 0,
+    FRACTION: lambda v: 0 <= v < 1,
+    "a finite number > 0": lambda v: 0 < v < math.inf,
+}
+
+
+def setting(default: Any, help: str, choices=(), must: str | None = None, metavar=None, runtime=False) -> Any:
+    """A ``Config`` field: its default, its help (the flag's), its allowed values (``choices``, or ``must``, a key of
+    ``_MUST``); ``runtime``: it changes no weight, and may differ when a run is resumed."""
+    meta = dict(help=help, choices=tuple(choices), must=must, metavar=metavar, runtime=runtime)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def runtime(default: Any, help: str, choices=(), must: str | None = None, metavar=None) -> Any:
+    """A ``setting`` that only decides how the run is executed and watched: it may change when a run is resumed."""
+    return setting(default, help, choices, must, metavar, runtime=True)
+
+
+# each preset's changes to the defaults: Note B / DeepLearnToolbox's test_example_CNN is sigmoid outputs under
+# ½Σ(ŷ−y)², plain SGD with α = 1, batch 50, one epoch, eq. 1–3 init, pixels in [0, 1]; it asserts test error < 12%
+PRESET_CHANGES: dict[str, dict[str, Any]] = {
+    "default": {},  # the best recipe found for Note B's 3,898-parameter network; see README for its measured result
+    "seed": dict(
+        epochs=1, batch_size=50, lr=1.0, optimizer="sgd", schedule="constant", loss="mse", normalize=False, shift=0
+    ),
+}
 
 
 @dataclass
 class Config:
     """Everything a run depends on; printed at the start and logged to TensorBoard as text and hparams.
 
-    The fields above ``test_batch_size`` decide the trained weights; those from it on (``RUNTIME_FIELDS``) only
-    how the run is executed and watched, and may change when a run is resumed.
+    Each field's metadata (``setting``) holds its help and allowed values: ``python train.py --help`` lists them.
+    Fields marked ``runtime`` only decide how the run is executed and watched, and may change when it is resumed.
     """
 
-    preset: str = "default"
-    dataset: str = "mnist"
-    impl: str = "manual"  # "manual": bp_torch's hand-derived backward; "native": torch.nn's
-    rule: str = "backprop"  # the backward rule of the manual LeNet's conv and linear layers (bp_torch.feedback)
-    epochs: int = 20
-    batch_size: int = 128  # global: split evenly over the processes of a distributed run
-    lr: float = 0.03  # the peak learning rate with schedule="onecycle"
-    optimizer: str = "adam"  # "sgd" | "adam" | "adamw"
-    momentum: float = 0.0  # sgd only
-    nesterov: bool = False  # sgd only
-    weight_decay: float = 0.0
-    schedule: str = "onecycle"  # "constant" | "onecycle" (warmup then cosine down) | "cosine"
-    warmup: float = 0.25  # onecycle: fraction of the steps spent warming up
-    loss: str = "ce"  # "ce": cross-entropy on the logits; "mse": Note B's ½Σ(σ(z) − y)², batch mean
-    label_smoothing: float = 0.0  # ce only
-    normalize: bool = True  # standardise pixels with the dataset's mean/std, else pixels in [0, 1]
-    shift: int = 1  # augmentation: random translation by up to this many pixels (0: off)
-    seed: int = 0
-    limit_train_batches: int = 0  # train on at most this many batches per epoch (0: all)
-    test_batch_size: int = 1000  # per process
-    limit_test_batches: int = 0  # evaluate on the first limit_test_batches * test_batch_size test images (0: all)
-    device: str = "auto"
-    data_dir: str | None = None
-    download: bool = True  # fetch missing data with torchvision (single process only: ranks would race)
-    log_interval: int = 50
-    grad_check_interval: int = 200
-    num_threads: int = 0  # CPU threads for torch (0: torch's default)
-    compile: bool = False  # torch.compile the training forward and backward (the derived backward is traced too)
+    preset: str = setting("default", "'default': the best recipe found; 'seed': Note B's exactly", PRESET_CHANGES)
+    dataset: str = setting("mnist", "dataset", DATASETS)
+    impl: str = setting("manual", "'manual': hand-derived backward; 'native': torch's autograd", ("manual", "native"))
+    rule: str = setting("backprop", "backward rule of the conv and linear layers (bp_torch.feedback)", RULES)
+    epochs: int = setting(20, "number of epochs to train", must=POSITIVE)
+    batch_size: int = setting(128, "training batch; under torchrun split evenly over the processes", must=POSITIVE)
+    lr: float = setting(0.03, "learning rate (the peak with --schedule onecycle)", must="a finite number > 0")
+    optimizer: str = setting("adam", "optimizer", ("sgd", "adam", "adamw"))
+    momentum: float = setting(0.0, "SGD momentum", must=NON_NEGATIVE)
+    nesterov: bool = setting(False, "Nesterov momentum for SGD")
+    weight_decay: float = setting(0.0, "weight decay", must=NON_NEGATIVE)
+    schedule: str = setting("onecycle", "learning-rate schedule over all steps", ("constant", "onecycle", "cosine"))
+    warmup: float = setting(0.25, "onecycle: fraction of the steps spent warming up", must=FRACTION)
+    loss: str = setting("ce", "'ce': cross-entropy on logits; 'mse': Note B's ½Σ(σ(z)−y)², batch mean", ("ce", "mse"))
+    label_smoothing: float = setting(0.0, "label smoothing for --loss ce", must=FRACTION)
+    normalize: bool = setting(True, "standardise pixels with the dataset's mean and std (else in [0, 1])")
+    shift: int = setting(1, "augmentation: random translation by up to N pixels, 0 for none", must=NON_NEGATIVE)
+    seed: int = setting(0, "random seed (init, data order, augmentation)")
+    limit_train_batches: int = setting(0, "train on at most N batches per epoch, 0 for all", must=NON_NEGATIVE)
+    test_batch_size: int = runtime(1000, "evaluation batch size, per process", must=POSITIVE)
+    limit_test_batches: int = runtime(0, "evaluate the first N*test-batch-size images, 0 for all", must=NON_NEGATIVE)
+    device: str = runtime("auto", "auto: cuda if available; under torchrun GPU LOCAL_RANK", ("auto", "cpu", "cuda"))
+    data_dir: str | None = runtime(None, "folder holding MNIST/raw/ (default: $BP_TORCH_DATA or ./data)", metavar="DIR")
+    download: bool = runtime(True, "download missing data (never under torchrun); a failed one leaves nothing behind")
+    log_interval: int = runtime(50, "steps between training-scalar logs", must=NON_NEGATIVE)
+    grad_check_interval: int = runtime(200, "steps between manual-vs-native gradient checks", must=NON_NEGATIVE)
+    num_threads: int = runtime(0, "CPU threads for torch, 0 for torch's default", must=NON_NEGATIVE)
+    compile: bool = runtime(False, "torch.compile the training step, the derived backward included (slow first steps)")
 
 
-# changing these changes no weight: they may differ when a run is resumed
-RUNTIME_FIELDS = frozenset(
-    {
-        "test_batch_size",
-        "limit_test_batches",
-        "device",
-        "data_dir",
-        "download",
-        "log_interval",
-        "grad_check_interval",
-        "num_threads",
-        "compile",
-    }
-)
-
-PRESETS: dict[str, Config] = {
-    # the best recipe found for Note B's 3,898-parameter network; see README for its measured result
-    "default": Config(),
-    # exactly Note B / DeepLearnToolbox's test_example_CNN: sigmoid outputs under ½Σ(ŷ−y)², plain SGD with α = 1,
-    # batch 50, one epoch, eq. 1–3 init, pixels in [0, 1]; DeepLearnToolbox asserts test error < 12% after it
-    "seed": Config(
-        preset="seed",
-        epochs=1,
-        batch_size=50,
-        lr=1.0,
-        optimizer="sgd",
-        schedule="constant",
-        loss="mse",
-        normalize=False,
-        shift=0,
-    ),
-}
+PRESETS = {name: Config(preset=name, **changes) for name, changes in PRESET_CHANGES.items()}
 
 
-def validate(cfg: Config) -> Config:
-    """Raise ``ValueError`` naming the first setting out of range."""
-    choices = {
-        "preset": tuple(PRESETS),
-        "impl": ("manual", "native"),
-        "rule": RULES,
-        "optimizer": ("sgd", "adam", "adamw"),
-        "schedule": ("constant", "onecycle", "cosine"),
-        "loss": ("ce", "mse"),
-        "dataset": tuple(DATASETS),
-        "device": ("auto", "cpu", "cuda"),
-    }
-    for name, allowed in choices.items():
-        if getattr(cfg, name) not in allowed:
-            raise ValueError(f"{name} must be one of {', '.join(allowed)}, but got {name}={getattr(cfg, name)!r}")
-    for name in ("epochs", "batch_size", "test_batch_size"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be a positive integer, but got {name}={getattr(cfg, name)}")
-    for name in ("limit_train_batches", "limit_test_batches", "log_interval", "grad_check_interval", "shift",
-                 "num_threads", "momentum", "weight_decay"):  # fmt: skip
-        if not getattr(cfg, name) >= 0:  # "not >=": NaN fails too
-            raise ValueError(f"{name} must be >= 0, but got {name}={getattr(cfg, name)}")
-    if not (0 < cfg.lr < math.inf and 0 <= cfg.warmup < 1):
-        raise ValueError(f"lr must be > 0 and warmup in [0, 1), but got lr={cfg.lr}, warmup={cfg.warmup}")
+def validate(cfg: Config, name=lambda field: field) -> Config:
+    """Raise ``ValueError`` naming the first setting out of range, spelled ``name(field)``."""
+    for f in dataclasses.fields(Config):
+        value, choices, must, called = getattr(cfg, f.name), f.metadata["choices"], f.metadata["must"], name(f.name)
+        if choices and value not in choices:
+            raise ValueError(f"{called} must be one of {', '.join(choices)}, but got {called}={value!r}")
+        if must and not _MUST[must](value):
+            raise ValueError(f"{called} must be {must}, but got {called}={value}")
     if cfg.rule != "backprop" and cfg.impl != "manual":
         raise ValueError(
-            f"rule={cfg.rule!r} needs impl='manual' (torch's own backward is exact), but got impl={cfg.impl!r}"
+            f"{name('rule')}={cfg.rule!r} needs {name('impl')}='manual' (torch's own backward is exact), but got "
+            f"{name('impl')}={cfg.impl!r}"
         )
-    if not 0 <= cfg.label_smoothing < 1:
-        raise ValueError(f"label_smoothing must be in [0, 1), but got label_smoothing={cfg.label_smoothing}")
     return cfg
 
-
-# fields newer than the checkpoints that lack them, with the value those runs had
-ADDED_LATER = {"rule": "backprop"}
 
 # the Python types each annotation of Config admits (a float field takes an int, as argparse's type=float would)
 _TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "str | None": (str, type(None))}
@@ -139,7 +121,6 @@ def config_from_dict(d: Any) -> Config:
     """
     if not isinstance(d, dict):
         raise ValueError(f"config must be a dict of Config's fields, but got a {type(d).__name__}")
-    d = {**ADDED_LATER, **d}
     fields = {f.name: f for f in dataclasses.fields(Config)}
     missing, unknown = [n for n in fields if n not in d], [k for k in d if k not in fields]
     if missing or unknown:
@@ -148,10 +129,36 @@ def config_from_dict(d: Any) -> Config:
         value, allowed = d[name], _TYPES[f.type]
         if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
             raise ValueError(f"config.{name} must be of type {f.type}, but got {value!r}")
-    try:
-        return validate(Config(**d))
-    except ValueError as e:
-        raise ValueError(f"config.{e}") from None
+    return validate(Config(**d), name=lambda field: f"config.{field}")
+
+
+def make_loaders(
+    cfg: Config, device: torch.device, rank: int = 0, world_size: int = 1
+) -> tuple[DeviceLoader, DeviceLoader]:
+    """The shuffled, augmented training loader and the test loader of rank ``rank`` of ``world_size``, on ``device``.
+
+    Training: ``DistributedSampler``'s shards of each epoch's order, ``cfg.batch_size // world_size`` per rank, so
+    that batch ``i`` of all ranks together is batch ``i`` of a single process with ``cfg.batch_size`` (the order is
+    interleaved over ranks). Test: the first ``limit_test_batches * test_batch_size`` images (all if 0), cut into
+    contiguous shards that together hold each image once.
+
+    Raises ``DatasetNotFoundError`` (a FileNotFoundError) or ``ValueError`` for corrupt files or a batch size the
+    world size does not divide.
+    """
+    batch_size = local_batch_size(cfg.batch_size, world_size)
+    info = DATASETS[cfg.dataset]
+    mean, std = (info.mean, info.std) if cfg.normalize else (0.0, 1.0)
+    common = dict(mean=mean, std=std, device=device, rank=rank, world_size=world_size)
+    # under torchrun every process would write the same files at once: there the data must be in place beforehand
+    download = cfg.download and world_size == 1
+    images, labels = load_dataset(cfg.dataset, True, cfg.data_dir, download)
+    train = DeviceLoader(images, labels, batch_size, shuffle=True, seed=cfg.seed, shift=cfg.shift, **common)
+    images, labels = load_dataset(cfg.dataset, False, cfg.data_dir, download)
+    if cfg.limit_test_batches:  # a prefix of the test set, whatever the world size: the same images are evaluated
+        n = cfg.limit_test_batches * cfg.test_batch_size
+        images, labels = images[:n], labels[:n]
+    test = DeviceLoader(images, labels, cfg.test_batch_size, even_shards=False, **common)
+    return train, test
 
 
 class Loss:
@@ -187,7 +194,7 @@ def steps_per_epoch(loader: DeviceLoader, cfg: Config) -> int:
 
 
 def build(
-    cfg: Config, device: torch.device, train_loader: DeviceLoader
+    cfg: Config, device: torch.device, steps_per_epoch: int
 ) -> tuple[LeNet, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """Seed, then make the model (eq. 1–3 init), its optimizer and its learning-rate schedule."""
     torch.manual_seed(cfg.seed)
@@ -199,7 +206,7 @@ def build(
     else:
         kind = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
         optimizer = kind(model.parameters(), cfg.lr, weight_decay=cfg.weight_decay)
-    total = cfg.epochs * steps_per_epoch(train_loader, cfg)
+    total = cfg.epochs * steps_per_epoch
     if cfg.schedule == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=total, pct_start=cfg.warmup)
     elif cfg.schedule == "cosine":

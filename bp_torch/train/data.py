@@ -23,15 +23,10 @@ import struct
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-
-from bp_torch.train.distributed import local_batch_size
-
-if TYPE_CHECKING:
-    from bp_torch.train.config import Config
 
 
 class DatasetInfo(NamedTuple):
@@ -58,17 +53,32 @@ class DatasetNotFoundError(FileNotFoundError):
 
     Besides its message (spelled for the Python API), it says what was looked for, so that a command line can word
     its own advice: ``dataset`` (torchvision's folder name), ``split`` (``"train"`` or ``"test"``), ``folders``
-    searched (the first is where a download goes), ``files`` expected there, and ``failure``: why a download tried
-    failed (one line), or None if none was tried.
+    searched (the first is where a download goes), ``files`` expected there, ``failure``: why a download tried
+    failed (one line), or None if none was tried; and ``inside``: the root to give instead when the root given is
+    the dataset's own folder or its ``raw/`` (then nothing is downloaded: it would nest a second copy), else None.
     """
 
-    def __init__(self, dataset: str, split: str, folders: list[Path], files: tuple[str, ...], failure: str | None):
+    def __init__(
+        self,
+        dataset: str,
+        split: str,
+        folders: list[Path],
+        files: tuple[str, ...],
+        failure: str | None,
+        inside: Path | None = None,
+    ) -> None:
         self.dataset, self.split, self.folders, self.files, self.failure = dataset, split, folders, files, failure
+        self.inside = inside
         tried = f" A download into {folders[0]} was tried and failed: {failure}." if failure else ""
+        advice = (
+            f"the root is {dataset}'s own folder: pass {inside}, the folder that holds {dataset}/raw/"
+            if inside
+            else f"put the raw IDX files in {folders[0]}, point --data-dir (or BP_TORCH_DATA) at a folder that "
+            f"holds {dataset}/raw/, or allow a download (download=True) when online"
+        )
         super().__init__(
             f"{dataset} {split} split not found: looked for {' and '.join(f'{n}[.gz]' for n in files)} in "
-            f"{', '.join(map(str, folders))}.{tried} Put the raw IDX files in {folders[0]}, point --data-dir (or "
-            f"BP_TORCH_DATA) at a folder that holds {dataset}/raw/, or allow a download (download=True) when online."
+            f"{', '.join(map(str, folders))}.{tried} {advice[0].upper()}{advice[1:]}."
         )
 
 
@@ -165,6 +175,11 @@ def load_dataset(
     info, root, names = DATASETS[key], resolve_data_root(root), _FILES[train]
     folders = [root / info.folder / "raw", *map(Path, info.also)]
     paths, failure = _find(folders, names), None
+    # a root named after the dataset, or its raw/: the user meant the folder above it
+    here = root.absolute()
+    inside = [p.parent for p in (here, here.parent) if p.name == info.folder and here.name in (p.name, "raw")]
+    if paths is None and inside:
+        raise DatasetNotFoundError(info.folder, "train" if train else "test", folders, names, None, inside[0])
     if paths is None and download:
         failure = _download(info.folder, root, train)
         paths = _find(folders, names)
@@ -172,7 +187,13 @@ def load_dataset(
             failure = "torchvision finished but left no files there"
     if paths is None:
         raise DatasetNotFoundError(info.folder, "train" if train else "test", folders, names, failure)
-    images, labels = read_idx(paths[0], ndim=3), read_idx(paths[1], ndim=1)
+    return _read_split(*paths)
+
+
+def _read_split(images_path: Path, labels_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split's images and labels, checked against each other and the datasets' image size and classes."""
+    paths = images_path, labels_path
+    images, labels = read_idx(images_path, ndim=3), read_idx(labels_path, ndim=1)
     N, H, W = images.shape
     if (H, W) != IMAGE_SIZE:
         raise ValueError(f"{paths[0]}: images must be {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, but it holds {N} of {H}x{W}")
@@ -193,9 +214,11 @@ def load_dataset(
 def _download(folder: str, root: Path, train: bool) -> str | None:
     """Let torchvision fetch the dataset into ``root/folder/raw``; None if it did, else why not, in one line.
 
-    A failed download leaves nothing behind: the folders it made for the files are removed again.
+    A failed download leaves nothing behind: the folders it made for the files, ``root``'s missing parents
+    included, are removed again.
     """
-    made = next((p for p in (root, root / folder, root / folder / "raw") if not p.exists()), None)
+    raw = (root / folder / "raw").absolute()
+    made = ([p for p in (raw, *raw.parents) if not p.exists()] or [None])[-1]  # the outermost folder it will make
     try:
         import torchvision  # only for a download: reading the files needs none of it
 
@@ -359,32 +382,3 @@ class DeviceLoader:
                 x = shift_images(x, shifts[i : i + self.batch_size], self.shift)
             x = x.unsqueeze(1).float().mul_(scale).sub_(offset)  # (B, 1, H, W) float32
             yield x, self.labels.index_select(0, idx)
-
-
-def make_loaders(
-    cfg: Config, device: torch.device, rank: int = 0, world_size: int = 1
-) -> tuple[DeviceLoader, DeviceLoader]:
-    """The shuffled, augmented training loader and the test loader of rank ``rank`` of ``world_size``, on ``device``.
-
-    Training: ``DistributedSampler``'s shards of each epoch's order, ``cfg.batch_size // world_size`` per rank, so
-    that batch ``i`` of all ranks together is batch ``i`` of a single process with ``cfg.batch_size`` (the order is
-    interleaved over ranks). Test: the first ``limit_test_batches * test_batch_size`` images (all if 0), cut into
-    contiguous shards that together hold each image once.
-
-    Raises ``DatasetNotFoundError`` (a FileNotFoundError) or ``ValueError`` for corrupt files or a batch size the
-    world size does not divide.
-    """
-    batch_size = local_batch_size(cfg.batch_size, world_size)
-    info = DATASETS[cfg.dataset]
-    mean, std = (info.mean, info.std) if cfg.normalize else (0.0, 1.0)
-    common = dict(mean=mean, std=std, device=device, rank=rank, world_size=world_size)
-    # under torchrun every process would write the same files at once: there the data must be in place beforehand
-    download = cfg.download and world_size == 1
-    images, labels = load_dataset(cfg.dataset, True, cfg.data_dir, download)
-    train = DeviceLoader(images, labels, batch_size, shuffle=True, seed=cfg.seed, shift=cfg.shift, **common)
-    images, labels = load_dataset(cfg.dataset, False, cfg.data_dir, download)
-    if cfg.limit_test_batches:  # a prefix of the test set, whatever the world size: the same images are evaluated
-        n = cfg.limit_test_batches * cfg.test_batch_size
-        images, labels = images[:n], labels[:n]
-    test = DeviceLoader(images, labels, cfg.test_batch_size, even_shards=False, **common)
-    return train, test

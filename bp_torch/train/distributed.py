@@ -109,7 +109,10 @@ def local_device(choice: str, ctx: Context) -> torch.device:
     if choice == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ValueError("--device cuda, but no CUDA device is available")
+        raise ValueError(
+            "--device cuda, but no CUDA device is available: use --device cpu (or auto, which picks CUDA "
+            "when there is one)"
+        )
     if ctx.world_size == 1:
         return torch.device("cuda")
     if ctx.local_rank >= torch.cuda.device_count():
@@ -177,11 +180,11 @@ def first_error(message: str | None) -> str | None:
     return next((m if r == 0 else f"rank {r}: {m}" for r, m in enumerate(messages) if m is not None), None)
 
 
-def local_batch_size(batch_size: int, world_size: int) -> int:
-    """Each rank's share of a global batch; ``ValueError`` unless the world size divides it."""
+def local_batch_size(batch_size: int, world_size: int, name: str = "batch_size") -> int:
+    """Each rank's share of a global batch; ``ValueError`` (calling it ``name``) unless the world size divides it."""
     if batch_size % world_size:
         raise ValueError(
-            f"batch_size is the global batch, split evenly over the processes: it must be divisible by the "
-            f"world size, but got batch_size={batch_size}, world_size={world_size}"
+            f"{name} is the global batch, split evenly over the processes: it must be divisible by the "
+            f"world size, but got {name}={batch_size}, world_size={world_size}"
         )
     return batch_size // world_size

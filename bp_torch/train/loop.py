@@ -1,15 +1,15 @@
 """Train and evaluate: ``fit`` (epoch → train one epoch → evaluate → report → checkpoint), ``train_one_epoch`` and
-``evaluate``, in the shape of pytorch/examples' MNIST.
+``evaluate``, in the shape of pytorch/examples' MNIST, and ``TrainState``, where training stands.
 
 Reporting lives in ``bp_torch.train.monitor.Watch``, the recipe in ``bp_torch.train.config``, checkpoints in
-``bp_torch.train.checkpoint``. Under ``torchrun`` every rank calls ``fit`` with its own shard in each loader and the
+``bp_torch.train.resume``. Under ``torchrun`` every rank calls ``fit`` with its own shard in each loader and the
 model wrapped in ``DistributedDataParallel``; the module inside it is what is checkpointed, logged and evaluated.
 
 Example::
 
     >>> cfg = Config(epochs=1, limit_train_batches=10)
     >>> train_loader, test_loader = make_loaders(cfg, torch.device("cpu"))
-    >>> model, optimizer, scheduler = build(cfg, torch.device("cpu"), train_loader)
+    >>> model, optimizer, scheduler = build(cfg, torch.device("cpu"), steps_per_epoch(train_loader, cfg))
     >>> result = fit(model, optimizer, scheduler, train_loader, test_loader, cfg, TrainState())
     >>> result.accuracy
 """
@@ -17,20 +17,34 @@ Example::
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from itertools import islice
 
 import torch
 from torch import nn
 
-from bp_torch.train.checkpoint import save_checkpoint
 from bp_torch.train.config import Config, Loss, steps_per_epoch
 from bp_torch.train.data import NUM_CLASSES, DeviceLoader
 from bp_torch.train.distributed import all_reduce_sum, unwrap
-from bp_torch.train.monitor import Interrupted, Watch
-from bp_torch.train.resume import TrainState, checkpoint_state
+from bp_torch.train.monitor import Watch
+from bp_torch.train.signals import Interrupted
 
-__all__ = ["EvalResult", "evaluate", "train_one_epoch", "fit"]
+__all__ = ["TrainState", "EvalResult", "evaluate", "train_one_epoch", "fit"]
+
+
+@dataclass
+class TrainState:
+    """Where training stands: ``epoch`` epochs done, plus ``batch`` batches of the next; ``step`` in all."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    elapsed: float = 0.0  # seconds spent training and evaluating, summed over resumed sessions
+    metrics: dict[str, float] = field(default_factory=dict)  # the latest test loss/accuracy
+    # the current epoch's training sums over every rank so far (loss sum, correct, samples), saved when a run
+    # stops mid-epoch: the epoch's report after a resume then covers the whole epoch
+    train_sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
 
 
 @dataclass
@@ -84,8 +98,7 @@ def evaluate(model: nn.Module, loader: DeviceLoader, loss_fn: Loss, keep: int = 
     return EvalResult(loss_sum.item(), confusion.view(NUM_CLASSES, NUM_CLASSES).cpu(), images, pred, true)
 
 
-def train_one_epoch(model, optimizer, scheduler, loader: DeviceLoader, loss_fn, cfg: Config, state: TrainState,
-                    watch: Watch) -> None:  # fmt: skip
+def train_one_epoch(model, optimizer, scheduler, loader: DeviceLoader, loss_fn, cfg: Config, state, watch) -> None:
     """Train from batch ``state.batch`` to the end of epoch ``state.epoch``; ``watch`` sums the metrics."""
     steps = steps_per_epoch(loader, cfg)
     loader.set_epoch(state.epoch, state.batch)
@@ -104,12 +117,22 @@ def train_one_epoch(model, optimizer, scheduler, loader: DeviceLoader, loss_fn, 
         watch.after_step(state, loss, logits, y, lr)
 
 
-def fit(model, optimizer, scheduler, train_loader: DeviceLoader, test_loader: DeviceLoader, cfg: Config,
-        state: TrainState, *, checkpoint_path=None, watch: Watch | None = None) -> EvalResult | None:  # fmt: skip
-    """Train from ``state`` to ``cfg.epochs`` epochs, evaluating, reporting and checkpointing after each.
+def fit(
+    model,
+    optimizer,
+    scheduler,
+    train_loader,
+    test_loader,
+    cfg: Config,
+    state: TrainState,
+    *,
+    watch=None,
+    save: Callable[[TrainState], None] = lambda state: None,
+) -> EvalResult | None:
+    """Train from ``state`` to ``cfg.epochs`` epochs, evaluating, reporting and saving (``save(state)``) after each.
 
-    ``watch`` reports and relays stop requests (``Interrupted`` is raised at a step boundary, after the checkpoint
-    is written); by default a silent one. Returns the last epoch's test result (None if no epoch was left).
+    ``watch`` reports and relays stop requests (``Interrupted`` is raised at a step boundary, after ``save``); by
+    default a silent one. Returns the last epoch's test result (None if no epoch was left).
     """
     core = unwrap(model)  # the plain module: its state_dict has no "module." prefix, its forward no collective
     watch = watch or Watch(core, cfg, echo=lambda line: None)
@@ -129,10 +152,8 @@ def fit(model, optimizer, scheduler, train_loader: DeviceLoader, test_loader: De
             state.elapsed += time.perf_counter() - start
             state.metrics = {"test_loss": result.loss, "test_accuracy": result.accuracy}
             watch.end_epoch(state, result, train_time)
-            if checkpoint_path is not None:
-                save_checkpoint(checkpoint_path, checkpoint_state(core, optimizer, scheduler, cfg, state))
+            save(state)
     except Interrupted:
-        if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, checkpoint_state(core, optimizer, scheduler, cfg, state))
+        save(state)
         raise
     return result

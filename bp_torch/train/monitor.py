@@ -1,5 +1,5 @@
-"""Watching a run: running metrics, the hand-derived-vs-native gradient check, the audit of the backward graph at
-the start, and everything the loop reports (TensorBoard scalars and images, the progress bar, the epoch line, stop
+"""Reporting a run: running metrics, the hand-derived-vs-native gradient check, the backward graph's audit at the
+start, and everything the loop reports (TensorBoard scalars and images, the progress bar, the epoch line, stop
 requests) in one object the loop calls per step."""
 
 from __future__ import annotations
@@ -10,19 +10,14 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from bp_torch import nn as bnn
-from bp_torch.audit import Audit, audit, backward_kernels, label_modules
-from bp_torch.feedback import angle, exact
+from bp_torch.audit import Audit, audit_backward
+from bp_torch.feedback import alignment, exact
 from bp_torch.models import LeNet
 from bp_torch.train.config import Config, Loss
 from bp_torch.train.distributed import all_reduce_sum, rank
-from bp_torch.train.resume import TrainState
+from bp_torch.train.signals import Interrupted
 
-__all__ = ["Running", "grad_check", "alignment", "Watch", "Interrupted", "audit_backward", "report_backward_graph"]
-
-
-class Interrupted(Exception):
-    """Training stopped at a step boundary on request (Ctrl-C, SIGTERM); the state is consistent and checkpointed."""
+__all__ = ["Running", "grad_check", "Watch", "report_backward_graph"]
 
 
 class Running:
@@ -76,71 +71,6 @@ def grad_check(
     }
 
 
-def alignment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Loss) -> dict[str, float]:
-    """How far each layer's backward rule (``bp_torch.feedback``) is from exact backprop on one batch.
-
-    For every layer with a rule other than ``backprop``: ``<layer>/delta_angle``, the angle in degrees between the δ
-    the rule sends to the layer's input and exact backprop's, ``<layer>/delta_norm_ratio`` (the rule's norm over
-    exact's), and ``<layer>/weight_grad_angle`` and ``<layer>/weight_grad_norm_ratio`` for the weight gradient — the
-    update the rule makes against the true gradient. The batch's pixels are given a gradient so that the first
-    layer has a δ too. Random draws (brsf's magnitudes) come from a forked generator: training's stream is untouched.
-    """
-    layers = {
-        name: m
-        for name, m in model.named_modules()
-        if isinstance(m, (bnn.Linear, bnn.Conv2d)) and getattr(m, "rule", "backprop") != "backprop"
-    }
-    if not layers:
-        return {}
-    inputs: dict[str, torch.Tensor] = {}
-    hooks = [
-        m.register_forward_pre_hook(lambda m, args, name=name: inputs.__setitem__(name, args[0]))
-        for name, m in layers.items()
-    ]
-    pixels = x.detach().requires_grad_()
-
-    def gradients() -> list[torch.Tensor]:
-        loss = loss_fn(model(pixels), y)
-        wanted = [inputs[name] for name in layers] + [m.weight for m in layers.values()]
-        return torch.autograd.grad(loss, wanted)
-
-    devices = [x.device] if x.device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            rule = gradients()
-        with exact():
-            true = gradients()
-    finally:
-        for hook in hooks:
-            hook.remove()
-    out, n = {}, len(layers)
-    for i, name in enumerate(layers):
-        for what, ours, reference in (("delta", rule[i], true[i]), ("weight_grad", rule[n + i], true[n + i])):
-            out[f"{name}/{what}_angle"] = angle(ours, reference)
-            out[f"{name}/{what}_norm_ratio"] = (ours.norm() / reference.norm().clamp_min(1e-30)).item()
-    return out
-
-
-def audit_backward(model: nn.Module, loss_fn: Loss, x: torch.Tensor, y: torch.Tensor) -> tuple[Audit, list[str]]:
-    """The audit of one training step's backward graph, and the aten ``*_backward`` kernels its backward ran.
-
-    The step runs in training mode on ``x``, ``y`` with the random state saved and restored, and its backward
-    through ``autograd.grad``: no ``.grad``, no random draw and no mode of the run is changed.
-    """
-    device = next(model.parameters()).device
-    was_training = model.training
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        model.train()
-        try:
-            with label_modules(model):
-                loss = loss_fn(model(x), y)
-            with backward_kernels() as kernels:
-                torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])
-        finally:
-            model.train(was_training)
-    return audit(loss), kernels.seen
-
-
 def report_backward_graph(model: nn.Module, cfg: Config, loader, logger=None, echo=print) -> Audit:
     """Audit the training step on a few images of ``loader``'s first batch; print one line (``backward graph: N
     nodes, all hand-derived ...`` or the native nodes) and log it with its table to TensorBoard."""
@@ -173,7 +103,7 @@ class Watch:
         cfg: Config,
         *,
         logger=None,
-        should_stop: Callable[[TrainState], bool] = lambda state: False,
+        should_stop: Callable[..., bool] = lambda state: False,
         progress: bool = False,
         echo: Callable[[str], None] = print,
         distributed: bool = False,
@@ -192,14 +122,14 @@ class Watch:
             self.reference_loss_fn = Loss.of(cfg, "native")
         self.bar = None
 
-    def check_stop(self, state: TrainState) -> None:
+    def check_stop(self, state) -> None:
         """Raise ``Interrupted`` if a stop is asked, with the epoch's sums so far in ``state`` for its checkpoint."""
         if self.should_stop(state):
             if self.in_epoch:
                 state.train_sums = self.epoch.totals(self.distributed)
             raise Interrupted
 
-    def start_epoch(self, state: TrainState, steps: int) -> None:
+    def start_epoch(self, state, steps: int) -> None:
         self.interval.sums.zero_()
         self.epoch.sums.zero_()
         # resumed mid-epoch: the sums of the batches before the checkpoint, counted once (on rank 0) over the ranks
@@ -213,7 +143,7 @@ class Watch:
             desc = f"epoch {state.epoch + 1:>{len(str(self.cfg.epochs))}}/{self.cfg.epochs}"
             self.bar = tqdm(total=steps, initial=state.batch, desc=desc, unit="batch", leave=False)
 
-    def before_step(self, state: TrainState, x: torch.Tensor, y: torch.Tensor) -> None:
+    def before_step(self, state, x: torch.Tensor, y: torch.Tensor) -> None:
         if self.reference is not None and state.step % self.cfg.grad_check_interval == 0:
             # on rank 0 alone, through the plain module: autograd.grad, no DDP hook, no collective
             differences = grad_check(self.model, self.reference, x, y, self.loss_fn, self.reference_loss_fn)
@@ -221,7 +151,7 @@ class Watch:
             if self.cfg.rule != "backprop":
                 self.logger.log_alignment(state.step, alignment(self.model, x, y, self.loss_fn))
 
-    def after_step(self, state: TrainState, loss: torch.Tensor, logits, y, lr: float) -> None:
+    def after_step(self, state, loss: torch.Tensor, logits, y, lr: float) -> None:
         sums = Running.of(loss, logits, y)
         self.interval.add(sums)
         self.epoch.add(sums)
@@ -237,7 +167,7 @@ class Watch:
             self.tick = now
         self.check_stop(state)
 
-    def end_epoch(self, state: TrainState, result, train_time: float) -> None:
+    def end_epoch(self, state, result, train_time: float) -> None:
         """Report the epoch: its training metrics over all its batches, a resumed session's included."""
         if self.bar is not None:
             self.bar.close()

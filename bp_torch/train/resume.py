@@ -1,41 +1,32 @@
-"""Resuming: what a training checkpoint holds (``TrainState``, ``checkpoint_state``), the checks a file passes before a
-run resumes from it (``check_training_checkpoint``: every field, then the fit to the model, optimizer and schedule
-the run builds), and ``restore``. Each failure is a ``CheckpointError`` whose one-line message names the field."""
+"""Resuming: what a training checkpoint holds (``checkpoint_state``, written by ``save_training_checkpoint``), the
+checks a file passes before a run resumes from it (``check_training_checkpoint``: every field, then the fit to the
+model, optimizer and schedule the run builds), and ``restore``. Each failure is a ``CheckpointError`` whose one-line
+message names the field."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from bp_torch.train.checkpoint import CheckpointError, load_checkpoint
+from bp_torch.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from bp_torch.train.config import config_from_dict
+from bp_torch.train.loop import TrainState
 
-__all__ = ["TrainState", "checkpoint_state", "load_training_checkpoint", "check_training_checkpoint", "restore"]
+__all__ = [
+    "checkpoint_state",
+    "save_training_checkpoint",
+    "load_training_checkpoint",
+    "check_training_checkpoint",
+    "restore",
+]
 
-# 2: a "checksum" of the contents and state.train_sums; 1 (still read, no longer written): neither
-CHECKPOINT_FORMAT = 2
-FORMATS = (1, 2)
-TRAINING_KEYS = ("format", "config", "model", "optimizer", "scheduler", "state", "rng")
-
-
-@dataclass
-class TrainState:
-    """Where training stands: ``epoch`` epochs done, plus ``batch`` batches of the next; ``step`` in all."""
-
-    epoch: int = 0
-    batch: int = 0
-    step: int = 0
-    elapsed: float = 0.0  # seconds spent training and evaluating, summed over resumed sessions
-    metrics: dict[str, float] = field(default_factory=dict)  # the latest test loss/accuracy
-    # the current epoch's training sums over every rank so far (loss sum, correct, samples), saved when a run
-    # stops mid-epoch: the epoch's report after a resume then covers the whole epoch
-    train_sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+CHECKPOINT_FORMAT = 2  # 1 was never released
+TRAINING_KEYS = ("format", "config", "model", "optimizer", "scheduler", "state", "rng", "checksum")
 
 
 def checkpoint_state(
@@ -62,6 +53,11 @@ def checkpoint_state(
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         },
     }
+
+
+def save_training_checkpoint(path: str | os.PathLike, model, optimizer, scheduler, cfg, state: TrainState) -> None:
+    """``save_checkpoint`` of ``checkpoint_state``: atomic; raises ``CheckpointError`` if it cannot be written."""
+    save_checkpoint(path, checkpoint_state(model, optimizer, scheduler, cfg, state))
 
 
 def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -101,9 +97,9 @@ def check_training_checkpoint(ckpt: dict[str, Any]) -> None:
     """
     fmt = ckpt.get("format")
     if _is_int(fmt) and fmt > CHECKPOINT_FORMAT:
-        raise CheckpointError(f"format {fmt} is newer than this bp_torch reads (1 to {CHECKPOINT_FORMAT})")
-    _expect(_is_int(fmt) and fmt in FORMATS, "format", f"one of {', '.join(map(str, FORMATS))}", fmt)
-    missing = [k for k in (*TRAINING_KEYS, *(("checksum",) if fmt >= 2 else ())) if k not in ckpt]
+        raise CheckpointError(f"format {fmt} is newer than this bp_torch reads ({CHECKPOINT_FORMAT})")
+    _expect(_is_int(fmt) and fmt == CHECKPOINT_FORMAT, "format", str(CHECKPOINT_FORMAT), fmt)
+    missing = [k for k in TRAINING_KEYS if k not in ckpt]
     if missing:
         raise CheckpointError(f"not a bp_torch training checkpoint: it lacks {', '.join(missing)}")
     try:
@@ -114,8 +110,7 @@ def check_training_checkpoint(ckpt: dict[str, Any]) -> None:
     state = ckpt["state"]
     _expect(isinstance(state, dict), "state", "a dict of TrainState's fields", state)
     names = [f.name for f in dataclasses.fields(TrainState)]
-    optional = {"train_sums"} if fmt == 1 else set()
-    missing, unknown = [n for n in names if n not in state and n not in optional], [k for k in state if k not in names]
+    missing, unknown = [n for n in names if n not in state], [k for k in state if k not in names]
     if missing or unknown:
         raise CheckpointError(f"state {'lacks ' + ', '.join(missing) if missing else 'has unknown ' + repr(unknown)}")
     for name in ("batch", "step"):
@@ -128,7 +123,7 @@ def check_training_checkpoint(ckpt: dict[str, Any]) -> None:
     metrics = state["metrics"]
     ok = isinstance(metrics, dict) and all(isinstance(k, str) and _is_number(v) for k, v in metrics.items())
     _expect(ok, "state.metrics", "a dict of names to numbers", metrics)
-    sums = state.get("train_sums", [0.0, 0.0, 0.0])
+    sums = state["train_sums"]
     ok = isinstance(sums, list) and len(sums) == 3 and all(_is_number(v) and v >= 0 for v in sums)
     _expect(ok, "state.train_sums", "3 numbers >= 0 (loss sum, correct, samples)", sums)
 
@@ -167,11 +162,13 @@ def _like(value: Any, reference: Any) -> bool:
 
 
 def _differences(saved: dict, fresh: dict) -> str:
-    extra, lacking = sorted(set(saved) - set(fresh), key=str), sorted(set(fresh) - set(saved), key=str)
-    return "; ".join(
-        part for part in (f"it has {', '.join(map(str, extra))}" if extra else "",
-                          f"it lacks {', '.join(map(str, lacking))}" if lacking else "") if part
-    )  # fmt: skip
+    """The keys ``saved`` has beyond ``fresh``'s, and those it lacks."""
+    has, lacks = sorted(set(saved) - set(fresh), key=str), sorted(set(fresh) - set(saved), key=str)
+    parts = [
+        f"it has {', '.join(map(str, has))}" if has else "",
+        f"it lacks {', '.join(map(str, lacks))}" if lacks else "",
+    ]
+    return "; ".join(part for part in parts if part)
 
 
 def _check_model(saved: Any, expected: dict[str, torch.Tensor]) -> None:

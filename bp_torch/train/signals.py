@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import signal
 
-__all__ = ["StopOnSignal"]
+__all__ = ["StopOnSignal", "Interrupted"]
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(Exception):
+    """Training stopped at a step boundary on request (Ctrl-C, SIGTERM); the state is consistent and checkpointed."""
 
 
 class StopOnSignal:

@@ -74,8 +74,9 @@ def confusion_figure(confusion: torch.Tensor, classes=CLASSES) -> Figure:
             if (n := int(counts[i, j])) or i == j:
                 dark = i != j and n > 0.6 * worst
                 ax.text(j, i, str(n), ha="center", va="center", fontsize=8, color="white" if dark else "black")
-    ax.set(xticks=range(K), yticks=range(K), xticklabels=classes, yticklabels=classes, xlabel="predicted",
-           ylabel="true")  # fmt: skip
+    ax.set(
+        xticks=range(K), yticks=range(K), xticklabels=classes, yticklabels=classes, xlabel="predicted", ylabel="true"
+    )
     accuracy = counts.trace().item() / max(counts.sum().item(), 1)
     ax.set_title(f"test accuracy {accuracy:.2%} on {int(counts.sum()):,} images")
     return fig
@@ -212,7 +213,7 @@ class TensorBoardLogger:
             self.writer.add_scalar(f"gradcheck/{name}", value, step)
 
     def log_alignment(self, step: int, alignment: dict[str, float]) -> None:
-        """A backward rule against exact backprop, per layer (``bp_torch.train.monitor.alignment``)."""
+        """A backward rule against exact backprop, per layer (``bp_torch.feedback.alignment``)."""
         for name, value in alignment.items():
             self.writer.add_scalar(f"alignment/{name}", value, step)
 

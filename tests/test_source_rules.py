@@ -25,8 +25,16 @@ FUNCTIONS = [
     if isinstance(obj, type) and issubclass(obj, Function) and obj.__module__ == module.__name__
 ]
 # what would let PyTorch compute a gradient for us
-FORBIDDEN = [r"torch\.autograd\.grad", r"\.backward\(", r"torch\.nn\.grad", r"torch\.func", r"\bfunctorch\b",
-             r"aten\.\w*backward", r"(?<!save_for)_backward\(", r"torch\.ops\."]  # fmt: skip
+FORBIDDEN = [
+    r"torch\.autograd\.grad",
+    r"\.backward\(",
+    r"torch\.nn\.grad",
+    r"torch\.func",
+    r"\bfunctorch\b",
+    r"aten\.\w*backward",
+    r"(?<!save_for)_backward\(",
+    r"torch\.ops\.",
+]
 
 
 def _code_only(source: str) -> str:
