@@ -557,7 +557,12 @@ def check_group_norm(input, num_groups, weight, bias) -> int:
             prods = prods * n
         if prods == 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
-    if isinstance(num_groups, torch.Tensor) and (num_groups.dim() or num_groups.is_floating_point()):
+    if isinstance(num_groups, torch.Tensor) and (
+        num_groups.dim()
+        or torch.is_floating_point(num_groups)
+        or num_groups.is_complex()
+        or num_groups.dtype == torch.bool
+    ):  # the parser takes a 0-d integer tensor only
         raise TypeError("group_norm(): argument 'num_groups' (position 2) must be int, not Tensor")
     num_groups = int_arg(num_groups, "num_groups", "group_norm")
     if num_groups <= 0 or C % num_groups:
