@@ -46,12 +46,14 @@ def sum_heads(grad: torch.Tensor, groups: int) -> torch.Tensor:
     return grad.reshape(*batch, heads // groups, groups, rows, cols).sum(-3)
 
 
-def _no_keys_grads(query, key, value, delta, needs) -> tuple:
-    """The gradients where there are no keys: torch then returns 0·(ΣQ + ΣK + ΣV) broadcast to zeros, so every
-    entry of ∂e/∂Q is 0·Σδ (NaN where δ has a NaN or an infinity); K and V are empty, M gets none (as torch's)."""
-    grad_query = (delta.sum() * 0).expand(query.shape).to(query.dtype).contiguous() if needs[0] else None
-    empty = [torch.zeros_like(t) if need else None for t, need in zip((key, value), needs[1:3])]
-    return grad_query, *empty, None, None, None, None, None
+def _empty_operand_grads(query, key, value, delta, needs) -> tuple:
+    """The gradients where an operand is empty: torch then returns 0·(ΣQ + ΣK + ΣV) broadcast to zeros, so every
+    entry of ∂e/∂Q, ∂e/∂K and ∂e/∂V is 0·Σδ (NaN where δ has a NaN or an infinity); M gets none (as torch's)."""
+    zero = delta.sum() * 0  # ∂e/∂(ΣQ + ΣK + ΣV) of 0·(ΣQ + ΣK + ΣV)
+    grads = [
+        zero.expand(t.shape).to(t.dtype).contiguous() if need else None for t, need in zip((query, key, value), needs)
+    ]
+    return *grads, None, None, None, None, None
 
 
 @with_direct_call
@@ -91,8 +93,8 @@ class ScaledDotProductAttentionFunction(Function):
         if torch.is_grad_enabled():  # a graph of this backward is being built: P as the function of Q, K, M it is
             p = attention_weights(q, k, m, keep, scale)
         delta = upcast(grad_output)
-        if not p.shape[-1]:  # no keys: torch's output is 0·(ΣQ + ΣK + ΣV), so ∂e/∂Q = 0·Σδ everywhere
-            return _no_keys_grads(query, key, value, delta, ctx.needs_input_grad)
+        if not (query.numel() and key.numel() and value.numel()):  # torch's output is then 0·(ΣQ + ΣK + ΣV)
+            return _empty_operand_grads(query, key, value, delta, ctx.needs_input_grad)
         p_dropped = p if dropout is None else p * dropout
         upstream = needs_q or needs_k or needs_bias
         # eq. T7 on O = P̃V
