@@ -171,13 +171,15 @@ class GroupNormFunction(Function):
             g = delta if weight is None else delta * upcast(weight).reshape(per_channel)  # ∂e/∂x̂ = γ ⊙ δ
             grad_input = normalised_input_grad(g, x, mean, invstd, (2, 3))  # eq. T3
             grad_input = in_layout(grad_input.reshape(input.shape).to(dtype), ctx.channels_last)
-        if needs_weight and is_literal():
-            x_hat = (x - mean) * invstd  # eq. T1: x̂ = (x − μ)/σ̂
-            grad_weight = (delta * x_hat).sum((0, 3)).reshape(-1).to(ctx.weight_dtype)  # eq. T2: ∂e/∂γ = Σ δ ⊙ x̂
-        elif needs_weight:
+        if needs_weight:
             # Σ δ⊙x̂ = (Σ δx − μ Σ δ)/σ̂ per sample and channel, as torch's kernel sums it: no x̂ map in memory
             per_sample = ((delta * x).sum(3) - mean.squeeze(-1) * delta.sum(3)) * invstd.squeeze(-1)  # (N, G, C/G)
-            grad_weight = per_sample.sum(0).reshape(-1).to(ctx.weight_dtype)  # eq. T2: ∂e/∂γ = Σ δ ⊙ x̂
+            grad_weight = per_sample.sum(0)  # eq. T2: ∂e/∂γ = Σ δ ⊙ x̂
+            if is_literal():  # x̂ as written where the channel's δ is finite; torch's NaN and infinities elsewhere
+                x_hat = (x - mean) * invstd  # eq. T1: x̂ = (x − μ)/σ̂
+                literal = (delta * x_hat).sum((0, 3))  # eq. T2: ∂e/∂γ = Σ δ ⊙ x̂
+                grad_weight = torch.where(torch.isfinite(delta.sum((0, 3))), literal, grad_weight)
+            grad_weight = grad_weight.reshape(-1).to(ctx.weight_dtype)
         if needs_bias:
             grad_bias = delta.sum((0, 3)).reshape(-1).to(ctx.weight_dtype or dtype)  # eq. T2: Σ δ
         return grad_input, None, grad_weight, grad_bias, None
