@@ -56,6 +56,12 @@ def _empty_operand_grads(query, key, value, delta, needs) -> tuple:
     return *grads, None, None, None, None, None
 
 
+def _flash_like(query, value, dropout, groups) -> bool:
+    """Whether torch computes this call with its fused CPU kernel (4-D inputs, no dropout, one head per key head,
+    the value's width the query's), whose backward sums Σ δ ⊙ O in place of Σ P ⊙ ∂e/∂P."""
+    return query.dim() == 4 and dropout is None and groups == 1 and query.shape[-1] == value.shape[-1]
+
+
 @with_direct_call
 class ScaledDotProductAttentionFunction(Function):
     """Attention of ``(*, L, E)`` queries over ``(*, S, E)`` keys and ``(*, S, Ev)`` values; returns ``(output,
@@ -79,13 +85,13 @@ class ScaledDotProductAttentionFunction(Function):
     def setup_context(ctx, inputs, output):
         query, key, value, bias, keep, dropout, scale, groups = inputs
         ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(query, key, value, bias, keep, dropout, output[1])
+        ctx.save_for_backward(query, key, value, bias, keep, dropout, output[1], output[0])
         ctx.save_for_forward(query, key, value, bias, keep, dropout, output[1])
         ctx.scale, ctx.groups = scale, groups
 
     @staticmethod
     def backward(ctx, grad_output, _grad_weights):
-        query, key, value, bias, keep, dropout, p = ctx.saved_tensors
+        query, key, value, bias, keep, dropout, p, out = ctx.saved_tensors
         needs_q, needs_k, needs_v, needs_bias = ctx.needs_input_grad[:4]
         scale, groups = ctx.scale, ctx.groups
         q, k, v = upcast(query), expand_heads(upcast(key), groups), expand_heads(upcast(value), groups)
@@ -106,7 +112,13 @@ class ScaledDotProductAttentionFunction(Function):
         if upstream:
             if dropout is not None:
                 grad_p = grad_p * dropout  # eq. D4: ∂e/∂P = ∂e/∂P̃ ⊙ Z/(1−p)
-            grad_scores = softmax_grad(p, grad_p, -1)  # eq. T11: ∂e/∂S = P ⊙ (∂e/∂P − Σ P ⊙ ∂e/∂P)
+            if _flash_like(query, value, dropout, groups):
+                # torch's fused CPU kernel's sum (its NaN and infinities): Σ_j P ⊙ ∂e/∂P = Σ δ ⊙ O, as ∂e/∂P = δVᴴ
+                out = matmul(p_dropped, v) if torch.is_grad_enabled() else upcast(out)
+                row = (delta * out.conj()).sum(-1, keepdim=True)
+                grad_scores = p * (grad_p - row)  # eq. T11: ∂e/∂S = P ⊙ (∂e/∂P − Σ P ⊙ ∂e/∂P)
+            else:
+                grad_scores = softmax_grad(p, grad_p, -1)  # eq. T11: ∂e/∂S = P ⊙ (∂e/∂P − Σ P ⊙ ∂e/∂P)
             if needs_bias:
                 grad_bias = _sum_to(grad_scores, bias.shape).to(bias.dtype)  # eq. T11: ∂e/∂M = ∂e/∂S, summed
             scaled = grad_scores * scale
