@@ -18,7 +18,6 @@ argument types they read, spelled as torch spells them: an int, a numpy integer,
 
 from __future__ import annotations
 
-import math
 import operator
 import sys
 
@@ -542,16 +541,30 @@ def normalized_shape_of(normalized_shape) -> tuple[int, ...]:
 def check_group_norm(input, num_groups, weight, bias) -> int:
     """torch.nn.functional.group_norm's checks, with torch's exception types; returns ``num_groups`` as an int."""
     _check_tensor(input, "input", "group_norm")
-    if isinstance(num_groups, torch.Tensor) and (num_groups.dim() or num_groups.is_floating_point()):
-        raise TypeError("group_norm(): argument 'num_groups' (position 2) must be int, not Tensor")
-    num_groups = int_arg(num_groups, "num_groups", "group_norm")
     if input.dim() < 2:
         raise RuntimeError(f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
     C = input.shape[1]
-    # torch.nn.functional.group_norm's own check (num_groups=0 divides by zero there, as here)
-    size = [input.shape[0] * C // num_groups, num_groups, *input.shape[2:]]
-    if size[0] * math.prod(size[2:]) == 1:  # torch's _verify_batch_size: every dimension but the groups
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
+    # torch.nn.functional.group_norm's own Python check runs on num_groups as given, before its parser: a tensor
+    # num_groups gives tensor sizes (several values: an ambiguous truth value, RuntimeError), num_groups=0 divides by
+    # zero, and the one-value-per-channel ValueError comes before the parser's TypeError
+    try:
+        size = [input.shape[0] * C // num_groups, num_groups, *input.shape[2:]]
+    except TypeError:  # not a number: the parser's TypeError below, with its message
+        size = None
+    if size is not None:
+        prods = size[0]
+        for n in size[2:]:  # torch's _verify_batch_size: every dimension but the groups
+            prods = prods * n
+        if prods == 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
+    if isinstance(num_groups, torch.Tensor) and (
+        num_groups.dim()
+        or torch.is_floating_point(num_groups)
+        or num_groups.is_complex()
+        or num_groups.dtype == torch.bool
+    ):  # the parser takes a 0-d integer tensor only
+        raise TypeError("group_norm(): argument 'num_groups' (position 2) must be int, not Tensor")
+    num_groups = int_arg(num_groups, "num_groups", "group_norm")
     if num_groups <= 0 or C % num_groups:
         raise RuntimeError(
             "Expected number of channels in input to be divisible by num_groups, but got input of shape "

@@ -33,7 +33,8 @@ def einsum(*args) -> torch.Tensor:
     a, b = operands
     (a_in, b_in, out), batch, left, contracted, right = plan
     size = {**dict(zip(a_in, a.shape)), **dict(zip(b_in, b.shape))}
-    size.update({i: max(dict(zip(a_in, a.shape))[i], dict(zip(b_in, b.shape))[i]) for i in batch})  # broadcast
+    a_size, b_size = dict(zip(a_in, a.shape)), dict(zip(b_in, b.shape))
+    size.update({i: b_size[i] if a_size[i] == 1 else a_size[i] for i in batch})  # broadcast: a size 1 takes the other
     n = [math.prod(size[i] for i in group) for group in (batch, left, contracted, right)]
     a = a.permute([a_in.index(i) for i in batch + left + contracted])
     a = a.expand(*(size[i] for i in batch), *a.shape[len(batch) :]).reshape(n[0], n[1], n[2])

@@ -28,7 +28,7 @@ def attention_weights(q, k, bias, keep, scale: float) -> torch.Tensor:
     if keep is not None:
         scores = scores.masked_fill(keep.logical_not(), float("-inf"))
     p = nested_apply(SoftmaxFunction, scores, -1)  # eq. T9: P = softmax(S) along the keys
-    if bias is not None or keep is not None:
+    if (bias is not None or keep is not None) and scores.shape[-1]:  # no keys: P is empty already
         p = p.masked_fill(scores.amax(-1, keepdim=True) == float("-inf"), 0.0)  # nothing to attend to: zero weights
     return p
 
@@ -44,6 +44,22 @@ def sum_heads(grad: torch.Tensor, groups: int) -> torch.Tensor:
         return grad
     *batch, heads, rows, cols = grad.shape
     return grad.reshape(*batch, heads // groups, groups, rows, cols).sum(-3)
+
+
+def _empty_operand_grads(query, key, value, delta, needs) -> tuple:
+    """The gradients where an operand is empty: torch then returns 0·(ΣQ + ΣK + ΣV) broadcast to zeros, so every
+    entry of ∂e/∂Q, ∂e/∂K and ∂e/∂V is 0·Σδ (NaN where δ has a NaN or an infinity); M gets none (as torch's)."""
+    zero = delta.sum() * 0  # ∂e/∂(ΣQ + ΣK + ΣV) of 0·(ΣQ + ΣK + ΣV)
+    grads = [
+        zero.expand(t.shape).to(t.dtype).contiguous() if need else None for t, need in zip((query, key, value), needs)
+    ]
+    return *grads, None, None, None, None, None
+
+
+def _flash_like(query, value, dropout, groups) -> bool:
+    """Whether torch computes this call with its fused CPU kernel (4-D inputs, no dropout, one head per key head,
+    the value's width the query's), whose backward sums Σ δ ⊙ O in place of Σ P ⊙ ∂e/∂P."""
+    return query.dim() == 4 and dropout is None and groups == 1 and query.shape[-1] == value.shape[-1]
 
 
 @with_direct_call
@@ -69,13 +85,13 @@ class ScaledDotProductAttentionFunction(Function):
     def setup_context(ctx, inputs, output):
         query, key, value, bias, keep, dropout, scale, groups = inputs
         ctx.mark_non_differentiable(output[1])
-        ctx.save_for_backward(query, key, value, bias, keep, dropout, output[1])
+        ctx.save_for_backward(query, key, value, bias, keep, dropout, output[1], output[0])
         ctx.save_for_forward(query, key, value, bias, keep, dropout, output[1])
         ctx.scale, ctx.groups = scale, groups
 
     @staticmethod
     def backward(ctx, grad_output, _grad_weights):
-        query, key, value, bias, keep, dropout, p = ctx.saved_tensors
+        query, key, value, bias, keep, dropout, p, out = ctx.saved_tensors
         needs_q, needs_k, needs_v, needs_bias = ctx.needs_input_grad[:4]
         scale, groups = ctx.scale, ctx.groups
         q, k, v = upcast(query), expand_heads(upcast(key), groups), expand_heads(upcast(value), groups)
@@ -83,6 +99,8 @@ class ScaledDotProductAttentionFunction(Function):
         if torch.is_grad_enabled():  # a graph of this backward is being built: P as the function of Q, K, M it is
             p = attention_weights(q, k, m, keep, scale)
         delta = upcast(grad_output)
+        if not (query.numel() and key.numel() and value.numel()):  # torch's output is then 0·(ΣQ + ΣK + ΣV)
+            return _empty_operand_grads(query, key, value, delta, ctx.needs_input_grad)
         p_dropped = p if dropout is None else p * dropout
         upstream = needs_q or needs_k or needs_bias
         # eq. T7 on O = P̃V
@@ -94,7 +112,13 @@ class ScaledDotProductAttentionFunction(Function):
         if upstream:
             if dropout is not None:
                 grad_p = grad_p * dropout  # eq. D4: ∂e/∂P = ∂e/∂P̃ ⊙ Z/(1−p)
-            grad_scores = softmax_grad(p, grad_p, -1)  # eq. T11: ∂e/∂S = P ⊙ (∂e/∂P − Σ P ⊙ ∂e/∂P)
+            if _flash_like(query, value, dropout, groups):
+                # torch's fused CPU kernel's sum (its NaN and infinities): Σ_j P ⊙ ∂e/∂P = Σ δ ⊙ O, as ∂e/∂P = δVᴴ
+                out = matmul(p_dropped, v) if torch.is_grad_enabled() else upcast(out)
+                row = (delta * out.conj()).sum(-1, keepdim=True)
+                grad_scores = p * (grad_p - row)  # eq. T11: ∂e/∂S = P ⊙ (∂e/∂P − Σ P ⊙ ∂e/∂P)
+            else:
+                grad_scores = softmax_grad(p, grad_p, -1)  # eq. T11: ∂e/∂S = P ⊙ (∂e/∂P − Σ P ⊙ ∂e/∂P)
             if needs_bias:
                 grad_bias = _sum_to(grad_scores, bias.shape).to(bias.dtype)  # eq. T11: ∂e/∂M = ∂e/∂S, summed
             scaled = grad_scores * scale

@@ -24,18 +24,32 @@ from bp_torch.autograd.batch_norm import upcast
 def normalised_input_grad(g, x, mean, invstd, dims):
     """∂e/∂x of x̂ = (x − μ)/σ̂ with μ, σ̂ taken over ``dims``, from g = ∂e/∂x̂ (eq. T3): μ takes mean g away, σ̂
     the component along x̂."""
+    m = max(math.prod(x.shape[d] for d in dims), 1)
+    sum_g = g.sum(dims, keepdim=True)
     if is_literal():
         x_hat = (x - mean) * invstd  # eq. T1: x̂ = (x − μ)/σ̂
         g_x_hat = (g * x_hat).mean(dims, keepdim=True)
-        return (g - g.mean(dims, keepdim=True) - x_hat * g_x_hat) * invstd  # eq. T3
-    # eq. T3 as one affine map per group, a·g + b·x + c, as torch's kernels compute it (the same rounding, NaN where a
-    # group's δ has an infinity): a = 1/σ̂, mean(g·x̂) = (Σ g·x − μ Σ g)/(m σ̂), so b = (μ Σ g − Σ g·x)/(m σ̂³)
+        grad = (g - g.mean(dims, keepdim=True) - x_hat * g_x_hat) * invstd  # eq. T3
+        return _torchs_nonfinite(grad, g, x, mean, invstd, dims, sum_g, g_x_hat, m)  # δ not finite: as torch's
+    # eq. T3 as one affine map per group, a·g + b·x + c, as torch's kernels compute it (their rounding, their NaN
+    # where a group's δ is not finite): a = 1/σ̂, mean(g·x̂) = (Σ g·x − μ Σ g)/(m σ̂), so b = (μ Σ g − Σ g·x)/(m σ̂³)
     # and c = −b·μ − Σ g/(m σ̂); no x̂ map in memory
-    m = max(math.prod(x.shape[d] for d in dims), 1)
-    sum_g, sum_gx = g.sum(dims, keepdim=True), (g * x).sum(dims, keepdim=True)
-    b = (sum_g * mean - sum_gx) * invstd.pow(3) * (1 / m)
-    c = -b * mean - sum_g * invstd * (1 / m)
+    b, c = _affine(g, x, mean, invstd, dims, sum_g, m)
     return g * invstd + b * x + c  # eq. T3: a·g + b·x + c
+
+
+def _affine(g, x, mean, invstd, dims, sum_g, m):
+    """b and c of eq. T3 as torch's kernels' affine map a·g + b·x + c per group."""
+    b = (sum_g * mean - (g * x).sum(dims, keepdim=True)) * invstd.pow(3) * (1 / m)  # eq. T3: b = (μΣg − Σg·x)/(mσ̂³)
+    return b, -b * mean - sum_g * invstd * (1 / m)  # eq. T3: c = −b·μ − Σg/(mσ̂)
+
+
+def _torchs_nonfinite(grad, g, x, mean, invstd, dims, sum_g, sum_gx_hat, m):
+    """Literal mode's ``grad`` where a group's sums are finite; elsewhere (an infinite or NaN δ) torch's kernels'
+    pattern of NaN and infinity, from their affine map a·g + b·x + c (eq. T3)."""
+    b, c = _affine(g, x, mean, invstd, dims, sum_g, m)
+    finite = torch.isfinite(sum_g) & torch.isfinite(sum_gx_hat)
+    return torch.where(finite, grad, g * invstd + b * x + c)  # eq. T3: a·g + b·x + c
 
 
 def normalised_tangent(x_t, x, mean, invstd, dims):
@@ -157,13 +171,15 @@ class GroupNormFunction(Function):
             g = delta if weight is None else delta * upcast(weight).reshape(per_channel)  # ∂e/∂x̂ = γ ⊙ δ
             grad_input = normalised_input_grad(g, x, mean, invstd, (2, 3))  # eq. T3
             grad_input = in_layout(grad_input.reshape(input.shape).to(dtype), ctx.channels_last)
-        if needs_weight and is_literal():
-            x_hat = (x - mean) * invstd  # eq. T1: x̂ = (x − μ)/σ̂
-            grad_weight = (delta * x_hat).sum((0, 3)).reshape(-1).to(ctx.weight_dtype)  # eq. T2: ∂e/∂γ = Σ δ ⊙ x̂
-        elif needs_weight:
+        if needs_weight:
             # Σ δ⊙x̂ = (Σ δx − μ Σ δ)/σ̂ per sample and channel, as torch's kernel sums it: no x̂ map in memory
             per_sample = ((delta * x).sum(3) - mean.squeeze(-1) * delta.sum(3)) * invstd.squeeze(-1)  # (N, G, C/G)
-            grad_weight = per_sample.sum(0).reshape(-1).to(ctx.weight_dtype)  # eq. T2: ∂e/∂γ = Σ δ ⊙ x̂
+            grad_weight = per_sample.sum(0)  # eq. T2: ∂e/∂γ = Σ δ ⊙ x̂
+            if is_literal():  # x̂ as written where the channel's δ is finite; torch's NaN and infinities elsewhere
+                x_hat = (x - mean) * invstd  # eq. T1: x̂ = (x − μ)/σ̂
+                literal = (delta * x_hat).sum((0, 3))  # eq. T2: ∂e/∂γ = Σ δ ⊙ x̂
+                grad_weight = torch.where(torch.isfinite(delta.sum((0, 3))), literal, grad_weight)
+            grad_weight = grad_weight.reshape(-1).to(ctx.weight_dtype)
         if needs_bias:
             grad_bias = delta.sum((0, 3)).reshape(-1).to(ctx.weight_dtype or dtype)  # eq. T2: Σ δ
         return grad_input, None, grad_weight, grad_bias, None

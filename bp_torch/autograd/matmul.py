@@ -15,7 +15,7 @@ import math
 import torch
 from torch.autograd import Function
 
-from bp_torch._function import nested_apply, with_direct_call
+from bp_torch._function import nested_apply, opmath, with_direct_call
 from bp_torch.autograd.linear import _sum_to
 
 
@@ -117,8 +117,13 @@ class AddmmFunction(Function):
         grad_input = None
         if ctx.needs_input_grad[0]:
             grad_input = _sum_to(grad_output * ctx.beta.conjugate(), ctx.input_shape)  # eq. T8: β·δ, summed
-        scaled = grad_output * ctx.alpha.conjugate() if ctx.alpha != 1 else grad_output  # eq. T8: α·δ
+        # half precision as torch's: α·δ and the products in float32, each gradient rounded once
+        delta = opmath(grad_output)
+        scaled = delta * ctx.alpha.conjugate() if ctx.alpha != 1 else delta  # eq. T8: α·δ
+        a, b = opmath(a), opmath(b)
         grad_a, grad_b = product_grads(scaled, a, b, *ctx.shapes)  # eq. T8: eq. T7 with α·δ
+        dtype = grad_output.dtype
+        grad_a, grad_b = (g.to(dtype) if g is not None else None for g in (grad_a, grad_b))
         return grad_input, grad_a, grad_b, None, None, None
 
     @staticmethod
