@@ -145,8 +145,9 @@ class TanhFunction(Function):
             return (delta * (1 - wide * wide).conj().to(delta.dtype)).to(dtype)  # eq. D3: δ ⊙ conj(1 − y²)
         # 1 − ȳ² as (1 − ȳ)(1 + ȳ): where |y| → 1, 1 ∓ y is exact and the product keeps every digit, while 1 − y·y
         # (and δ − (δȳ)ȳ more so) cancels the rounding of y² up to the result's size
-        y = out.conj()
-        return (delta * ((1 - y) * (1 + y))).to(dtype)  # eq. D3: δ ⊙ (1 − ȳ)(1 + ȳ), in δ's layout (as torch's)
+        # complex: the product of two complex factors rounds twice per part, so complex64 is computed in complex128
+        y = out.conj().to(torch.complex128) if out.dtype == torch.complex64 else out.conj()
+        return (delta * ((1 - y) * (1 + y)).to(delta.dtype)).to(dtype)  # eq. D3: δ ⊙ (1 − ȳ)(1 + ȳ), δ's layout
 
     @staticmethod
     def jvp(ctx, input_t):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch.autograd import Function
 
@@ -35,6 +36,10 @@ class LinearFunction(Function):
         ctx.save_for_forward(input, weight)
         ctx.bias_shape = bias.shape if bias is not None else None
         ctx.vector_weight, ctx.output_shape = weight.dim() == 1, output.shape
+        # torch's input gradient comes back in the input's own strides where they are a dense permutation
+        # (transposed, channels_last); contiguous otherwise
+        dense = not input.is_contiguous() and _is_dense(input)
+        ctx.input_layout = (input.shape, input.stride()) if dense else None
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -48,6 +53,9 @@ class LinearFunction(Function):
         if ctx.needs_input_grad[0]:
             W = weight.unsqueeze(0) if vector_weight else weight  # under a backward rule, B in W's place
             grad_input = grad_output @ W.conj()  # Note A eq. 8 / Note B eq. 30: Δf = WᵀΔŷ, with (out, in) W: δ @ W
+            if ctx.input_layout is not None and grad_input.shape == ctx.input_layout[0]:
+                grad_input = torch.empty_strided(*ctx.input_layout, dtype=grad_input.dtype,
+                                                 device=grad_input.device).copy_(grad_input)  # fmt: skip
         if ctx.needs_input_grad[1]:
             in_features, out_features = input.shape[-1], grad_output.shape[-1]
             batch = math.prod(input.shape[:-1])  # every leading dimension is a batch dimension (maybe none, maybe 0)
@@ -89,3 +97,11 @@ def _sum_to(grad, shape):
 def linear(input, weight):
     """The layer without bias (Note A eq. 5) inside a jvp or backward."""
     return nested_apply(LinearFunction, input, weight, None, None)
+
+
+def _is_dense(t: torch.Tensor) -> bool:
+    """Whether ``t``'s strides are a permutation of a contiguous layout's (no gaps, no overlaps)."""
+    try:
+        return torch._prims_common.is_non_overlapping_and_dense(t)
+    except Exception:  # noqa: BLE001 - vmap's tensors have no strides to ask: no layout of their own
+        return False

@@ -80,7 +80,7 @@ class MatmulFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         a, b = ctx.saved_tensors  # each saved only if the other operand's gradient is wanted
-        return (*product_grads(grad_output, a, b, *ctx.shapes), None)
+        return (*product_grads(grad_output, a, b, *ctx.shapes), None)  # eq. T7: ∂e/∂A = δBᴴ, ∂e/∂B = Aᴴδ
 
     @staticmethod
     def jvp(ctx, input_t, other_t, _):
