@@ -70,7 +70,7 @@ class BatchNormFunction(Function):
         per_channel = (1, -1) + (1,) * (delta.dim() - 2)
         m = max(delta.numel() // max(delta.shape[1], 1), 1)  # values per channel (an empty batch has no gradient)
         x = upcast(input) if input is not None else None
-        if ctx.training and (torch.is_grad_enabled() or x is not input) and x is not None:
+        if ctx.training and (torch.is_grad_enabled() or x is not input) and x is not None and x.numel():
             # a graph of this backward is being built (double backward): μ and σ̂ as the functions of x they are;
             # half precision: in float32, as torch's kernel gives them only rounded to the input's dtype
             var, mean = torch.var_mean(x, dims, correction=0)

@@ -36,10 +36,12 @@ class LinearFunction(Function):
         ctx.save_for_forward(input, weight)
         ctx.bias_shape = bias.shape if bias is not None else None
         ctx.vector_weight, ctx.output_shape = weight.dim() == 1, output.shape
-        # torch's input gradient comes back in the input's own strides where they are a dense permutation
-        # (transposed, channels_last); contiguous otherwise
-        dense = not input.is_contiguous() and _is_dense(input)
-        ctx.input_layout = (input.shape, input.stride()) if dense else None
+        # torch's input gradient comes back in the input's own strides where its matrix of rows is a column-major
+        # view (a transposed matrix, channels_last with one pixel per row), as torch's mm backward gives one;
+        # contiguous otherwise
+        ctx.input_layout = (input.shape, input.stride()) if _column_major_rows(input) else None
+        # and W's comes back transposed unless W is row-major (Wᵀ column-major): torch computes it as (xᴴδ)ᵀ then
+        ctx.weight_row_major = weight.dim() != 2 or weight.stride() == (weight.shape[1], 1)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -61,7 +63,10 @@ class LinearFunction(Function):
             batch = math.prod(input.shape[:-1])  # every leading dimension is a batch dimension (maybe none, maybe 0)
             delta, x = grad_output.reshape(batch, out_features), input.reshape(batch, in_features)
             # summed over the batch; with PyTorch's (out, in) W, xδᵀ is δᵀx
-            grad_weight = delta.T @ x.conj()  # Note A eq. 7 / Note B eq. 19: xδᵀ
+            if ctx.weight_row_major:
+                grad_weight = delta.T @ x.conj()  # Note A eq. 7 / Note B eq. 19: xδᵀ
+            else:  # the same product, transposed (torch's layout, and its non-finite pattern for complex inputs)
+                grad_weight = (x.T.conj() @ delta).T  # Note A eq. 7 / Note B eq. 19: xδᵀ
             if vector_weight:
                 grad_weight = grad_weight.squeeze(0)
         # no gradient for the feedback matrix: it is fixed, or redrawn, never learnt (autograd drops the None when a
@@ -99,9 +104,12 @@ def linear(input, weight):
     return nested_apply(LinearFunction, input, weight, None, None)
 
 
-def _is_dense(t: torch.Tensor) -> bool:
-    """Whether ``t``'s strides are a permutation of a contiguous layout's (no gaps, no overlaps)."""
+def _column_major_rows(t: torch.Tensor) -> bool:
+    """Whether ``t`` viewed as a matrix of rows (every leading dimension folded) is column-major, without a copy."""
+    if t.dim() < 2 or t.is_contiguous():
+        return False
     try:
-        return torch._prims_common.is_non_overlapping_and_dense(t)
-    except Exception:  # noqa: BLE001 - vmap's tensors have no strides to ask: no layout of their own
+        rows = t.view(-1, t.shape[-1])
+        return rows.stride(0) == 1 and rows.stride(1) == rows.shape[0]
+    except RuntimeError:  # no view without a copy (torch's reshape copies: a contiguous gradient); vmap: no strides
         return False

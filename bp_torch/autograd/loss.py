@@ -47,8 +47,9 @@ class MSELossFunction(Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        input, target, weight, loss = ctx.saved_tensors
+        input, target, weight, loss = saved = ctx.saved_tensors
         dtypes = [t.dtype if t is not None else None for t in (input, target, weight)]
+        as_given = grad_output
         # half precision: computed in float32 (torch's opmath), each gradient cast back to its input's dtype
         input, target, weight, loss, grad_output = map(opmath, (input, target, weight, loss, grad_output))
         grad_input = grad_target = grad_weight = None
@@ -70,7 +71,12 @@ class MSELossFunction(Function):
             # the weight has the input's size, broadcast against the target: its gradient sums over the copies
             squared = diff * diff
             if ctx.reduction == "mean":
-                grad_weight = (squared.sum_to_size(weight.shape) - loss) * scale  # eq. D8: ((ŷ − y)² − L)/Σw
+                # eq. D8: ((ŷ − y)² − L)/Σw: two terms that cancel where (ŷ − y)² ≈ L, computed as torch's composed
+                # weighted form computes them, operation for operation in the inputs' dtype (the same roundings
+                # cancel alike; an infinite δ gives NaN, not ±∞)
+                x, y, w, L = saved
+                total = w.sum()
+                grad_weight = ((as_given / total) * torch.pow(x - y, 2)).sum_to_size(w.shape) - as_given * (L / total)
             else:
                 grad_weight = (scale * squared).sum_to_size(weight.shape)  # eq. D8: ∂L/∂w = (ŷ − y)², δ's layout
         return (*(g if g is None else g.to(d) for g, d in zip((grad_input, grad_target, grad_weight), dtypes)), None)
