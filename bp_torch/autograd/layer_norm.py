@@ -12,6 +12,7 @@ torch's output); the gradients are derived by hand as batch norm's (eq. M8–M10
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch.autograd import Function
@@ -21,51 +22,71 @@ from bp_torch._function import in_layout, is_channels_last, with_direct_call
 from bp_torch.autograd.batch_norm import upcast
 
 
-def normalised_input_grad(g, x, mean, invstd, dims):
+class Statistics(NamedTuple):
+    """A group's statistics for the backward: torch's μ and 1/σ̂ (the forward's), and to float32's last digits the
+    residual ``shift`` = mean(x − μ) that torch's rounded μ leaves (many ulps of σ when |μ| ≫ σ) and 1/σ̂ taken
+    from x − μ − shift: x − μ − shift is x − mean x as exactly as the precision allows."""
+
+    mean: torch.Tensor
+    shift: torch.Tensor
+    invstd: torch.Tensor
+    torch_invstd: torch.Tensor
+
+
+def normalised_input_grad(g, x, stats: Statistics, dims):
     """∂e/∂x of x̂ = (x − μ)/σ̂ with μ, σ̂ taken over ``dims``, from g = ∂e/∂x̂ (eq. T3): μ takes mean g away, σ̂
-    the component along x̂."""
+    the component along x̂. A group whose δ is not finite gets torch's kernels' pattern of NaN and infinity, from
+    their affine map a·g + b·x + c with their statistics."""
     m = max(math.prod(x.shape[d] for d in dims), 1)
     sum_g = g.sum(dims, keepdim=True)
+    centered = x - stats.mean
     if is_literal():
-        x_hat = (x - mean) * invstd  # eq. T1: x̂ = (x − μ)/σ̂
+        x_hat = (centered - stats.shift) * stats.invstd  # eq. T1: x̂ = (x − μ)/σ̂
         g_x_hat = (g * x_hat).mean(dims, keepdim=True)
-        grad = (g - g.mean(dims, keepdim=True) - x_hat * g_x_hat) * invstd  # eq. T3
-        return _torchs_nonfinite(grad, g, x, mean, invstd, dims, sum_g, g_x_hat, m)  # δ not finite: as torch's
-    # eq. T3 as one affine map per group, a·g + b·x + c, as torch's kernels compute it (their rounding, their NaN
-    # where a group's δ is not finite): a = 1/σ̂, mean(g·x̂) = (Σ g·x − μ Σ g)/(m σ̂), so b = (μ Σ g − Σ g·x)/(m σ̂³)
-    # and c = −b·μ − Σ g/(m σ̂); no x̂ map in memory
-    b, c = _affine(g, x, mean, invstd, dims, sum_g, m)
-    return g * invstd + b * x + c  # eq. T3: a·g + b·x + c
+        grad = (g - g.mean(dims, keepdim=True) - x_hat * g_x_hat) * stats.invstd  # eq. T3
+        finite = torch.isfinite(sum_g) & torch.isfinite(g_x_hat)
+        b, c = _torchs_affine(g, x, stats, dims, sum_g, m)
+        return torch.where(finite, grad, g * stats.torch_invstd + b * x + c)  # eq. T3: a·g + b·x + c
+    # eq. T3 as one affine map per group, a·g + b·(x − μ) + c: a = 1/σ̂, b = −Σ g·x̂/(mσ̂²) = −Σ g·(x − μ)/(mσ̂³),
+    # c = −Σ g/(mσ̂); x − μ (not x, as torch's kernels) so that b's term does not cancel c's digits when |μ| ≫ σ
+    sum_g_centered = (g * centered).sum(dims, keepdim=True) - stats.shift * sum_g  # Σ g·(x − μ − shift)
+    b = sum_g_centered * stats.invstd.pow(3) * (-1 / m)  # eq. T3: b = −Σ g·(x − μ)/(mσ̂³)
+    c = -b * stats.shift - sum_g * stats.invstd * (1 / m)  # eq. T3: c = −Σ g/(mσ̂), with the residual shift
+    # where δ is not finite: torch's a, b and c (b·x + c, not b·(x − μ) + c: their NaN and infinities)
+    finite = torch.isfinite(sum_g) & torch.isfinite(sum_g_centered)
+    torch_b, torch_c = _torchs_affine(g, x, stats, dims, sum_g, m)
+    a = torch.where(finite, stats.invstd, stats.torch_invstd)
+    b, c = torch.where(finite, b, torch_b), torch.where(finite, c, torch_c)
+    shifted = torch.where(finite, centered, x)
+    return g * a + b * shifted + c  # eq. T3: a·g + b·(x − μ) + c
 
 
-def _affine(g, x, mean, invstd, dims, sum_g, m):
-    """b and c of eq. T3 as torch's kernels' affine map a·g + b·x + c per group."""
-    b = (sum_g * mean - (g * x).sum(dims, keepdim=True)) * invstd.pow(3) * (1 / m)  # eq. T3: b = (μΣg − Σg·x)/(mσ̂³)
+def _torchs_affine(g, x, stats: Statistics, dims, sum_g, m):
+    """b and c of eq. T3 as torch's kernels' affine map a·g + b·x + c per group (their statistics)."""
+    mean, invstd = stats.mean, stats.torch_invstd
+    b = (sum_g * mean - (g * x).sum(dims, keepdim=True)) * invstd.pow(3) * (1 / m)  # eq. T3: (μΣg − Σg·x)/(mσ̂³)
     return b, -b * mean - sum_g * invstd * (1 / m)  # eq. T3: c = −b·μ − Σg/(mσ̂)
 
 
-def _torchs_nonfinite(grad, g, x, mean, invstd, dims, sum_g, sum_gx_hat, m):
-    """Literal mode's ``grad`` where a group's sums are finite; elsewhere (an infinite or NaN δ) torch's kernels'
-    pattern of NaN and infinity, from their affine map a·g + b·x + c (eq. T3)."""
-    b, c = _affine(g, x, mean, invstd, dims, sum_g, m)
-    finite = torch.isfinite(sum_g) & torch.isfinite(sum_gx_hat)
-    return torch.where(finite, grad, g * invstd + b * x + c)  # eq. T3: a·g + b·x + c
-
-
-def normalised_tangent(x_t, x, mean, invstd, dims):
+def normalised_tangent(x_t, x, stats: Statistics, dims):
     """x̂' = (ẋ − mean ẋ − x̂·mean(ẋ⊙x̂))/σ̂ (eq. T4): the Jacobian of eq. T3 is symmetric, so the same map."""
-    return normalised_input_grad(x_t, x, mean, invstd, dims)  # eq. T4
+    return normalised_input_grad(x_t, x, stats, dims)  # eq. T4
 
 
-def _statistics(x, dims, eps, mean, invstd):
-    """μ and 1/σ̂ over ``dims``: recomputed from x when a graph of the backward is being built (they are functions of
-    x there) or when the saved ones are in half precision (float32 is what torch's kernels accumulate in)."""
+def normalised(x, stats: Statistics):
+    """x̂ = (x − μ)/σ̂ (eq. T1), to the last digits (the residual shift taken away)."""
+    return (x - stats.mean - stats.shift) * stats.invstd  # eq. T1
+
+
+def _statistics(x, dims, eps, mean, invstd) -> Statistics:
+    """The :class:`Statistics` of x's groups from torch's μ and 1/σ̂ (in x's dtype: float32 for half precision,
+    which is what torch's kernels accumulate in). Functions of x all the same where a graph of the backward is being
+    built: x − μ − mean(x − μ) is x − mean x whatever the constant μ."""
+    mean, invstd = mean.to(x.dtype), invstd.to(x.dtype)
     if x.numel() == 0:  # nothing normalised: no statistics to recompute
-        return mean.to(x.dtype), invstd.to(x.dtype)
-    if torch.is_grad_enabled() or mean.dtype != x.dtype:
-        var, mean = torch.var_mean(x, dims, correction=0, keepdim=True)
-        return mean, torch.rsqrt(var + eps)  # eq. T1: μ, 1/σ̂
-    return mean, invstd
+        return Statistics(mean, torch.zeros_like(mean), invstd, invstd)
+    var, shift = torch.var_mean(x - mean, dims, correction=0, keepdim=True)
+    return Statistics(mean, shift, torch.rsqrt(var + eps), invstd)  # eq. T1: μ + shift, 1/σ̂
 
 
 @with_direct_call
@@ -102,13 +123,13 @@ class LayerNormFunction(Function):
         shared = tuple(range(input.dim() - len(dims)))
         total = (lambda t: t.sum(shared)) if shared else (lambda t: t)
         delta, x = upcast(grad_output), upcast(input)
-        mean, invstd = _statistics(x, dims, ctx.eps, mean, invstd)
+        stats = _statistics(x, dims, ctx.eps, mean, invstd)
         grad_input = grad_weight = grad_bias = None
         if needs_input:
             g = delta if weight is None else delta * upcast(weight)  # ∂e/∂x̂ = γ ⊙ δ
-            grad_input = normalised_input_grad(g, x, mean, invstd, dims).to(dtype)  # eq. T3
+            grad_input = normalised_input_grad(g, x, stats, dims).to(dtype)  # eq. T3
         if needs_weight:
-            x_hat = (x - mean) * invstd  # eq. T1: x̂ = (x − μ)/σ̂
+            x_hat = normalised(x, stats)  # eq. T1: x̂ = (x − μ)/σ̂
             grad_weight = total(delta * x_hat).to(ctx.weight_dtype)  # eq. T2: ∂e/∂γ = Σ δ ⊙ x̂
         if needs_bias:
             grad_bias = total(delta).to(ctx.weight_dtype or dtype)  # eq. T2: ∂e/∂β = Σ δ
@@ -118,11 +139,11 @@ class LayerNormFunction(Function):
     def jvp(ctx, input_t, _normalized_shape_t, weight_t, bias_t, _eps_t):
         input, weight, mean, invstd = ctx.saved_tensors
         dims, dtype, x = ctx.dims, input.dtype, upcast(input)
-        mean, invstd = _statistics(x, dims, ctx.eps, mean, invstd)
-        x_hat = (x - mean) * invstd
+        stats = _statistics(x, dims, ctx.eps, mean, invstd)
+        x_hat = normalised(x, stats)  # eq. T1
         out_t = torch.zeros_like(x_hat)
         if input_t is not None:
-            x_hat_t = normalised_tangent(upcast(input_t), x, mean, invstd, dims)  # eq. T4: x̂'
+            x_hat_t = normalised_tangent(upcast(input_t), x, stats, dims)  # eq. T4: x̂'
             out_t = out_t + (x_hat_t if weight is None else x_hat_t * upcast(weight))  # eq. T4: γ ⊙ x̂'
         if weight_t is not None:
             out_t = out_t + upcast(weight_t) * x_hat  # eq. T4: γ̇ ⊙ x̂
@@ -164,21 +185,24 @@ class GroupNormFunction(Function):
         input, weight, mean, invstd = ctx.saved_tensors
         needs_input, _, needs_weight, needs_bias, _ = ctx.needs_input_grad
         dtype = grad_output.dtype
-        x, mean, invstd, per_channel = _grouped(input, ctx.num_groups, ctx.eps, mean, invstd)
+        x, stats, per_channel = _grouped(input, ctx.num_groups, ctx.eps, mean, invstd)
+        mean, invstd = stats.mean, stats.torch_invstd
         delta = upcast(grad_output).reshape(x.shape)
         grad_input = grad_weight = grad_bias = None
         if needs_input:
             g = delta if weight is None else delta * upcast(weight).reshape(per_channel)  # ∂e/∂x̂ = γ ⊙ δ
-            grad_input = normalised_input_grad(g, x, mean, invstd, (2, 3))  # eq. T3
+            grad_input = normalised_input_grad(g, x, stats, (2, 3))  # eq. T3
             grad_input = in_layout(grad_input.reshape(input.shape).to(dtype), ctx.channels_last)
         if needs_weight:
-            # Σ δ⊙x̂ = (Σ δx − μ Σ δ)/σ̂ per sample and channel, as torch's kernel sums it: no x̂ map in memory
-            per_sample = ((delta * x).sum(3) - mean.squeeze(-1) * delta.sum(3)) * invstd.squeeze(-1)  # (N, G, C/G)
-            grad_weight = per_sample.sum(0)  # eq. T2: ∂e/∂γ = Σ δ ⊙ x̂
-            if is_literal():  # x̂ as written where the channel's δ is finite; torch's NaN and infinities elsewhere
-                x_hat = (x - mean) * invstd  # eq. T1: x̂ = (x − μ)/σ̂
-                literal = (delta * x_hat).sum((0, 3))  # eq. T2: ∂e/∂γ = Σ δ ⊙ x̂
-                grad_weight = torch.where(torch.isfinite(delta.sum((0, 3))), literal, grad_weight)
+            sum_delta = delta.sum(3)
+            if is_literal():
+                grad_weight = (delta * normalised(x, stats)).sum((0, 3))  # eq. T2: ∂e/∂γ = Σ δ ⊙ x̂
+            else:  # Σ δ⊙x̂ = (Σ δ·(x − μ) − shift Σ δ)/σ̂ per sample and channel: no x̂ map in memory
+                shift, accurate = stats.shift.squeeze(-1), stats.invstd.squeeze(-1)
+                grad_weight = (((delta * (x - mean)).sum(3) - shift * sum_delta) * accurate).sum(0)  # eq. T2
+            # where the channel's δ is not finite: torch's NaN and infinities, from (Σ δx − μ Σ δ)/σ̂ as its kernel
+            torchs = ((delta * x).sum(3) - mean.squeeze(-1) * sum_delta) * invstd.squeeze(-1)  # eq. T2, (N, G, C/G)
+            grad_weight = torch.where(torch.isfinite(sum_delta.sum(0)), grad_weight, torchs.sum(0))
             grad_weight = grad_weight.reshape(-1).to(ctx.weight_dtype)
         if needs_bias:
             grad_bias = delta.sum((0, 3)).reshape(-1).to(ctx.weight_dtype or dtype)  # eq. T2: Σ δ
@@ -187,11 +211,11 @@ class GroupNormFunction(Function):
     @staticmethod
     def jvp(ctx, input_t, _num_groups_t, weight_t, bias_t, _eps_t):
         input, weight, mean, invstd = ctx.saved_tensors
-        x, mean, invstd, per_channel = _grouped(input, ctx.num_groups, ctx.eps, mean, invstd)
-        x_hat = (x - mean) * invstd
+        x, stats, per_channel = _grouped(input, ctx.num_groups, ctx.eps, mean, invstd)
+        x_hat = normalised(x, stats)  # eq. T1
         out_t = torch.zeros_like(x_hat)
         if input_t is not None:
-            x_hat_t = normalised_tangent(upcast(input_t).reshape(x.shape), x, mean, invstd, (2, 3))  # eq. T4: x̂'
+            x_hat_t = normalised_tangent(upcast(input_t).reshape(x.shape), x, stats, (2, 3))  # eq. T4: x̂'
             out_t = out_t + (x_hat_t if weight is None else x_hat_t * upcast(weight).reshape(per_channel))  # eq. T4
         if weight_t is not None:
             out_t = out_t + upcast(weight_t).reshape(per_channel) * x_hat  # eq. T4: γ̇ ⊙ x̂
@@ -201,9 +225,9 @@ class GroupNormFunction(Function):
 
 
 def _grouped(input, num_groups: int, eps: float, mean, invstd):
-    """Group norm's x as (N, G, C/G, H·W) (a group's values along dims 2 and 3), its μ and 1/σ̂, and the shape
-    (1, G, C/G, 1) a per-channel γ is read in."""
+    """Group norm's x as (N, G, C/G, H·W) (a group's values along dims 2 and 3), its :class:`Statistics`, and the
+    shape (1, G, C/G, 1) a per-channel γ is read in."""
     N, C, G = input.shape[0], input.shape[1], num_groups
     x = upcast(input).reshape(N, G, C // G, math.prod(input.shape[2:]))  # (N, G, C/G, H·W)
-    mean, invstd = _statistics(x, (2, 3), eps, mean.reshape(N, G, 1, 1), invstd.reshape(N, G, 1, 1))
-    return x, mean, invstd, (1, G, C // G, 1)
+    stats = _statistics(x, (2, 3), eps, mean.reshape(N, G, 1, 1), invstd.reshape(N, G, 1, 1))
+    return x, stats, (1, G, C // G, 1)
