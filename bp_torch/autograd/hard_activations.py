@@ -227,9 +227,10 @@ class SiluFunction(Function):
         if not _fast(grad_output, x):
             xf = _opmath(x)
             s = torch.sigmoid(xf)
-            # eq. H4: δ ⊙ σ(1 + x(1 − σ)), in torch's order and roundings: (δσ)(1 + x(1 − σ)), the last factor fused
-            # (one rounding: it cancels near silu's minimum, x ≈ −1.28)
-            return (_opmath(grad_output) * s * torch.addcmul(xf.new_ones(()), xf, 1 - s)).to(grad_output.dtype)
+            # in torch's order and roundings: (δσ)(1 + x(1 − σ)), the last factor fused (one rounding: it cancels
+            # near silu's minimum, x ≈ −1.28)
+            rest = torch.addcmul(xf.new_ones(()), xf, 1 - s)  # eq. H4: 1 + x(1 − σ)
+            return (_opmath(grad_output) * s * rest).to(grad_output.dtype)  # eq. H4: δ ⊙ σ(1 + x(1 − σ))
         s = torch.sigmoid(x)
         rest = torch.addcmul(x.new_ones(()), x, torch.rsub(s, 1))  # eq. H4: 1 + x(1 − σ), fused as above
         return torch.mul(grad_output, s).mul_(rest)  # eq. H4: (δ ⊙ σ) ⊙ (1 + x(1 − σ))

@@ -69,16 +69,16 @@ class MSELossFunction(Function):
             grad_target = -delta if ctx.needs_input_grad[1] else None  # eq. D7: ∂L/∂y = −∂L/∂ŷ
         if ctx.needs_input_grad[2]:
             # the weight has the input's size, broadcast against the target: its gradient sums over the copies
-            squared = diff * diff
             if ctx.reduction == "mean":
-                # eq. D8: ((ŷ − y)² − L)/Σw: two terms that cancel where (ŷ − y)² ≈ L, computed as torch's composed
-                # weighted form computes them, operation for operation in the inputs' dtype (the same roundings
-                # cancel alike; an infinite δ gives NaN, not ±∞)
+                # two terms that cancel where (ŷ − y)² ≈ L, computed as torch's composed weighted form computes them,
+                # operation for operation in the inputs' dtype (the same roundings cancel alike; an infinite δ gives
+                # NaN, not ±∞)
                 x, y, w, L = saved
                 total = w.sum()
-                grad_weight = ((as_given / total) * torch.pow(x - y, 2)).sum_to_size(w.shape) - as_given * (L / total)
+                squares = ((as_given / total) * torch.pow(x - y, 2)).sum_to_size(w.shape)  # eq. D8: (ŷ − y)²/Σw
+                grad_weight = squares - as_given * (L / total)  # eq. D8: ∂L/∂w = ((ŷ − y)² − L)/Σw
             else:
-                grad_weight = (scale * squared).sum_to_size(weight.shape)  # eq. D8: ∂L/∂w = (ŷ − y)², δ's layout
+                grad_weight = (scale * diff * diff).sum_to_size(weight.shape)  # eq. D8: ∂L/∂w = (ŷ − y)², δ's layout
         return (*(g if g is None else g.to(d) for g, d in zip((grad_input, grad_target, grad_weight), dtypes)), None)
 
     @staticmethod
