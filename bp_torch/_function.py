@@ -111,6 +111,20 @@ def in_layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
         return t
 
 
+def masks_may_multiply(saved: torch.Tensor) -> bool:
+    """Whether fast mode may multiply δ by a 0/1 mask where torch's kernel selects (δ or 0): in fast mode, on the CPU,
+    for full-precision real tensors, outside vmap and compiled graphs (the caller's check that the product came out
+    finite, or δ is, is a data-dependent branch). A selection gives 0 where the mask is 0 even for an infinite δ; the
+    product gives 0·∞ = NaN there, so the caller falls back to the selection when that check fails."""
+    from bp_torch._formulas import is_literal
+
+    if is_literal() or saved.dtype in (torch.float16, torch.bfloat16) or saved.is_complex():
+        return False
+    if saved.device.type != "cpu" or torch._C._are_functorch_transforms_active():
+        return False
+    return not torch.compiler.is_compiling()
+
+
 def opmath(t: torch.Tensor | None) -> torch.Tensor | None:
     """float16/bfloat16 as float32, the "opmath" type torch's kernels compute reduced-precision gradients in (each
     backward casts its result back once, at the end); other dtypes and None unchanged."""

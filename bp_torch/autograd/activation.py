@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.autograd import Function
 
 from bp_torch._formulas import is_literal
-from bp_torch._function import opmath, with_direct_call
+from bp_torch._function import masks_may_multiply, opmath, with_direct_call
 
 
 @with_direct_call
@@ -66,6 +66,12 @@ class ReluFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         (out,) = ctx.saved_tensors
+        # fast mode: the indicator as sign(y) ∈ {0, 1}, one vectorised product (a select reads a mask of bools);
+        # not for a NaN x (sign(NaN) is 0; y ≥ 0 elsewhere, so Σy is NaN just then) nor an infinite δ (0·∞)
+        if masks_may_multiply(out) and not bool(torch.isnan(out.sum())):
+            grad_input = torch.sign(out).mul_(grad_output)  # eq. D1: δ ⊙ 1[x > 0]
+            if bool(torch.isfinite(grad_input.sum())):
+                return grad_input, None
         # a select, not a product with the mask: an infinite δ where x ≤ 0 gives 0, not 0·∞ = NaN, and a NaN input
         # passes δ, as torch's threshold_backward (y ≤ 0 ? 0 : δ)
         return torch.where(out <= 0, 0, grad_output), None  # eq. D1: δ ⊙ 1[x > 0]

@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import Function
 
-from bp_torch._formulas import is_literal
-from bp_torch._function import with_direct_call
+from bp_torch._function import masks_may_multiply, with_direct_call
 
 _LOW = (torch.float16, torch.bfloat16)
 # torch's hardsigmoid backward multiplies by the float constant 1.0f/6.0f, in every dtype: so do we
@@ -28,11 +27,7 @@ _ONE_SIXTH = 0.1666666716337204
 def _fast(grad_output: torch.Tensor, saved: torch.Tensor) -> bool:
     """Whether fast mode's arithmetic masks may stand in for torch's selections: on the CPU, for full-precision real
     tensors, and only when δ is finite (δ = ±inf times a zero mask is NaN where a selection gives 0); one sum tells."""
-    if is_literal() or saved.dtype in _LOW or saved.is_complex() or saved.device.type != "cpu":
-        return False
-    if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
-        return False  # no data-dependent branch under vmap or a compiled graph
-    return bool(torch.isfinite(grad_output.sum()))
+    return masks_may_multiply(saved) and bool(torch.isfinite(grad_output.sum()))
 
 
 def _like_torch(result: torch.Tensor, grad_output: torch.Tensor, saved: torch.Tensor) -> torch.Tensor:
