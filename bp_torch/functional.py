@@ -1141,7 +1141,8 @@ def scaled_dot_product_attention(
     elif attn_mask is not None and attn_mask.dtype == torch.bool:
         keep = attn_mask
     elif attn_mask is not None:
-        bias = attn_mask
+        # with no query, key or value the output depends on no mask: torch's carries no graph to it
+        bias = attn_mask if query.numel() and key.numel() and value.numel() else attn_mask.detach()
     if dropout_p > 0:
         key_batch = (*key.shape[:-3], key.shape[-3] * groups) if key.dim() >= 3 else key.shape[:-2]
         shape = (*torch.broadcast_shapes(query.shape[:-2], key_batch), L, S)

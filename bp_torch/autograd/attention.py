@@ -56,10 +56,26 @@ def _empty_operand_grads(query, key, value, delta, needs) -> tuple:
     return *grads, None, None, None, None, None
 
 
-def _flash_like(query, value, dropout, groups) -> bool:
-    """Whether torch computes this call with its fused CPU kernel (4-D inputs, no dropout, one head per key head,
-    the value's width the query's), whose backward sums Σ δ ⊙ O in place of Σ P ⊙ ∂e/∂P."""
-    return query.dim() == 4 and dropout is None and groups == 1 and query.shape[-1] == value.shape[-1]
+def _flash_like(query, key, value, mask, dropout, groups) -> bool:
+    """Whether torch computes this call with its fused CPU kernel (3-D or 4-D inputs, no dropout, the value's width
+    the query's, each row's values side by side ...: torch's own verdict where it gives one),
+    whose backward sums Σ δ ⊙ O in place of Σ P ⊙ ∂e/∂P and writes its gradients heads interleaved."""
+    if not (query.dim() in (3, 4) and dropout is None and query.shape[-1] == value.shape[-1]):
+        return False
+    try:
+        # 1: flash attention (the CPU's fused kernel)
+        return torch._fused_sdp_choice(query, key, value, mask, enable_gqa=groups > 1) == 1
+    except Exception:  # noqa: BLE001 - no verdict (a torch.func transform's tensors): the conditions above
+        return groups == 1 and query.stride(-1) == key.stride(-1) == value.stride(-1) == 1
+
+
+def _heads_interleaved(grad: torch.Tensor | None) -> torch.Tensor | None:
+    """A (B, H, L, E) gradient laid out as (B, L, H, E) (each position's heads side by side), as torch's fused CPU
+    kernel writes its gradients; a 3-D one, (H, L, E), as (L, H, E) (torch adds a batch of one)."""
+    if grad is None:
+        return None
+    interleaved = torch.empty_like(grad.transpose(-3, -2), memory_format=torch.contiguous_format)
+    return interleaved.transpose(-3, -2).copy_(grad)
 
 
 @with_direct_call
@@ -98,6 +114,8 @@ class ScaledDotProductAttentionFunction(Function):
         m = upcast(bias) if bias is not None else None
         if torch.is_grad_enabled():  # a graph of this backward is being built: P as the function of Q, K, M it is
             p = attention_weights(q, k, m, keep, scale)
+        # torch's fused kernel (never for a mask that requires grad)
+        flash = not needs_bias and _flash_like(query, key, value, bias if bias is not None else keep, dropout, groups)
         delta = upcast(grad_output)
         if not (query.numel() and key.numel() and value.numel()):  # torch's output is then 0·(ΣQ + ΣK + ΣV)
             return _empty_operand_grads(query, key, value, delta, ctx.needs_input_grad)
@@ -112,7 +130,7 @@ class ScaledDotProductAttentionFunction(Function):
         if upstream:
             if dropout is not None:
                 grad_p = grad_p * dropout  # eq. D4: ∂e/∂P = ∂e/∂P̃ ⊙ Z/(1−p)
-            if _flash_like(query, value, dropout, groups):
+            if flash:
                 # torch's fused CPU kernel's sum (its NaN and infinities): Σ_j P ⊙ ∂e/∂P = Σ δ ⊙ O, as ∂e/∂P = δVᴴ
                 out = matmul(p_dropped, v) if torch.is_grad_enabled() else upcast(out)
                 row = (delta * out.conj()).sum(-1, keepdim=True)
@@ -128,6 +146,8 @@ class ScaledDotProductAttentionFunction(Function):
             if needs_k:  # eq. T7 on Sᵀ = s·KQᵀ
                 grad_k = product_grads(scaled.mT, None, q.mT, k.shape, q.mT.shape)[0]  # eq. T12: s·(∂e/∂S)ᵀQ
                 grad_key = sum_heads(grad_k, groups).to(key.dtype)
+        if flash:
+            grad_query, grad_key, grad_value = map(_heads_interleaved, (grad_query, grad_key, grad_value))
         return grad_query, grad_key, grad_value, grad_bias, None, None, None, None
 
     @staticmethod

@@ -44,7 +44,7 @@ def product_grads(delta, a, b, a_shape, b_shape):
             columns = b.expand(*batch, *b.shape[-2:]).mH.reshape(count * n, a_shape[-1])  # (batch·n, k)
             grad_a = matmul(rows, columns)  # eq. T7: ∂e/∂A = Σ δBᴴ
         else:
-            grad_a = _sum_to(matmul(delta, b.mH), a_shape)  # eq. T7: ∂e/∂A = δBᴴ, summed where A was broadcast
+            grad_a = _summed_product(delta, b.mH, a_shape)  # eq. T7: ∂e/∂A = δBᴴ, summed where A was broadcast
         grad_a = grad_a.squeeze(0) if vector_a else grad_a
     if a is not None:
         if len(b_shape) == 2 and batch:
@@ -53,9 +53,18 @@ def product_grads(delta, a, b, a_shape, b_shape):
             a_rows = a.expand(*batch, *a.shape[-2:]).reshape(rows, a_shape[-1])  # (batch·m, k)
             grad_b = matmul(a_rows.mH, delta.reshape(rows, delta.shape[-1]))  # eq. T7: ∂e/∂B = Σ Aᴴδ
         else:
-            grad_b = _sum_to(matmul(a.mH, delta), b_shape)  # eq. T7: ∂e/∂B = Aᴴδ, summed where B was broadcast
+            grad_b = _summed_product(a.mH, delta, b_shape)  # eq. T7: ∂e/∂B = Aᴴδ, summed where B was broadcast
         grad_b = grad_b.squeeze(-1) if vector_b else grad_b
     return grad_a, grad_b
+
+
+def _summed_product(x, y, shape):
+    """x @ y summed over the batch dimensions an operand of ``shape`` was broadcast along; in half precision summed
+    in float32 and rounded once (as one product over the broadcast dimensions rounds it), not once per copy."""
+    summed = tuple(torch.broadcast_shapes(x.shape[:-2], y.shape[:-2])) != tuple(shape[:-2])
+    if summed and x.dtype in (torch.float16, torch.bfloat16):
+        return _sum_to(matmul(opmath(x), opmath(y)), shape).to(x.dtype)
+    return _sum_to(matmul(x, y), shape)
 
 
 @with_direct_call
