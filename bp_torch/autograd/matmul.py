@@ -10,6 +10,7 @@ computed by ``MatmulFunction``, so every order of derivative is ours. Labels T a
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -67,6 +68,37 @@ def _summed_product(x, y, shape):
     return _sum_to(matmul(x, y), shape)
 
 
+def _operand_layouts(op: str, a: torch.Tensor, b: torch.Tensor, needs_a: bool, needs_b: bool):
+    """What decides the layout of torch's gradients of ``op(a, b)`` (its folding and its mm backward's column-major
+    rule read the operands' strides and which of them require grad); None where there are no strides to read."""
+    if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
+        return None
+    try:
+        return op, tuple(a.shape), a.stride(), tuple(b.shape), b.stride(), needs_a, needs_b
+    except RuntimeError:  # a tensor without strides (sparse, nested): torch's layout is not a question of strides
+        return None
+
+
+@functools.lru_cache(maxsize=4096)
+def torch_grad_strides(op: str, a_shape, a_stride, b_shape, b_stride, needs_a: bool, needs_b: bool) -> tuple:
+    """The strides of torch's gradients of ``op(a, b)`` (None where not wanted), read off torch's own product and
+    backward on meta tensors of the same shapes and strides: its rules, whatever they are, without its arithmetic."""
+    a = torch.empty_strided(a_shape, a_stride, device="meta").requires_grad_(needs_a)
+    b = torch.empty_strided(b_shape, b_stride, device="meta").requires_grad_(needs_b)
+    with torch.enable_grad():
+        out = torch.matmul(a, b) if op == "matmul" else torch.bmm(a, b)
+        wanted = [t for t, need in ((a, needs_a), (b, needs_b)) if need]
+        grads = iter(torch.autograd.grad(out, wanted, torch.empty(out.shape, device="meta")))
+    return tuple(next(grads).stride() if need else None for need in (needs_a, needs_b))
+
+
+def _in_strides(grad: torch.Tensor | None, strides) -> torch.Tensor | None:
+    """``grad`` laid out with ``strides`` (torch's), copied only where it is laid out otherwise."""
+    if grad is None or strides is None or grad.stride() == strides:
+        return grad
+    return torch.empty_strided(grad.shape, strides, dtype=grad.dtype, device=grad.device).copy_(grad)
+
+
 @with_direct_call
 class MatmulFunction(Function):
     """C = AB by ``op``, ``"matmul"`` (broadcast batches, 1-D operands) or ``"bmm"`` (3-D, equal batches): torch's
@@ -80,16 +112,20 @@ class MatmulFunction(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        a, b, _ = inputs
+        a, b, op = inputs
         needs_a, needs_b = ctx.needs_input_grad[:2]
         ctx.save_for_backward(a if needs_b else None, b if needs_a else None)
         ctx.save_for_forward(a, b)
         ctx.shapes = a.shape, b.shape
+        ctx.layouts = _operand_layouts(op, a, b, needs_a, needs_b)
 
     @staticmethod
     def backward(ctx, grad_output):
         a, b = ctx.saved_tensors  # each saved only if the other operand's gradient is wanted
-        return (*product_grads(grad_output, a, b, *ctx.shapes), None)  # eq. T7: ∂e/∂A = δBᴴ, ∂e/∂B = Aᴴδ
+        grads = product_grads(grad_output, a, b, *ctx.shapes)  # eq. T7: ∂e/∂A = δBᴴ, ∂e/∂B = Aᴴδ
+        if ctx.layouts is not None and not torch._C._are_functorch_transforms_active():
+            grads = [_in_strides(g, strides) for g, strides in zip(grads, torch_grad_strides(*ctx.layouts))]
+        return (*grads, None)
 
     @staticmethod
     def jvp(ctx, input_t, other_t, _):
