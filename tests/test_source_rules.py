@@ -12,6 +12,7 @@ from torch.autograd import Function
 
 import bp_torch._conv
 import bp_torch._function
+import bp_torch._torch_layouts
 import bp_torch.autograd
 
 MODULES = [
@@ -56,6 +57,17 @@ def _code_only(source: str) -> str:
 @pytest.mark.parametrize("pattern", FORBIDDEN)
 def test_no_autograd_inside_the_derived_backward(pattern, module):
     assert not re.search(pattern, _code_only(SOURCES[module])), f"{module} uses {pattern}"
+
+
+def test_torchs_layouts_are_read_off_meta_tensors_only():
+    """bp_torch._torch_layouts runs torch's autograd to learn where torch puts a gradient, never what it is: every
+    tensor it makes is a meta tensor (shapes and strides, no data)."""
+    module = _code_only(inspect.getsource(bp_torch._torch_layouts))
+    assert len(re.findall(r"torch\.autograd\.grad", module)) == 1  # in torch_grad_strides alone
+    code = _code_only(inspect.getsource(bp_torch._torch_layouts.torch_grad_strides))
+    made = re.findall(r"torch\.(?:empty\w*|zeros\w*|ones\w*|randn\w*|tensor)\((.*)\)", code)
+    assert made and all('device="meta"' in call or "device='meta'" in call for call in made), made
+    assert not re.search(r"\.to\(|\.copy_\(|\.cpu\(|\.cuda\(", code)  # no data in or out
 
 
 def test_the_scan_would_catch_a_violation():

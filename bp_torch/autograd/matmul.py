@@ -10,13 +10,13 @@ computed by ``MatmulFunction``, so every order of derivative is ours. Labels T a
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 from torch.autograd import Function
 
 from bp_torch._function import nested_apply, opmath, with_direct_call
+from bp_torch._torch_layouts import in_strides, torch_grad_strides
 from bp_torch.autograd.linear import _sum_to
 
 
@@ -79,26 +79,6 @@ def _operand_layouts(op: str, a: torch.Tensor, b: torch.Tensor, needs_a: bool, n
         return None
 
 
-@functools.lru_cache(maxsize=4096)
-def torch_grad_strides(op: str, a_shape, a_stride, b_shape, b_stride, needs_a: bool, needs_b: bool) -> tuple:
-    """The strides of torch's gradients of ``op(a, b)`` (None where not wanted), read off torch's own product and
-    backward on meta tensors of the same shapes and strides: its rules, whatever they are, without its arithmetic."""
-    a = torch.empty_strided(a_shape, a_stride, device="meta").requires_grad_(needs_a)
-    b = torch.empty_strided(b_shape, b_stride, device="meta").requires_grad_(needs_b)
-    with torch.enable_grad():
-        out = torch.matmul(a, b) if op == "matmul" else torch.bmm(a, b)
-        wanted = [t for t, need in ((a, needs_a), (b, needs_b)) if need]
-        grads = iter(torch.autograd.grad(out, wanted, torch.empty(out.shape, device="meta")))
-    return tuple(next(grads).stride() if need else None for need in (needs_a, needs_b))
-
-
-def _in_strides(grad: torch.Tensor | None, strides) -> torch.Tensor | None:
-    """``grad`` laid out with ``strides`` (torch's), copied only where it is laid out otherwise."""
-    if grad is None or strides is None or grad.stride() == strides:
-        return grad
-    return torch.empty_strided(grad.shape, strides, dtype=grad.dtype, device=grad.device).copy_(grad)
-
-
 @with_direct_call
 class MatmulFunction(Function):
     """C = AB by ``op``, ``"matmul"`` (broadcast batches, 1-D operands) or ``"bmm"`` (3-D, equal batches): torch's
@@ -124,7 +104,7 @@ class MatmulFunction(Function):
         a, b = ctx.saved_tensors  # each saved only if the other operand's gradient is wanted
         grads = product_grads(grad_output, a, b, *ctx.shapes)  # eq. T7: ∂e/∂A = δBᴴ, ∂e/∂B = Aᴴδ
         if ctx.layouts is not None and not torch._C._are_functorch_transforms_active():
-            grads = [_in_strides(g, strides) for g, strides in zip(grads, torch_grad_strides(*ctx.layouts))]
+            grads = [in_strides(g, strides) for g, strides in zip(grads, torch_grad_strides(*ctx.layouts))]
         return (*grads, None)
 
     @staticmethod
