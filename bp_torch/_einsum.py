@@ -36,15 +36,20 @@ def einsum(*args) -> torch.Tensor:
     a_size, b_size = dict(zip(a_in, a.shape)), dict(zip(b_in, b.shape))
     size.update({i: b_size[i] if a_size[i] == 1 else a_size[i] for i in batch})  # broadcast: a size 1 takes the other
     n = [math.prod(size[i] for i in group) for group in (batch, left, contracted, right)]
-    # each operand keeps its own batch sizes (1 where broadcast): the product broadcasts them, and its backward sums
-    # a broadcast operand's gradient in one place (not through an expanded copy's sum)
-    # (a batch of one where there is none: torch's einsum is a batched product, bmm, whatever the equation — and its
-    # kernel's complex infinities differ from mm's)
+    dtype = a.dtype
+    broadcast = any(a_size[i] != b_size[i] for i in batch)
+    if broadcast and dtype in (torch.float16, torch.bfloat16):
+        # the gradient of a broadcast operand sums one product per copy: in float32, rounded once (torch's einsum
+        # contracts the copies inside one product), not once per copy; the product itself as torch's kernel, in
+        # float32 rounded once
+        a, b = a.float(), b.float()
+    # as one bmm (a batch of one where there is none: torch's einsum's kernel, whose complex infinities differ from
+    # mm's), broadcast batches expanded: the gradients' layouts are torch's einsum's
     a = a.permute([a_in.index(i) for i in batch + left + contracted])
-    a = a.reshape(*(a.shape[: len(batch)] or (1,)), n[1], n[2])
+    a = a.expand(*(size[i] for i in batch), *a.shape[len(batch) :]).reshape(n[0], n[1], n[2])
     b = b.permute([b_in.index(i) for i in batch + contracted + right])
-    b = b.reshape(*(b.shape[: len(batch)] or (1,)), n[2], n[3])
-    c = BF.matmul(a, b).reshape([size[i] for i in batch + left + right])  # eq. T7
+    b = b.expand(*(size[i] for i in batch), *b.shape[len(batch) :]).reshape(n[0], n[2], n[3])
+    c = BF.matmul(a, b).reshape([size[i] for i in batch + left + right]).to(dtype)  # eq. T7
     order = batch + left + right
     if order == out:
         return c
