@@ -51,6 +51,8 @@ def _to_int(value) -> int:
 
 def int_arg(value, name: str, op: str) -> int:
     """torch's ``SymInt`` argument: an int, a numpy integer or a one-element integer tensor; TypeError otherwise."""
+    if type(value) is int:  # the common case, before the parser's other spellings
+        return value
     if not _is_integer(value, allow_bool=False):
         raise TypeError(f"{op}(): argument '{name}' must be int, not {_type_name(value)}")
     if isinstance(value, torch.Tensor) and value.dtype == torch.bool:
@@ -129,6 +131,8 @@ def optional_dtype_arg(value, name: str, op: str) -> torch.dtype | None:
 def int_list(value, name: str, op: str) -> tuple[int, ...]:
     """torch's ``int[2]`` argument before its length is checked: one integer (as :func:`int_arg`, a bool tensor too),
     or a list or tuple (torch.Size too) whose first item is one and whose other items are integers or bools."""
+    if type(value) is tuple and all(type(item) is int for item in value):  # a module's own options: already plain
+        return value
     if isinstance(value, (tuple, list)):
         for i, item in enumerate(value):
             if not _is_integer(item, allow_bool=i > 0):

@@ -92,7 +92,7 @@ __all__ += ["softmax", "log_softmax", "nll_loss", "cross_entropy", "mse_loss"]
 __all__ += ["max_pool2d", "max_pool2d_with_indices", "adaptive_avg_pool2d", "batch_norm"]
 __all__ += ["hardtanh", "hardtanh_", "relu6", "hardsigmoid", "hardswish", "silu", "mul", "div", "sum", "mean"]
 __all__ += ["layer_norm", "group_norm", "gelu", "matmul", "bmm", "addmm", "baddbmm", "scaled_dot_product_attention"]
-__all__ += ["multi_head_attention_forward", "einsum"]
+__all__ += ["multi_head_attention_forward", "einsum", "getitem", "roll", "pad"]
 
 
 def _autocast_lower_precision(*tensors: torch.Tensor | None):
@@ -1158,4 +1158,5 @@ def scaled_dot_product_attention(
 
 # made of the functions above (a module of its own, which imports this one)
 from bp_torch._einsum import einsum  # noqa: E402
+from bp_torch._movement import getitem, pad, roll  # noqa: E402
 from bp_torch._multi_head_attention import multi_head_attention_forward  # noqa: E402

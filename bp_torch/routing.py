@@ -79,6 +79,10 @@ def _routes() -> dict:
         BF.baddbmm: (torch.baddbmm,),
         BF.scaled_dot_product_attention: (F.scaled_dot_product_attention,),
         BF.einsum: (torch.einsum,),
+        # data movement (eq. S)
+        BF.getitem: (T.__getitem__,),
+        BF.roll: (torch.roll, T.roll),
+        BF.pad: (F.pad,),
     }
     return {native: twin for twin, natives in twins.items() for native in natives}
 
@@ -108,14 +112,15 @@ class Routed(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         twin = ROUTES.get(func)
-        if twin is not None and "out" not in kwargs:
-            if func in _OPERATORS:
-                try:
-                    return twin(*args, **kwargs)
-                except TypeError:  # as torch's operators do: Python then asks the other operand (NumPy ...)
-                    return NotImplemented
-            return twin(*args, **kwargs)
-        out = func(*args, **kwargs)
+        if twin is None or "out" in kwargs:
+            out = func(*args, **kwargs)
+        elif func in _OPERATORS:
+            try:
+                out = twin(*args, **kwargs)
+            except TypeError:  # as torch's operators do: Python then asks the other operand (NumPy ...)
+                return NotImplemented
+        else:
+            out = twin(*args, **kwargs)  # a twin may run torch's own where it derives nothing (pad's other modes)
         if self.native_calls is not None and isinstance(out, torch.Tensor) and out.grad_fn is not None:
             node = out.grad_fn
             new = all(not isinstance(a, torch.Tensor) or a.grad_fn is not node for a in args)

@@ -778,6 +778,89 @@ OPS += [
 ]  # fmt: skip
 
 
+# --------------------------------------------------------------------------------------- data movement (eq. S)
+
+
+def _index(rng: random.Random, shape: list):
+    """One index of the kinds ``Tensor.__getitem__`` reads: ints (negative too), slices with steps, None, Ellipsis,
+    integer tensors with repeats, bool masks, lists, and tensors mixed with slices."""
+    n = len(shape)
+    d = rng.randrange(n)
+
+    def position(size):
+        return rng.randint(-size, size - 1)
+
+    def positions(size, count):
+        return torch.tensor([rng.randrange(size) for _ in range(count)], dtype=rng.choice([torch.int64, torch.int32]))
+
+    kinds = ["slice", "tuple", "ellipsis", "none"] + (["int", "tensor", "list", "mixed", "pair"] if shape[d] else [])
+    kind = rng.choice(kinds + ["mask"])
+    step = rng.choice([1, 1, 2, 3])
+    if kind == "int":
+        return (slice(None),) * d + (position(shape[d]),)
+    if kind == "slice":
+        return (slice(None),) * d + (slice(rng.randint(-2, 2), rng.choice([None, rng.randint(-2, 4)]), step),)
+    if kind == "tuple":
+        return tuple(position(size) if size and rng.random() < 0.4 else slice(None, None, step) for size in shape)
+    if kind == "ellipsis":
+        return (Ellipsis, slice(0, None, step))
+    if kind == "none":
+        return (None, slice(None), None)[: rng.randint(1, 3)]
+    if kind == "tensor":  # repeated positions: their δ add up
+        return positions(shape[0], rng.randint(0, 5)) if shape[0] else torch.tensor([], dtype=torch.int64)
+    if kind == "list":
+        return [rng.randrange(shape[0]) for _ in range(rng.randint(1, 4))] if shape[0] else [0]
+    if kind == "mixed":  # a slice, then index tensors (swin's relative position bias: a table read at an index)
+        return (slice(None),) * d + (positions(shape[d], rng.randint(1, 4)).reshape(-1, 1).expand(-1, 2),)
+    if kind == "pair" and n >= 2 and shape[0] and shape[1]:
+        count = rng.randint(1, 4)
+        return positions(shape[0], count), positions(shape[1], count)
+    g = torch.Generator().manual_seed(rng.getrandbits(32))
+    return torch.rand(shape[: rng.randint(1, n)], generator=g) < 0.5  # a bool mask over the leading dimensions
+
+
+def _getitem(rng: random.Random) -> Sample:
+    x = tensor(rng, shape_of(rng, min_dim=1), dtype_of(rng, complex_ok=True))
+    return Sample((x, _index(rng, list(x.shape))))
+
+
+def _roll(rng: random.Random) -> Sample:
+    x = tensor(rng, shape_of(rng, min_dim=1), dtype_of(rng, complex_ok=True))
+    kind = rng.choice(["flat", "one", "several"])
+    if kind == "flat":
+        return Sample((x, rng.randint(-5, 5)))
+    if kind == "one":
+        return Sample((x, rng.randint(-5, 5), rng.randint(-x.dim(), x.dim() - 1)))
+    dims = rng.sample(range(x.dim()), rng.randint(1, x.dim()))
+    return Sample((x, tuple(rng.randint(-5, 5) for _ in dims), tuple(dims)))
+
+
+def _pad(rng: random.Random) -> Sample:
+    x = tensor(rng, shape_of(rng, min_dim=1), dtype_of(rng, complex_ok=True))
+    # per padded dimension (the last ones first) a pair: positive pads, negative ones crop (never past the size)
+    pads = []
+    for size in reversed(x.shape[-rng.randint(1, x.dim()) :]):
+        left = rng.randint(-(size // 2), 2)
+        pads += [left, rng.randint(-(size + min(left, 0)) // 2, 2)]
+    kwargs = {"value": rng.choice([None, 0.0, -1.5, 2])} if rng.random() < 0.5 else {}
+    return Sample((x, tuple(pads) if rng.random() < 0.7 else pads), kwargs)
+
+
+def _getitem_faults(sample: Sample, rng: random.Random) -> list:
+    x = sample.args[0]
+    return [(1, x.dim() * (0,) + (0,)), (1, 1.5), (1, "a"), (1, torch.tensor([0.5])), (1, (x.shape[0] + 3,))]
+
+
+OPS += [
+    OpEntry("getitem", BF.getitem, lambda input, index: input[index], _getitem, _getitem_faults,
+            opinfo=("__getitem__",)),
+    OpEntry("roll", BF.roll, torch.roll, _roll, _faults(**{"1": [(1, 2)], "2": [(0, 0, 0), 9, "0"]}), opinfo=("roll",)),
+    OpEntry("pad", BF.pad, F.pad, _pad, _faults(**{"1": [(1,), (1, 2, 3), "1", (0.5, 1)]}, mode=["const", 3]),
+            opinfo=("nn.functional.pad.constant", "nn.functional.pad.reflect", "nn.functional.pad.replicate",
+                    "nn.functional.pad.circular")),
+]  # fmt: skip
+
+
 def samples(op: OpEntry, count: int, seed: int = 0) -> Iterator[tuple[int, Sample]]:
     """``count`` samples of ``op``, each from its own seeded ``random.Random`` (a failure names its draw)."""
     for i in range(count):

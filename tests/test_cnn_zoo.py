@@ -1,4 +1,4 @@
-"""One model of each torchvision convolutional family, convert()-ed: a training step under bp_torch's
+"""One model of each torchvision classification family, convert()-ed: a training step under bp_torch's
 CrossEntropyLoss has no native node in ``bp_torch.audit`` and runs no aten ``*_backward`` kernel, the eval outputs
 equal native's, and ``rule="fa"`` gives every Linear and Conv2d its feedback matrix.
 
@@ -37,6 +37,12 @@ ZOO = [
     ("efficientnet_b0", 32),
     ("efficientnet_v2_s", 32),
     ("regnet_y_400mf", 32),
+    # the transformers and the modern CNN (issue 24): layer norm, GELU, attention, and swin's shifted windows (roll,
+    # padding) and relative position bias (an index), as maxvit's; maxvit's 7x7 partitions need 224x224
+    ("convnext_tiny", 32),
+    ("vit_b_16", 32),
+    ("swin_t", 32),
+    ("maxvit_t", 224),
 ]
 # googlenet keeps its two auxiliary classifiers (their losses are added, as its training recipe does); inception_v3's
 # auxiliary classifier pools 5x5 windows, stride 3, from a 17x17 map: it needs 299x299 inputs ("inception_v3-aux"),
@@ -45,6 +51,7 @@ OPTIONS = {
     "googlenet": {"aux_logits": True, "init_weights": True},
     "inception_v3": {"aux_logits": False},
     "inception_v3-aux": {"aux_logits": True},
+    "vit_b_16": {"image_size": 32},
 }
 
 

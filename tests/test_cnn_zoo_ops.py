@@ -266,3 +266,33 @@ def test_converted_model_compiles_in_one_graph():
     (grad,) = torch.autograd.grad(out.sum(), model.conv.weight)
     (grad_reference,) = torch.autograd.grad(reference.sum(), model.conv.weight)
     torch.testing.assert_close(grad, grad_reference)
+
+
+class Windows(torch.nn.Module):
+    """swin's moves: a constant pad, a roll, slices and a table read at a repeated index — and a reflect pad, which
+    bp_torch leaves to torch."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.randn(5))
+        self.register_buffer("index", torch.tensor([[0, 4], [4, 4]]))
+
+    def forward(self, x):
+        x = torch.roll(F.pad(x, (1, 1, 0, 2)), shifts=(1, -1), dims=(2, 3))
+        x = x[..., 0::2, 1::2] + self.table[self.index]
+        return F.pad(x, (1, 1, 1, 0), mode="reflect")
+
+
+def test_converted_model_routes_index_roll_and_pad():
+    model, summary = bnn.convert(Windows())
+    x = torch.randn(1, 2, 2, 2, requires_grad=True)
+    out = model(x)
+    names = {n.name for n in audit(BF.sum(out)).nodes if n.kind == "derived"}
+    assert {"GetItemFunctionBackward", "RollFunctionBackward", "ConstantPadFunctionBackward"} <= names
+    # the reflect pad is torch's own: named as the other calls left native are
+    assert summary.native_calls == {"torch.nn.functional.pad": "ReflectionPad2DBackward0"}
+    grads = torch.autograd.grad(out.sum(), (x, model.table))
+    native = bnn.to_native(copy.deepcopy(model))[0]
+    expected = torch.autograd.grad(native(x).sum(), (x, native.table))
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want)

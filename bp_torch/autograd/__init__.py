@@ -30,7 +30,9 @@ The transformer's operations (equation labels T, ours):
 - ``layer_norm``: ``LayerNormFunction``, ``GroupNormFunction`` (eq. T1–T4);
 - ``gelu``: ``GeluFunction`` (eq. T5, T6);
 - ``matmul``: ``MatmulFunction`` (matmul, bmm) and ``AddmmFunction`` (addmm, baddbmm) (eq. T7, T8);
-- ``attention``: ``ScaledDotProductAttentionFunction`` (eq. T9–T12).
+- ``attention``: ``ScaledDotProductAttentionFunction`` (eq. T9–T12);
+- ``movement``: ``GetItemFunction`` and its scatter ``IndexScatterFunction``, each the other's backward,
+  ``RollFunction``, ``ConstantPadFunction`` (eq. S1–S3: swin's shifted windows, the relative position bias).
 
 Direct feedback alignment (``bp_torch.direct_feedback``, eq. F1–F4): ``direct``: ``OutputErrorFunction``, which keeps
 the output error, and ``DirectFeedbackFunction``, which sends it to a layer's input through the layer's B.
@@ -68,6 +70,7 @@ from bp_torch.autograd.linear import LinearFunction
 from bp_torch.autograd.loss import CrossEntropyFunction, MSELossFunction, NllLossFunction
 from bp_torch.autograd.matmul import AddmmFunction, MatmulFunction
 from bp_torch.autograd.max_pool import MaxPool2dFunction, MaxPool2dGatherFunction, MaxPool2dInputGradFunction
+from bp_torch.autograd.movement import ConstantPadFunction, GetItemFunction, IndexScatterFunction, RollFunction
 from bp_torch.autograd.pool import AvgPool2dFunction, avg_pool2d_divisor
 from bp_torch.autograd.reduction import MeanFunction, SumFunction
 from bp_torch.autograd.softmax import LogSoftmaxFunction, SoftmaxFunction
@@ -116,6 +119,11 @@ __all__ = [
     "MatmulFunction",
     "AddmmFunction",
     "ScaledDotProductAttentionFunction",
+    # data movement (eq. S1–S3)
+    "GetItemFunction",
+    "IndexScatterFunction",
+    "RollFunction",
+    "ConstantPadFunction",
     # direct feedback alignment (eq. F1–F4)
     "OutputErrorFunction",
     "DirectFeedbackFunction",
