@@ -701,7 +701,7 @@ def _einsum(rng: random.Random) -> Sample:
     """A two-operand einsum: batched matrix products (maxvit's attention among them), and, for torch's own path,
     a diagonal; batch indices of size 1 broadcast."""
     equation, a, b = rng.choice(EINSUMS)
-    size = {i: rng.randint(0 if rng.random() < 0.05 else 1, 3) for i in set(a + b)}
+    size = {i: rng.randint(0 if rng.random() < 0.05 else 1, 3) for i in dict.fromkeys(a + b)}  # in a fixed order
     size["i"] = size.get("j", 2) if "ii" in a else size.get("i", 2)
     shape_a = [size[i] if i not in "bg" or rng.random() < 0.8 else 1 for i in a]
     dtype = dtype_of(rng, complex_ok=True)
