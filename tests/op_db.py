@@ -771,10 +771,7 @@ OPS += [
             _outputs(F.multi_head_attention_forward), _multi_head_attention, _faults(**{"3": [3, 5]}),
             opinfo=("nn.functional.multi_head_attention_forward",), float64_ulps=256, sums_cancel=True,
             # bias_k's, bias_v's gradients (through torch's cat and repeat of ours) laid out otherwise (docs/limits.md)
-            layout_exempt=("7", "8"),
-            # a composite of four products and a softmax, rounded in another order than torch's fused kernel: as far
-            # from the truth as torch on average, up to a few times further on single draws (docs/limits.md)
-            torch_distance=8),
+            layout_exempt=("7", "8")),
 ]  # fmt: skip
 
 

@@ -131,9 +131,13 @@ class ScaledDotProductAttentionFunction(Function):
             if dropout is not None:
                 grad_p = grad_p * dropout  # eq. D4: ∂e/∂P = ∂e/∂P̃ ⊙ Z/(1−p)
             if flash:
-                # torch's fused CPU kernel's sum (its NaN and infinities): Σ_j P ⊙ ∂e/∂P = Σ δ ⊙ O, as ∂e/∂P = δVᴴ
+                # torch's fused CPU kernel's sum (its NaN and infinities): Σ_j P ⊙ ∂e/∂P = Σ δ ⊙ O, as ∂e/∂P = δVᴴ;
+                # where both are finite, Σ_j P ⊙ ∂e/∂P itself: with the P it multiplies, Σ_j ∂e/∂S = 0 as rounded
+                # (O's rounding is not P's: with one weight near 1 the difference cancels down to that error)
                 out = matmul(p_dropped, v) if torch.is_grad_enabled() else upcast(out)
-                row = (delta * out.conj()).sum(-1, keepdim=True)
+                fused = (delta * out.conj()).sum(-1, keepdim=True)  # eq. T11: Σ δ ⊙ O
+                row = (p * grad_p).sum(-1, keepdim=True)  # eq. T11: Σ_j P ⊙ ∂e/∂P
+                row = torch.where(fused.isfinite() & row.isfinite(), row, fused)
                 grad_scores = p * (grad_p - row)  # eq. T11: ∂e/∂S = P ⊙ (∂e/∂P − Σ P ⊙ ∂e/∂P)
             else:
                 grad_scores = softmax_grad(p, grad_p, -1)  # eq. T11: ∂e/∂S = P ⊙ (∂e/∂P − Σ P ⊙ ∂e/∂P)
