@@ -744,6 +744,26 @@ def _group_norm_groups(x, num_groups):
     return x.reshape(x.shape[0], int(num_groups), -1)
 
 
+class _GeluSlope(torch.autograd.Function):
+    """torch's GELU, its derivative y' = Φ(x) + x·φ(x) evaluated with Φ = ½·erfc(−x/√2) (differentiable again)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return F.gelu(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        cdf = 0.5 * torch.special.erfc(x * -math.sqrt(0.5))
+        return grad * (cdf + x * torch.exp(x * x * -0.5) / math.sqrt(2 * math.pi))
+
+
+def _gelu_without_cancellation(input, approximate="none"):
+    """The exact GELU's derivative without the left tail's cancellation (the tanh form: torch's own)."""
+    return F.gelu(input, approximate=approximate) if approximate != "none" else _GeluSlope.apply(input)
+
+
 OPS += [
     # reference: with |μ| ≫ σ torch's own float64 is far off the shift-invariant truth (ours is not); float64_ulps:
     # against that reference, of the largest value (δ/σ̂ with σ̂ as small as √ε)
@@ -753,8 +773,10 @@ OPS += [
     OpEntry("group_norm", BF.group_norm, F.group_norm, _group_norm,
             _faults(**{"1": BAD_INTS + [4, 5]}, eps=BAD_FLOATS), opinfo=("nn.functional.group_norm",),
             float64_ulps=4096, sums_cancel=True, reference=_centered(F.group_norm, _group_norm_groups)),
+    # reference: torch's kernel (float64 too) takes Φ as ½(1 + erf), which cancels in the left tail (x < −8: off by
+    # 1/x², 1%); x·Φ with Φ = ½·erfc(−x/√2) is the same function without that cancellation
     OpEntry("gelu", BF.gelu, F.gelu, _gelu, _faults(**{"0": BAD_TENSORS}, approximate=["tan", None, 1, "NONE"]),
-            elementwise=True, opinfo=("nn.functional.gelu",)),
+            elementwise=True, opinfo=("nn.functional.gelu",), reference=_gelu_without_cancellation),
     OpEntry("matmul", BF.matmul, torch.matmul, _matmul, _faults(**{"1": BAD_TENSORS}), opinfo=("matmul",)),
     OpEntry("bmm", BF.bmm, torch.bmm, _bmm, _faults(**{"1": BAD_TENSORS}), opinfo=("bmm",)),
     OpEntry("addmm", BF.addmm, torch.addmm, lambda rng: _addmm(rng, False),

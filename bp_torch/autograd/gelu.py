@@ -2,9 +2,15 @@
 
 Φ is the standard normal distribution function and φ = Φ' its density. Exact: y' = Φ(x) + x·φ(x) (eq. T5).
 Approximated, y = ½x(1 + tanh u) with u = √(2/π)(x + 0.044715x³): y' = ½(1 + tanh u) + ½x(1 − tanh²u)·u' with
-u' = √(2/π)(1 + 3·0.044715x²) (eq. T6). Backward δ·y', tangent y'·ẋ; the forward is torch's kernel. The slope is
-evaluated one precision wider than the input (float32 in float64, half precision in float32) and rounded once.
-Labels T are ours (docs/derivation.md).
+u' = √(2/π)(1 + 3·0.044715x²) (eq. T6). Backward δ·y', tangent y'·ẋ; the forward is torch's kernel. Labels T are
+ours (docs/derivation.md).
+
+The two terms of y' cancel where y' crosses zero (x₀ ≈ −0.7518), and Φ = ½(1 + erf) cancels in its left tail. In
+literal mode, and for the tanh form, the slope is evaluated one precision wider than the input (float32 in float64,
+half precision in float32) and rounded once. In fast mode the exact form is evaluated in the input's precision (half
+in float32) without either cancellation: Φ as ½·erfc(−x/√2), and within 0.35 of x₀ y' as its Taylor polynomial in
+t = x − x₀ (eq. T5's derivatives: y^(k) = Q_k·φ, Q_1 = 2 − x², Q_{k+1} = Q_k' − x·Q_k), as close to the truth as
+the wider evaluation at a fraction of its cost.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import Function
 
+from bp_torch._formulas import is_literal
 from bp_torch._function import with_direct_call
 from bp_torch.autograd.batch_norm import upcast
 
@@ -22,8 +29,55 @@ _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 _CUBIC = 0.044715
 
 
+def _root_and_taylor(degree: int = 12) -> tuple[float, list[float]]:
+    """x₀ with y'(x₀) = Φ(x₀) + x₀φ(x₀) = 0 (Newton's method in float64), and the Taylor coefficients of y' there,
+    c_k = Q_k(x₀)·φ(x₀)/k! for k = 1 … degree (eq. T5 differentiated: y^(k) = Q_k·φ)."""
+
+    def pdf(x):
+        return math.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+
+    x0 = -0.75
+    for _ in range(8):
+        x0 -= (0.5 * math.erfc(-x0 / math.sqrt(2)) + x0 * pdf(x0)) / ((2 - x0 * x0) * pdf(x0))
+    q, coefficients = [2.0, 0.0, -1.0], []  # Q_1 = 2 − x², by power of x
+    for k in range(1, degree + 1):
+        coefficients.append(sum(c * x0**i for i, c in enumerate(q)) * pdf(x0) / math.factorial(k))
+        derivative = [i * c for i, c in enumerate(q)][1:] + [0.0, 0.0]
+        q = [derivative[i] - (q[i - 1] if i else 0.0) for i in range(len(q) + 1)]  # Q_{k+1} = Q_k' − x·Q_k
+    return x0, coefficients
+
+
+_ROOT, _TAYLOR = _root_and_taylor()
+_ROOT_HI = torch.tensor(_ROOT, dtype=torch.float32).item()  # x₀ as float32, and the rest
+_ROOT_LO = _ROOT - _ROOT_HI
+_NEAR_ROOT = 0.35  # within it the float32 terms cancel to a few ulps of y' or worse; the polynomial is off by 1e-10
+
+
+def _exact_slope(x: torch.Tensor) -> torch.Tensor:
+    """eq. T5 in x's precision without cancellation (fast mode): Φ + xφ with Φ = ½·erfc(−x/√2), and near the root
+    x₀ the Taylor polynomial Σ c_k·t^k, t = x − x₀ (x₀ split in two parts: t is exact where it is used)."""
+    cdf = 0.5 * torch.erfc(x * -math.sqrt(0.5))  # Φ(x), accurate where ½(1 + erf) would cancel (x ≪ 0)
+    pdf = (1 / math.sqrt(2 * math.pi)) * torch.exp(x * x * -0.5)  # φ(x)
+    slope = torch.addcmul(cdf, x, pdf)  # eq. T5: y' = Φ(x) + x·φ(x)
+    if x.dtype == torch.float64:  # its cancellation near x₀ costs a few float64 ulps: torch's own there
+        return slope
+    near = (x - _ROOT).abs() < _NEAR_ROOT
+    if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():  # no data-dependent shapes
+        return torch.where(near, _taylor(x.clamp(_ROOT - _NEAR_ROOT, _ROOT + _NEAR_ROOT)), slope)
+    return slope.masked_scatter_(near, _taylor(x.masked_select(near)))
+
+
+def _taylor(x: torch.Tensor) -> torch.Tensor:
+    """eq. T5 near its root, float32 x within ``_NEAR_ROOT`` of it: Σ_k c_k·t^k by Horner's rule."""
+    t = (x - _ROOT_HI) - _ROOT_LO  # x − x₀: the first difference is exact (Sterbenz), the second rounds once
+    taylor = torch.zeros_like(t)
+    for c in reversed(_TAYLOR):
+        taylor = (taylor + c) * t  # eq. T5 near x₀: y' = Σ_k c_k t^k
+    return taylor
+
+
 def gelu_derivative(x: torch.Tensor, approximate: str) -> torch.Tensor:
-    """y'(x), in x's dtype (the caller widens it: :func:`_wide`)."""
+    """y'(x) as eq. T5 or T6 is written, in x's dtype (the caller widens it: :func:`_slope`)."""
     if approximate == "tanh":
         x_sq = x * x
         t = torch.tanh(_SQRT_2_OVER_PI * (x + _CUBIC * (x_sq * x)))  # tanh u
@@ -53,17 +107,25 @@ class GeluFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         (input,) = ctx.saved_tensors
-        slope = gelu_derivative(_wide(input), ctx.approximate)
-        return (_wide(grad_output) * slope).to(grad_output.dtype), None  # eq. T5/T6: δ·y'
+        slope = _slope(input, ctx.approximate)
+        return (_as(grad_output, slope) * slope).to(grad_output.dtype), None  # eq. T5/T6: δ·y'
 
     @staticmethod
     def jvp(ctx, input_t, _):
         (input,) = ctx.saved_tensors
-        return (_wide(input_t) * gelu_derivative(_wide(input), ctx.approximate)).to(input.dtype)  # eq. T5/T6: y'·ẋ
+        slope = _slope(input, ctx.approximate)
+        return (_as(input_t, slope) * slope).to(input.dtype)  # eq. T5/T6: y'·ẋ
 
 
-def _wide(t: torch.Tensor) -> torch.Tensor:
-    """float32 as float64, half precision as float32: y' = Φ + xφ (and eq. T6's two terms) cancel where y' crosses
-    zero, and float32 evaluated there is off by some 20 ulps, more than torch's kernel; one wider evaluation and one
-    rounding keep every slope within half an ulp."""
-    return t.double() if t.dtype == torch.float32 else upcast(t)
+def _slope(x: torch.Tensor, approximate: str) -> torch.Tensor:
+    """y'(x): in fast mode the exact form in x's precision without cancellation (half in float32); otherwise eq. T5
+    or T6 as written, one precision wider than x (float32 in float64, half in float32) and rounded once by the
+    caller — where y' = Φ + xφ (and T6's two terms) cancel, float32 as written is off by some 20 ulps."""
+    if approximate == "none" and not is_literal():
+        return _exact_slope(upcast(x))
+    return gelu_derivative(x.double() if x.dtype == torch.float32 else upcast(x), approximate)
+
+
+def _as(t: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+    """δ (or ẋ) in the slope's precision."""
+    return t if t.dtype == slope.dtype else t.to(slope.dtype)
