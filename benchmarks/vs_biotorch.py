@@ -88,6 +88,18 @@ def ours(base: nn.Module, rule: str, layers_only: bool = False) -> nn.Module:
     return model
 
 
+def share_feedback(model_theirs: nn.Module, model_ours: nn.Module, rule: str) -> None:
+    """Give each of our layers BioTorch's own fixed B (fa and dfa: ``weight_backward``, the shape of our buffer), so
+    that the two runs differ in nothing but the libraries' code."""
+    if rule not in ("fa", "dfa"):
+        return
+    layers = [[m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))] for model in (model_theirs,
+              model_ours)]  # fmt: skip
+    for their, our in zip(*layers):
+        if hasattr(our, "feedback"):
+            our.feedback.copy_(their.weight_backward.detach().reshape(our.feedback.shape))
+
+
 def step_fn(model: nn.Module, rule: str, biotorch: bool, loss_fn, lr: float):
     """One SGD training step of ``model`` on a batch: BioTorch's DFA takes the targets and loss in its forward."""
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-3)
@@ -198,6 +210,8 @@ def accuracy_part(args) -> list[dict]:
                 torch.manual_seed(seed + 1000)  # the feedback matrices' draws, then brsf's, from here
                 model_theirs = theirs(base, rule)
                 model_ours = ours(base, rule)
+                if args.same_b:
+                    share_feedback(model_theirs, model_ours, rule)
                 start = time.perf_counter()
                 error_theirs = train_and_test(model_theirs, rule, True, (train, test), args, seed)
                 middle = time.perf_counter()
@@ -258,6 +272,8 @@ def main(argv=None) -> int:
     parser.add_argument("--b-init", choices=("ours", "xavier"), default="ours",
                         help="how bp_torch draws fa/frsf/brsf/dfa's B: its own U(±1/√fan_in) (default) or BioTorch's "
                         "Xavier-uniform, to tell the initialisation's part in a difference")  # fmt: skip
+    parser.add_argument("--same-b", action="store_true",
+                        help="fa and dfa: our layers take BioTorch's own B (its weight_backward), not a draw of ours")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--data-dir", default=None, help="folder holding MNIST/raw (default $BP_TORCH_DATA)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder for the results")
@@ -267,7 +283,7 @@ def main(argv=None) -> int:
     if args.b_init == "xavier":  # every draw of a B (fa, frsf, brsf's per-step one, dfa) goes through _draw_like
         feedback._draw_like = lambda weight: nn.init.xavier_uniform_(torch.empty_like(weight))
     command = "python benchmarks/vs_biotorch.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    name = f"biotorch-{args.part}" + ("-xavier" if args.b_init == "xavier" else "")
+    name = f"biotorch-{args.part}" + ("-xavier" if args.b_init == "xavier" else "") + ("-same-b" if args.same_b else "")
     timing = time_part(args) if args.part in ("time", "both") else []
     accuracy = accuracy_part(args) if args.part in ("accuracy", "both") else []
     scale = scale_part(args) if args.part == "scale" else []
