@@ -273,7 +273,7 @@ def main(argv=None) -> int:
                         help="how bp_torch draws fa/frsf/brsf/dfa's B: its own U(±1/√fan_in) (default) or BioTorch's "
                         "Xavier-uniform, to tell the initialisation's part in a difference")  # fmt: skip
     parser.add_argument("--same-b", action="store_true",
-                        help="fa and dfa: our layers take BioTorch's own B (its weight_backward), not a draw of ours")  # fmt: skip
+                        help="fa, dfa: our layers take BioTorch's own B (weight_backward), not our draw")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--data-dir", default=None, help="folder holding MNIST/raw (default $BP_TORCH_DATA)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder for the results")
