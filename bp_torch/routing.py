@@ -122,9 +122,8 @@ class Routed(TorchFunctionMode):
         else:
             out = twin(*args, **kwargs)  # a twin may run torch's own where it derives nothing (pad's other modes)
         if self.native_calls is not None and isinstance(out, torch.Tensor) and out.grad_fn is not None:
-            node = out.grad_fn
-            new = all(not isinstance(a, torch.Tensor) or a.grad_fn is not node for a in args)
-            if new and _kind(node) == "native":
+            node = out.grad_fn  # a native node this call made (not one of its inputs' passed through)
+            if _kind(node) == "native" and all(not isinstance(a, torch.Tensor) or a.grad_fn is not node for a in args):
                 self.native_calls.setdefault(_name(func), type(node).__name__)
         return out
 

@@ -54,26 +54,24 @@ _NEAR_ROOT = 0.35  # within it the float32 terms cancel to a few ulps of y' or w
 
 
 def _exact_slope(x: torch.Tensor) -> torch.Tensor:
-    """eq. T5 in x's precision without cancellation (fast mode): Φ + xφ with Φ = ½·erfc(−x/√2), and near the root
-    x₀ the Taylor polynomial Σ c_k·t^k, t = x − x₀ (x₀ split in two parts: t is exact where it is used)."""
-    cdf = 0.5 * torch.erfc(x * -math.sqrt(0.5))  # Φ(x), accurate where ½(1 + erf) would cancel (x ≪ 0)
-    pdf = (1 / math.sqrt(2 * math.pi)) * torch.exp(x * x * -0.5)  # φ(x)
-    slope = torch.addcmul(cdf, x, pdf)  # eq. T5: y' = Φ(x) + x·φ(x)
+    """eq. T5 in x's precision without cancellation (fast mode, nothing recording it): Φ + xφ with
+    Φ = ½·erfc(−x/√2), and near the root x₀ the Taylor polynomial Σ c_k·t^k, t = x − x₀ (x₀ split in two parts: t is
+    exact where it is used). In place, in three buffers: on a CPU a new tensor's first write costs several passes."""
+    slope = x.mul(-math.sqrt(0.5)).erfc_().mul_(0.5)  # Φ(x), accurate where ½(1 + erf) would cancel (x ≪ 0)
+    pdf = x.square().mul_(-0.5).exp_().mul_(1 / math.sqrt(2 * math.pi))  # φ(x)
+    slope.addcmul_(x, pdf)  # eq. T5: y' = Φ(x) + x·φ(x)
     if x.dtype == torch.float64:  # its cancellation near x₀ costs a few float64 ulps: torch's own there
         return slope
-    near = (x - _ROOT).abs() < _NEAR_ROOT
-    if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():  # no data-dependent shapes
-        return torch.where(near, _taylor(x.clamp(_ROOT - _NEAR_ROOT, _ROOT + _NEAR_ROOT)), slope)
-    return slope.masked_scatter_(near, _taylor(x.masked_select(near)))
-
-
-def _taylor(x: torch.Tensor) -> torch.Tensor:
-    """eq. T5 near its root, float32 x within ``_NEAR_ROOT`` of it: Σ_k c_k·t^k by Horner's rule."""
-    t = (x - _ROOT_HI) - _ROOT_LO  # x − x₀: the first difference is exact (Sterbenz), the second rounds once
-    taylor = torch.zeros_like(t)
-    for c in reversed(_TAYLOR):
-        taylor = (taylor + c) * t  # eq. T5 near x₀: y' = Σ_k c_k t^k
-    return taylor
+    # the polynomial on every value clamped into the window (in φ's buffer), then blended in by a 0/1 factor: a
+    # product is cheaper than a mask's selection and has no data-dependent shape (vmap, compile)
+    t = torch.clamp(x, _ROOT - _NEAR_ROOT, _ROOT + _NEAR_ROOT, out=pdf)
+    t.sub_(_ROOT_HI).sub_(_ROOT_LO)  # x − x₀: the first difference is exact (Sterbenz), the second rounds once
+    taylor = torch.full_like(t, _TAYLOR[-1])
+    for c in reversed(_TAYLOR[:-1]):
+        taylor.mul_(t).add_(c)  # eq. T5 near x₀: y' = Σ_k c_k t^k, by Horner's rule
+    taylor.mul_(t)
+    near = torch.sub(x, _ROOT, out=t).abs_().lt_(_NEAR_ROOT)  # 1 within the window, 0 outside (in t's buffer)
+    return slope.add_(taylor.sub_(slope).mul_(near))  # eq. T5: the polynomial within the window, Φ + xφ outside
 
 
 def gelu_derivative(x: torch.Tensor, approximate: str) -> torch.Tensor:
@@ -121,7 +119,7 @@ def _slope(x: torch.Tensor, approximate: str) -> torch.Tensor:
     """y'(x): in fast mode the exact form in x's precision without cancellation (half in float32); otherwise eq. T5
     or T6 as written, one precision wider than x (float32 in float64, half in float32) and rounded once by the
     caller — where y' = Φ + xφ (and T6's two terms) cancel, float32 as written is off by some 20 ulps."""
-    if approximate == "none" and not is_literal():
+    if approximate == "none" and not is_literal() and not torch.is_grad_enabled():
         return _exact_slope(upcast(x))
     return gelu_derivative(x.double() if x.dtype == torch.float32 else upcast(x), approximate)
 

@@ -88,11 +88,11 @@ class IndexScatterFunction(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return gather(grad, ctx.index), None, None  # the scatter's adjoint is the gather: (Sᵀ)ᵀ = S
+        return gather(grad, ctx.index), None, None  # eq. S1's transpose, the gather: (Sᵀ)ᵀ = S
 
     @staticmethod
     def jvp(ctx, grad_t, _, __):
-        return IndexScatterFunction.forward(grad_t, ctx.shape, ctx.index)  # linear: the scatter of ġ
+        return IndexScatterFunction.forward(grad_t, ctx.shape, ctx.index)  # eq. S1, linear: the scatter of ġ
 
 
 def gather(input: torch.Tensor, index) -> torch.Tensor:
