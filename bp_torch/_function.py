@@ -28,7 +28,7 @@ def with_direct_call(cls: type[Function]) -> type[Function]:
     def combined_forward(ctx, *args):
         output = forward(*args)
         setup_context(ctx, args, output)
-        return output
+        return _outputs_of_its_own(output, args)
 
     namespace = {
         "forward": staticmethod(combined_forward),
@@ -44,6 +44,21 @@ def with_direct_call(cls: type[Function]) -> type[Function]:
         names = ("forward", "setup_context", "backward", "vmap", "generate_vmap_rule", "__module__", "__qualname__")
         _TRACED[id(cls)] = type(cls.__name__, (Function,), {k: vars(cls)[k] for k in names if k in vars(cls)})
     return cls
+
+
+def _outputs_of_its_own(output, args):
+    """``output`` with each tensor that is a view of an intermediate of the forward (F.linear on a 3-D input, a loss
+    reduced then reshaped) made a tensor of its own, sharing that storage: torch forbids modifying a custom Function's
+    view in place (``nn.ReLU(inplace=True)`` after a Linear), and nothing else can see the intermediate. A view of an
+    input stays one: writing through it must reach the input."""
+    if isinstance(output, tuple):
+        return tuple(_outputs_of_its_own(o, args) for o in output)
+    if not (isinstance(output, torch.Tensor) and output._is_view()):
+        return output
+    base = output._base
+    if any(isinstance(a, torch.Tensor) and (a is base or a._base is base) for a in args):
+        return output
+    return output.detach()  # the same storage, not tracked as a view
 
 
 # Dynamo refuses to trace a Function that defines jvp, and a compiled graph runs no forward-mode AD: under

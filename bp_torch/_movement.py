@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.overrides import handle_torch_function, has_torch_function_unary
 
 from bp_torch._function import apply
-from bp_torch.autograd.movement import ConstantPadFunction, GetItemFunction, RollFunction
+from bp_torch.autograd.movement import ConstantPadFunction, GetItemFunction, RollFunction, is_basic
 
 
 def _differentiated(input) -> bool:
@@ -22,9 +22,14 @@ def _differentiated(input) -> bool:
 
 
 def getitem(input, index) -> torch.Tensor:
-    """``input[index]`` (``Tensor.__getitem__``: ints, slices, None, Ellipsis, index and mask tensors, lists), with
-    the backward of eq. S1: δ added back where each element was read (``bp_torch.autograd.GetItemFunction``). A
-    result that would be a view is a copy, so that it may be modified in place.
+    """``input[index]`` (``Tensor.__getitem__``), with the backward of eq. S1 for advanced indexing (index or mask
+    tensors, lists: ``bp_torch.autograd.GetItemFunction``): δ added back where each element was read, summed where an
+    index repeats.
+
+    Basic indexing (ints, slices, None, Ellipsis) is torch's own: its result is a view of ``input``, which code may
+    write through in place (``x[:, 0] += 1``, ``x[:, :2].zero_()``), and torch allows that on its own views only, not
+    on a custom Function's. Its backward node (``SliceBackward0``, ``SelectBackward0``) writes δ into zeros: it only
+    moves δ, and ``bp_torch.audit`` counts it as structural.
 
     Example::
 
@@ -35,7 +40,7 @@ def getitem(input, index) -> torch.Tensor:
     """
     if has_torch_function_unary(input):
         return handle_torch_function(getitem, (input,), input, index)
-    if not _differentiated(input):
+    if not _differentiated(input) or is_basic(index):
         return input[index]
     return apply(GetItemFunction, input, index)
 

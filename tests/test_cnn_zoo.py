@@ -1,5 +1,6 @@
 """One model of each torchvision classification family, convert()-ed: a training step under bp_torch's
-CrossEntropyLoss has no native node in ``bp_torch.audit`` and runs no aten ``*_backward`` kernel, the eval outputs
+CrossEntropyLoss has no native node in ``bp_torch.audit`` and runs no aten ``*_backward`` kernel but basic
+indexing's (structural: δ written into zeros), the eval outputs
 equal native's, and ``rule="fa"`` gives every Linear and Conv2d its feedback matrix.
 
 Functions the models call inside ``forward`` (googlenet's ``F.relu``, shufflenet's ``x.mean([2, 3])``, the
@@ -85,7 +86,9 @@ def test_converted_zoo_model_is_hand_derived(name, size):
     assert summary.native_calls == {}, summary
     with backward_kernels() as kernels:
         loss.backward()
-    assert kernels.seen == [], name
+    # basic indexing stays torch's view, so that code may write through it (eq. S1's note): its backward writes δ
+    # into zeros, structural in the audit (vit's class token, swin's patch merging); no other aten gradient kernel
+    assert set(kernels.seen) <= {"aten.select_backward.default", "aten.slice_backward.default"}, name
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
     # eval: the converted model computes native's outputs
