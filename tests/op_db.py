@@ -801,41 +801,45 @@ OPS += [
 
 
 def _index(rng: random.Random, shape: list):
-    """One index of the kinds ``Tensor.__getitem__`` reads: ints (negative too), slices with steps, None, Ellipsis,
-    integer tensors with repeats, bool masks, lists, and tensors mixed with slices."""
+    """One index of the kinds ``Tensor.__getitem__`` reads. Mostly advanced (bp_torch's S1): integer tensors with
+    repeats, bool masks, lists, and tensors among ints, slices, None and Ellipsis; sometimes basic (ints, slices,
+    None, Ellipsis), which bp_torch leaves to torch."""
     n = len(shape)
     d = rng.randrange(n)
+    g = torch.Generator().manual_seed(rng.getrandbits(32))
 
-    def position(size):
-        return rng.randint(-size, size - 1)
+    def positions(size, *count):
+        dtype = rng.choice([torch.int64, torch.int32])
+        return torch.randint(-size, size, count, generator=g, dtype=dtype) if size else torch.zeros(count, dtype=dtype)
 
-    def positions(size, count):
-        return torch.tensor([rng.randrange(size) for _ in range(count)], dtype=rng.choice([torch.int64, torch.int32]))
-
-    kinds = ["slice", "tuple", "ellipsis", "none"] + (["int", "tensor", "list", "mixed", "pair"] if shape[d] else [])
-    kind = rng.choice(kinds + ["mask"])
-    step = rng.choice([1, 1, 2, 3])
-    if kind == "int":
-        return (slice(None),) * d + (position(shape[d]),)
-    if kind == "slice":
-        return (slice(None),) * d + (slice(rng.randint(-2, 2), rng.choice([None, rng.randint(-2, 4)]), step),)
-    if kind == "tuple":
-        return tuple(position(size) if size and rng.random() < 0.4 else slice(None, None, step) for size in shape)
-    if kind == "ellipsis":
-        return (Ellipsis, slice(0, None, step))
-    if kind == "none":
-        return (None, slice(None), None)[: rng.randint(1, 3)]
+    if rng.random() < 0.15:  # basic
+        step = rng.choice([1, 2, 3])
+        if rng.random() < 0.5 or not shape[d]:
+            return (slice(None),) * d + (slice(rng.randint(-2, 2), rng.choice([None, rng.randint(-2, 4)]), step),)
+        return (Ellipsis, rng.randint(-shape[-1], shape[-1] - 1)) if shape[-1] else (None, slice(None, None, step))
+    kind = rng.choice(["tensor", "list", "mask", "among slices", "pair", "with int", "with ellipsis"])
+    if kind == "mask":
+        return torch.rand(shape[: rng.randint(1, n)], generator=g) < 0.5  # over the leading dimensions
+    if not shape[d] and kind != "tensor":  # an empty dimension takes only an empty index
+        return (slice(None),) * d + (positions(0, 0),)
     if kind == "tensor":  # repeated positions: their δ add up
-        return positions(shape[0], rng.randint(0, 5)) if shape[0] else torch.tensor([], dtype=torch.int64)
+        return positions(shape[0], rng.randint(0, 5)) if shape[0] else positions(0, 0)
     if kind == "list":
-        return [rng.randrange(shape[0]) for _ in range(rng.randint(1, 4))] if shape[0] else [0]
-    if kind == "mixed":  # a slice, then index tensors (swin's relative position bias: a table read at an index)
-        return (slice(None),) * d + (positions(shape[d], rng.randint(1, 4)).reshape(-1, 1).expand(-1, 2),)
-    if kind == "pair" and n >= 2 and shape[0] and shape[1]:
+        return (
+            [rng.randrange(shape[d]) for _ in range(rng.randint(1, 4))]
+            if d == 0
+            else (slice(None),) * d + ([rng.randrange(shape[d]) for _ in range(rng.randint(1, 4))],)
+        )
+    if kind == "among slices":  # swin's relative position bias: a table read at a 2-D index
+        return (slice(None),) * d + (positions(shape[d], rng.randint(1, 3), 2),)
+    if kind == "pair" and n >= 2 and all(shape[:2]):
         count = rng.randint(1, 4)
         return positions(shape[0], count), positions(shape[1], count)
-    g = torch.Generator().manual_seed(rng.getrandbits(32))
-    return torch.rand(shape[: rng.randint(1, n)], generator=g) < 0.5  # a bool mask over the leading dimensions
+    if kind == "with int" and n >= 2 and shape[0]:
+        return rng.randrange(shape[0]), Ellipsis, positions(shape[-1], 3) if shape[-1] else positions(0, 0)
+    if d == n - 1:  # "with ellipsis": the last dimension, after a new one
+        return Ellipsis, None, positions(shape[d], 2)
+    return (slice(None),) * d + (positions(shape[d], 2),)
 
 
 def _getitem(rng: random.Random) -> Sample:

@@ -10,7 +10,7 @@ literal mode, and for the tanh form, the slope is evaluated one precision wider 
 half precision in float32) and rounded once. In fast mode the exact form is evaluated in the input's precision (half
 in float32) without either cancellation: Φ as ½·erfc(−x/√2), and within 0.35 of x₀ y' as its Taylor polynomial in
 t = x − x₀ (eq. T5's derivatives: y^(k) = Q_k·φ, Q_1 = 2 − x², Q_{k+1} = Q_k' − x·Q_k), as close to the truth as
-the wider evaluation at a fraction of its cost.
+the wider evaluation, without float64.
 """
 
 from __future__ import annotations
@@ -116,9 +116,10 @@ class GeluFunction(Function):
 
 
 def _slope(x: torch.Tensor, approximate: str) -> torch.Tensor:
-    """y'(x): in fast mode the exact form in x's precision without cancellation (half in float32); otherwise eq. T5
-    or T6 as written, one precision wider than x (float32 in float64, half in float32) and rounded once by the
-    caller — where y' = Φ + xφ (and T6's two terms) cancel, float32 as written is off by some 20 ulps."""
+    """y'(x): in fast mode, unless autograd records it (a second derivative, which differentiates the formula), the
+    exact form in x's precision without cancellation (half in float32); otherwise eq. T5 or T6 as written, one
+    precision wider than x (float32 in float64, half in float32) and rounded once by the caller — where y' = Φ + xφ
+    (and T6's two terms) cancel, float32 as written is off by some 20 ulps."""
     if approximate == "none" and not is_literal() and not torch.is_grad_enabled():
         return _exact_slope(upcast(x))
     return gelu_derivative(x.double() if x.dtype == torch.float32 else upcast(x), approximate)

@@ -23,8 +23,7 @@ def _items(index) -> tuple:
 
 
 def is_basic(index) -> bool:
-    """Whether ``index`` is basic indexing (ints, slices, None, ...): its result is a view that reads each element of
-    x at most once."""
+    """Whether ``index`` is basic indexing (ints, slices, None, Ellipsis): its result is a view of x."""
     return all(item is None or item is Ellipsis or type(item) in (int, slice) for item in _items(index))
 
 
@@ -39,14 +38,14 @@ def _index_tensors(index) -> tuple | None:
 
 @with_direct_call
 class GetItemFunction(Function):
-    """``input[index]`` (eq. S1): backward the scatter-add ``IndexScatterFunction``."""
+    """``input[index]`` for advanced indexing (index or mask tensors, lists, alone or among slices; eq. S1): backward
+    the scatter-add ``IndexScatterFunction``. ``bp_torch.functional.getitem`` leaves basic indexing to torch, whose
+    view may be written through in place (a custom Function's may not)."""
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(input, index):
-        # basic indexing returns a view, as torch's; torch forbids modifying a custom Function's view in place (a
-        # loud error, where a copy would silently no longer write through to the input)
         return input[index]
 
     @staticmethod
@@ -72,9 +71,6 @@ class IndexScatterFunction(Function):
     @staticmethod
     def forward(grad, shape, index):
         out = grad.new_zeros(shape)
-        if is_basic(index):
-            out[index] = grad  # eq. S1 for basic indexing: each x_i read at most once, δ copied to its place
-            return out
         tensors = _index_tensors(index)
         if tensors is not None:
             return out.index_put_(tensors, grad, accumulate=True)  # eq. S1: Σ over the j that read x_i
