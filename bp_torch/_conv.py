@@ -8,32 +8,41 @@ against native autograd, gradcheck and gradgradcheck, on a grid of options and o
 What runs (mode from :func:`bp_torch.formulas`; *fast* is the default). C_in_g, C_out_g: channels per group;
 L = H_out·W_out, the positions of the output map.
 
-========  ==========================  ==========================================  ======================================
-gradient  formulation                 equation, as computed                       runs when
-========  ==========================  ==========================================  ======================================
-∂e/∂x     ``flipped_correlation``     Note A eq. 17/35: δ, zeros inserted for     *literal*: always
-                                      the stride, fully padded, correlated with
-                                      rot180(k), channels swapped
-∂e/∂x     ``transposed_convolution``  Note A eq. 14: each δ_pq scattered onto     *fast*: always — no zeros to insert,
-                                      the inputs its window read                  no flipped copy of the kernel
-∂e/∂k     ``depthwise``               Note B eq. 40 per (sample, channel)         *fast*: C_in = C_out = groups
-∂e/∂k     ``unfold_per_sample``       Note A eq. 7 on each window (section 3.3)   *fast*: 1x1 with C_out_g·C_in_g <
-                                      = Note B eq. 40: per sample one product     L·(C_in_g + C_out_g) (the partial sums
-                                      (C_out × L)·(L × C_in_g·k²) of δ and the    are the smaller copy); k > 1 with
-                                      im2col columns, summed over the batch       8·C_in_g ≤ C_out_g (stems)
-∂e/∂k     ``unfold_gemm``             the same sum as one product (C_out ×        *fast*: every other 1x1 (small maps,
-                                      N·L)·(N·L × C_in_g·k²)                      many channels); k > 1 with a stride
-                                                                                  and C_out_g ≥ 128
-∂e/∂k     ``batch_as_channels``       Note B eq. 40: one correlation of x with    *literal*: always. *fast*: every other
-                                      δ, the batch as channels                    k > 1 — LeNet's C1 and C2, VGG's and
-                                                                                  ResNet's 3x3 stride 1
-========  ==========================  ==========================================  ======================================
+========  ==============================  ========================================  ==================================
+gradient  formulation                     equation, as computed                     runs when
+========  ==============================  ========================================  ==================================
+∂e/∂x     ``flipped_correlation``         Note A eq. 17/35: δ, zeros inserted for   *literal*: always
+                                          the stride, fully padded, correlated
+                                          with rot180(k), channels swapped
+∂e/∂x     ``transposed_convolution``      Note A eq. 14: each δ_pq scattered onto   *fast*: always — no zeros to
+                                          the inputs its window read                insert, no flipped copy of the
+                                                                                    kernel
+∂e/∂k     ``depthwise``                   Note B eq. 40 per (sample, channel)       *fast*: C_in = C_out = groups,
+                                                                                    unless the padding is as wide as δ
+∂e/∂k     ``unfold_per_sample``           Note A eq. 7 on each window (section      *fast*: 1x1 with C_out_g·C_in_g <
+                                          3.3) = Note B eq. 40: per sample one      L·(C_in_g + C_out_g) (the partial
+                                          product (C_out × L)·(L × C_in_g·k²) of δ  sums are the smaller copy); k > 1
+                                          and the im2col columns, summed over the   with 8·C_in_g ≤ C_out_g (stems)
+                                          batch
+∂e/∂k     ``unfold_gemm``                 the same sum as one product (C_out ×      *fast*: every other 1x1 but the
+                                          N·L)·(N·L × C_in_g·k²)                    large ones below (small maps, many
+                                                                                    channels)
+∂e/∂k     ``output_channels_as_batch``    Note B eq. 40 with S and ΔC_σ swapped: δ  *fast*: k > 1, stride 1, one
+                                          correlated with x is Δk rotated 180°      group, C_in_g ≥ 16 (VGG's and
+                                          (rotate the operands or the result)       ResNet's 3x3, DenseNet's growth
+                                                                                    layers)
+∂e/∂k     ``batch_as_channels``           Note B eq. 40: one correlation of x with  *literal*: always. *fast*: every
+                                          δ, the batch as channels                  other k > 1 (LeNet's C1 and C2,
+                                                                                    strided and grouped layers); 1x1
+                                                                                    with L ≥ 64 and C_out·C_in ≥ 8192
+========  ==============================  ========================================  ==================================
 
 *autotune* times every formulation of the gradient (``depthwise`` only where it applies) at the first call with
 each shape, on the device at hand, and caches the fastest in :data:`TUNED`; under torch.compile or a torch.func
-transform it runs *fast*'s choice. The fast mode's rules are a cost model measured on a CPU
-(``benchmarks/formulations.py`` times every formulation on every layer of the benchmark's models, with the rule's
-pick and the fastest); on another device, autotune measures instead of assuming.
+transform it runs *fast*'s choice. The fast mode's rules are a cost model measured on a CPU inside real training
+steps (``benchmarks/formulations_in_step.py`` times every formulation on the x and δ of each convolution of a
+converted model's step: alone, with fresh memory and cold caches, the ranking differs); on another device, autotune
+measures instead of assuming.
 
 LeNet's C1 (1→6, 5x5, input 28x28) needs only ∂e/∂k (the image needs no gradient): ``batch_as_channels``.
 LeNet's C2 (6→12, 5x5, input 12x12): ``transposed_convolution`` and ``batch_as_channels`` (*fast*),
@@ -84,27 +93,38 @@ def choose_weight_grad(input, delta, kernel_size, stride, padding, dilation, gro
         args = (input, delta, kernel_size, stride, padding, dilation, groups)
         return autotuned("weight", WEIGHT_GRAD, args, exclude=() if depthwise else ("depthwise",))
     if depthwise:
-        return "depthwise"
-    return cheapest_weight_grad(input.shape, delta.shape, kernel_size, stride, groups)
+        # unless δ, each channel's kernel, is no wider than the padding (a 5x5 layer on a 2x2 map): the
+        # one-channel correlations take a slow path there, the batch-as-channels correlation does not
+        padded_past = stride == (1, 1) and (padding[0] >= delta.shape[2] or padding[1] >= delta.shape[3])
+        return "batch_as_channels" if padded_past else "depthwise"
+    return cheapest_weight_grad(input.shape, delta.shape, kernel_size, stride, padding, dilation, groups)
 
 
-def cheapest_weight_grad(input_shape, delta_shape, kernel_size, stride, groups) -> str:
-    """The fast mode's fixed choice of ∂e/∂k's formulation for these shapes (the table above; its validation over
-    the benchmark's layers: benchmarks/README.md, "How each gradient is computed")."""
+def cheapest_weight_grad(input_shape, delta_shape, kernel_size, stride, padding, dilation, groups) -> str:
+    """The fast mode's fixed choice of ∂e/∂k's formulation for these shapes (the table above), fitted to each
+    formulation's time inside real training steps (``python benchmarks/formulations_in_step.py``,
+    benchmarks/README.md, "How each gradient is computed")."""
     C_in_g, (C_out, H_out, W_out) = input_shape[1] // groups, delta_shape[1:]
     C_out_g, L = C_out // groups, H_out * W_out
     if kernel_size == (1, 1):
+        if stride == (1, 1) and groups == 1 and L >= 64 and C_out_g * C_in_g >= 8192:
+            # maps and channels both large: the correlation, with δ as an L-tap kernel, runs the convolution's
+            # vectorised kernel, where the products below run the general matrix product
+            return "batch_as_channels"
         # both sum products over the positions: per sample, N partial sums of C_out_g x C_in_g are written and
         # added; as one product, x and δ are first copied into (channels x N·L) matrices. Fewer elements wins.
         return "unfold_per_sample" if C_out_g * C_in_g < L * (C_in_g + C_out_g) else "unfold_gemm"
     if 8 * C_in_g <= C_out_g:
         # a stem (3 input channels): the batch-as-channels correlation would have a batch of 3; per sample, the
-        # im2col columns are few (C_in_g·k²) and the products short
+        # im2col columns are few (C_in_g·k²) and the products short. (For 7x7 and 11x11 stems the correlation
+        # is faster, but its copy of δ raises the step's peak memory: the stem's gradient comes last, when every
+        # other gradient is held.)
         return "unfold_per_sample"
-    if stride != (1, 1) and C_out_g >= 128:
-        # a strided correlation of x with δ spreads δ by the stride (a dilated kernel); one product over the im2col
-        # matrix instead copies each window once, 1/C_out_g of an element per multiply-add
-        return "unfold_gemm"
+    full_padding_reaches = padding[0] <= kernel_size[0] - 1 and padding[1] <= kernel_size[1] - 1
+    if (stride, dilation, groups) == ((1, 1), (1, 1), 1) and full_padding_reaches and C_in_g >= 16:
+        # the result comes laid out as the weight (no transposing copy of the kernel's gradient); C_in are the
+        # correlation's output channels, which fill the vector registers from 16 on
+        return "output_channels_as_batch"
     return "batch_as_channels"
 
 
@@ -193,18 +213,62 @@ def uncovered(input_size, output_size, kernel_size, stride, padding, dilation) -
 
 def batch_as_channels(input, delta, kernel_size, stride, padding, dilation, groups):
     """Note B eq. 40 as one correlation of x with δ in which the batch plays the channels: the forward's stride
-    becomes the dilation, its dilation the stride; rows past the last full stride step reach no tap and are cropped."""
+    becomes the dilation, its dilation the stride; rows past the last full stride step reach no tap and are cropped.
+
+    Both operands are copied anyway (the batch moved to the channels' place); copied channels_last (the batch
+    innermost) the convolution reads them as they are, where laid out plainly it first reorders both into its
+    blocked layout — unless the kernel's gradient outweighs them (:func:`_operand_layout`)."""
     N, C_in, H, W = input.shape
     C_out = delta.shape[1]
     G = groups
     kh, kw = kernel_size
+    layout = _operand_layout(input, delta, kernel_size, groups)
+    # one copy each: with one group the reshape is a view (grouped operands stay plain: the reshape's copy)
     x = input.reshape(N, G, C_in // G, H, W).permute(2, 1, 0, 3, 4).reshape(C_in // G, G * N, H, W)
-    grad = F.conv2d(x, delta.transpose(0, 1), None, dilation, padding, stride, G)  # Note B eq. 40: x ⋆ δ
+    x, d = _laid_out(x, layout), _laid_out(delta.transpose(0, 1), layout)
+    grad = F.conv2d(x, d, None, dilation, padding, stride, G)  # Note B eq. 40: x ⋆ δ
     if grad.shape[2:] != (kh, kw):  # a no-op slice would be an alias, which legacy vmap cannot batch
         grad = grad[:, :, :kh, :kw]
     # back to (C_out, C_in_g, kh, kw) with the weight's own strides: a reshape, as transpose alone leaves a
     # size-1 dimension (one input channel, as C1's) a stride DDP's gradient buckets reject
     return grad.transpose(0, 1).reshape(C_out, C_in // G, kh, kw)
+
+
+def output_channels_as_batch(input, delta, kernel_size, stride, padding, dilation, groups):
+    """Note B eq. 40 with S and ΔC_σ swapped: one correlation of δ with x, the output channels as the batch, the
+    batch as the channels, x the kernel. Correlating δ with x gives the sum of eq. 40 rotated by 180° (δ's offset
+    from x runs the other way): so either both operands are rotated first, when they are the smaller, or the result
+    after. Unlike
+    :func:`batch_as_channels` the result comes out (C_out, C_in, kh, kw), as the weight is laid out, and laying
+    out a large kernel gradient (512x512x3x3) costs no transposing copy. For stride 1, dilation 1, one group and
+    padding up to k − 1 (the full correlation's); other layers run :func:`batch_as_channels`."""
+    kh, kw = kernel_size
+    full = (kh - 1 - padding[0], kw - 1 - padding[1])  # δ padded for the full correlation with x (Note A eq. 17)
+    if stride != (1, 1) or dilation != (1, 1) or groups != 1 or min(full) < 0:
+        return batch_as_channels(input, delta, kernel_size, stride, padding, dilation, groups)
+    layout = _operand_layout(input, delta, kernel_size, groups)
+    rotate_operands = delta.shape[1] * input.shape[1] * kh * kw > input.numel() + delta.numel()
+    d, x = (delta.flip(2, 3), input.flip(2, 3)) if rotate_operands else (delta, input)
+    d, x = _laid_out(d.transpose(0, 1), layout), _laid_out(x.transpose(0, 1), layout)
+    grad = F.conv2d(d, x, None, 1, full)  # Note B eq. 40, S and ΔC_σ swapped: δ ⋆ x = rot180(Δk)
+    return grad if rotate_operands else grad.flip(2, 3)
+
+
+def _operand_layout(input, delta, kernel_size, groups) -> torch.memory_format:
+    """channels_last for the operands of a batch-as-channels correlation, unless its output, the kernel's gradient,
+    is more than 8 times their size (ResNet's 512-channel layers on 2x2 maps): the output comes in the operands'
+    layout, and laying a large one out as the weight costs more than the reorders saved; grouped correlations run
+    faster on plainly laid out operands."""
+    C_out, C_in_g = delta.shape[1], input.shape[1] // groups
+    large = C_out * C_in_g * kernel_size[0] * kernel_size[1] > 8 * (input.numel() + delta.numel())
+    return torch.contiguous_format if large or groups > 1 else torch.channels_last
+
+
+def _laid_out(t: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
+    try:
+        return t.contiguous(memory_format=layout)
+    except RuntimeError:  # vmap (gradcheck's batched gradients, torch.func) knows no channels_last
+        return t.contiguous()
 
 
 def depthwise(input, delta, kernel_size, stride, padding, dilation, groups):
@@ -263,6 +327,7 @@ def windows(input, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pai
 INPUT_GRAD = {"flipped_correlation": flipped_correlation, "transposed_convolution": transposed_convolution}
 WEIGHT_GRAD = {
     "batch_as_channels": batch_as_channels,
+    "output_channels_as_batch": output_channels_as_batch,
     "unfold_gemm": unfold_gemm,
     "unfold_per_sample": unfold_per_sample,
     "depthwise": depthwise,

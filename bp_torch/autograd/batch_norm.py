@@ -86,7 +86,8 @@ class BatchNormFunction(Function):
         elif x is not None:
             # x − μ first: Σ δ·x − μ Σ δ would cancel the digits of Σ δ·x̂ when |μ| ≫ σ
             centered = x - mean.view(per_channel)
-            sum_delta_x_hat = (delta * centered).sum(dims) * invstd  # eq. M9: Σ δ·x̂ = Σ δ·(x − μ)/σ̂
+            product = delta * centered
+            sum_delta_x_hat = product.sum(dims).mul_(invstd)  # eq. M9: Σ δ·x̂ = Σ δ·(x − μ)/σ̂
         if needs_input:
             scale = invstd if gamma is None else gamma * invstd  # γ/σ̂
             if not ctx.training:
@@ -97,13 +98,17 @@ class BatchNormFunction(Function):
                     m * delta - sum_delta.view(per_channel) - x_hat * sum_delta_x_hat.view(per_channel)
                 )
             else:
-                # eq. M10 as one affine map per channel, c + a·δ + b·(x − μ) with a = γ/σ̂: no x̂ map in memory
-                b = scale * invstd * sum_delta_x_hat * (-1 / m)
-                c = scale * sum_delta * (-1 / m)
-                grad_input = torch.addcmul(c.view(per_channel), delta, scale.view(per_channel))
-                # in place outside torch.func, where vmap has no batching rule for addcmul_ and would loop
-                add_b_x = grad_input.addcmul if torch._C._are_functorch_transforms_active() else grad_input.addcmul_
-                grad_input = add_b_x(centered, b.view(per_channel))  # eq. M10: c + a·δ + b·(x − μ)
+                # eq. M10 as one affine map per channel, (x − μ)·b + c + a·δ with a = γ/σ̂: no x̂ map. Written over
+                # the product's memory (its sum is taken), unless a graph of this backward is being built or vmap
+                # or torch.compile is at work (no batching rule for out= and in-place ops): the same operations in
+                # the same order, so the same rounding
+                per_m = scale * (-1 / m)
+                b, c, a = per_m * invstd * sum_delta_x_hat, per_m * sum_delta, scale
+                b, c, a = b.view(per_channel), c.view(per_channel), a.view(per_channel)
+                if torch.is_grad_enabled() or _transformed(delta):
+                    grad_input = torch.addcmul(centered * b + c, delta, a)  # eq. M10
+                else:
+                    grad_input = torch.mul(centered, b, out=product).add_(c).addcmul_(delta, a)  # eq. M10
             grad_input = in_layout(grad_input.to(dtype), ctx.channels_last)
         if needs_weight:
             grad_weight = sum_delta_x_hat.to(ctx.weight_like[0]).reshape(ctx.weight_like[1])  # eq. M9: ∂e/∂γ = Σ δ·x̂
@@ -132,3 +137,11 @@ class BatchNormFunction(Function):
         if bias_t is not None:
             out_t = out_t + bias_t.reshape(per_channel)  # eq. M12: β̇
         return out_t.to(dtype), None, None
+
+
+def _transformed(delta: torch.Tensor) -> bool:
+    """Whether torch.compile is tracing or vmap batches: a torch.func transform, or gradcheck's batched gradients
+    (the legacy vmap over δ)."""
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return True
+    return torch._C._functorch.is_legacy_batchedtensor(delta)
