@@ -26,11 +26,15 @@ gradient  formulation                     equation, as computed                 
                                           batch
 ∂e/∂k     ``unfold_gemm``                 the same sum as one product (C_out ×      *fast*: every other 1x1 but the
                                           N·L)·(N·L × C_in_g·k²)                    large ones below (small maps, many
-                                                                                    channels)
+                                                                                    channels); strided k > 1 whose Δk
+                                                                                    outweighs x and δ 8 to 1
 ∂e/∂k     ``output_channels_as_batch``    Note B eq. 40 with S and ΔC_σ swapped: δ  *fast*: k > 1, stride 1, one
                                           correlated with x is Δk rotated 180°      group, C_in_g ≥ 16 (VGG's and
                                           (rotate the operands or the result)       ResNet's 3x3, DenseNet's growth
                                                                                     layers)
+∂e/∂k     ``input_as_kernel``             Note B eq. 40 as one transposed           *fast*: as the row above, on maps
+                                          convolution (A 14's primitive): rotated   of at most 16 positions (ResNet's
+                                          δ scattered through x as the kernel       and VGG's last layers)
 ∂e/∂k     ``batch_as_channels``           Note B eq. 40: one correlation of x with  *literal*: always. *fast*: every
                                           δ, the batch as channels                  other k > 1 (LeNet's C1 and C2,
                                                                                     strided and grouped layers); 1x1
@@ -123,8 +127,14 @@ def cheapest_weight_grad(input_shape, delta_shape, kernel_size, stride, padding,
     full_padding_reaches = padding[0] <= kernel_size[0] - 1 and padding[1] <= kernel_size[1] - 1
     if (stride, dilation, groups) == ((1, 1), (1, 1), 1) and full_padding_reaches and C_in_g >= 16:
         # the result comes laid out as the weight (no transposing copy of the kernel's gradient); C_in are the
-        # correlation's output channels, which fill the vector registers from 16 on
-        return "output_channels_as_batch"
+        # correlation's output channels, which fill the vector registers from 16 on. On small maps, the scatter
+        # through x (no copy of x either) beats the correlation
+        return "input_as_kernel" if L <= 16 else "output_channels_as_batch"
+    operands = input_shape.numel() + delta_shape.numel()
+    if stride != (1, 1) and C_out_g * C_in_g * kernel_size[0] * kernel_size[1] > 8 * operands:
+        # a kernel gradient 8 times its operands (ResNet's strided 512-channel layer): the one product writes it
+        # as the weight is laid out, where the correlation's transposing copy would double it in memory
+        return "unfold_gemm"
     return "batch_as_channels"
 
 
@@ -254,6 +264,22 @@ def output_channels_as_batch(input, delta, kernel_size, stride, padding, dilatio
     return grad if rotate_operands else grad.flip(2, 3)
 
 
+def input_as_kernel(input, delta, kernel_size, stride, padding, dilation, groups):
+    """Note B eq. 40 as one transposed convolution (Note A eq. 14's primitive): δ, rotated 180° with the output
+    channels as the batch, scattered through x itself as the kernel with the forward's stride —
+    Σ_p δ[o, n, H_out − 1 − p] x[n, i, s·p + u − pad] lands on u, and the scatter's padding crops all but the k
+    positions of Δk. x needs no copy, and the result comes laid out as the weight. For dilation 1, one group, and
+    windows that reach the input's last row (the crop is the same at both ends); other layers run
+    :func:`output_channels_as_batch`."""
+    (H, W), (H_out, W_out) = input.shape[2:], delta.shape[2:]
+    crop = [s * (L_out - 1) - p for s, L_out, p in zip(stride, (H_out, W_out), padding)]
+    rest = uncovered((H, W), (H_out, W_out), kernel_size, stride, padding, dilation)
+    if dilation != (1, 1) or groups != 1 or min(crop) < 0 or rest != [0, 0]:
+        return output_channels_as_batch(input, delta, kernel_size, stride, padding, dilation, groups)
+    d = delta.flip(2, 3).transpose(0, 1).contiguous()
+    return F.conv_transpose2d(d, input.contiguous(), None, stride, crop)  # Note B eq. 40: Δk, (C_out, C_in, kh, kw)
+
+
 def _operand_layout(input, delta, kernel_size, groups) -> torch.memory_format:
     """channels_last for the operands of a batch-as-channels correlation, unless its output, the kernel's gradient,
     is more than 8 times their size (ResNet's 512-channel layers on 2x2 maps): the output comes in the operands'
@@ -328,6 +354,7 @@ INPUT_GRAD = {"flipped_correlation": flipped_correlation, "transposed_convolutio
 WEIGHT_GRAD = {
     "batch_as_channels": batch_as_channels,
     "output_channels_as_batch": output_channels_as_batch,
+    "input_as_kernel": input_as_kernel,
     "unfold_gemm": unfold_gemm,
     "unfold_per_sample": unfold_per_sample,
     "depthwise": depthwise,

@@ -77,18 +77,20 @@ def test_forced_formulation_is_the_one_that_runs(kind, name, force, monkeypatch)
 
 
 # Where the cost model picks each formulation (fast mode): real layers of the benchmark's models at batch 2 (the
-# choice depends on channels, kernel, stride and map size, not on the batch), and small shapes with the same choice
-# for gradcheck. (x shape, w shape, stride, padding, groups) -> {"input": ..., "weight": ...} in fast mode.
+# choice depends on channels, kernel, stride and map size, and on the batch only where the kernel's gradient is
+# weighed against its operands, the same at batch 16 here), and small shapes with the same choice for gradcheck.
+# (x shape, w shape, stride, padding, groups) -> {"input": ..., "weight": ...} in fast mode.
 CHOSEN = {
     "lenet-C1": ((2, 1, 28, 28), (6, 1, 5, 5), 1, 0, 1, {"weight": "batch_as_channels"}),
     "lenet-C2": ((2, 6, 12, 12), (12, 6, 5, 5), 1, 0, 1, {"weight": "batch_as_channels"}),
     "vgg-256to512-8x8": ((2, 256, 8, 8), (512, 256, 3, 3), 1, 1, 1, {"weight": "output_channels_as_batch"}),
-    "resnet-512-2x2": ((2, 512, 2, 2), (512, 512, 3, 3), 1, 1, 1, {"weight": "output_channels_as_batch"}),
+    "resnet-512-2x2": ((2, 512, 2, 2), (512, 512, 3, 3), 1, 1, 1, {"weight": "input_as_kernel"}),
     "resnet-stem-7x7-s2": ((2, 3, 64, 64), (64, 3, 7, 7), 2, 3, 1, {"weight": "unfold_per_sample"}),
     "mobilenet-16to96-1x1": ((2, 16, 32, 32), (96, 16, 1, 1), 1, 0, 1, {"weight": "unfold_per_sample"}),
     "densenet-256to128-1x1": ((2, 256, 16, 16), (128, 256, 1, 1), 1, 0, 1, {"weight": "batch_as_channels"}),
     "resnet-1024to2048-1x1-s2": ((2, 1024, 4, 4), (2048, 1024, 1, 1), 2, 0, 1, {"weight": "unfold_gemm"}),
-    "resnet-256to512-3x3-s2": ((2, 256, 4, 4), (512, 256, 3, 3), 2, 1, 1, {"weight": "batch_as_channels"}),
+    "resnet-256to512-3x3-s2": ((2, 256, 4, 4), (512, 256, 3, 3), 2, 1, 1, {"weight": "unfold_gemm"}),
+    "resnet-64to128-3x3-s2": ((2, 64, 16, 16), (128, 64, 3, 3), 2, 1, 1, {"weight": "batch_as_channels"}),
     "resnext-grouped-3x3": ((2, 128, 8, 8), (128, 4, 3, 3), 1, 1, 32, {"weight": "batch_as_channels"}),
     "mobilenet-depthwise-s2": ((2, 96, 32, 32), (96, 1, 3, 3), 2, 1, 96, {"weight": "depthwise"}),
     "efficientnet-depthwise-5x5-2x2": ((2, 96, 2, 2), (96, 1, 5, 5), 1, 2, 96, {"weight": "batch_as_channels"}),
@@ -97,6 +99,7 @@ CHOSEN = {
     "small-1x1-gemm": ((2, 4, 2, 1), (5, 4, 1, 1), 1, 0, 1, {"weight": "unfold_gemm"}),
     "small-3x3": ((2, 2, 6, 6), (3, 2, 3, 3), 1, 1, 1, {"weight": "batch_as_channels"}),
     "small-3x3-16-channels": ((2, 16, 5, 4), (3, 16, 3, 2), 1, (2, 1), 1, {"weight": "output_channels_as_batch"}),
+    "small-3x3-small-map": ((2, 16, 4, 3), (3, 16, 3, 3), 1, 1, 1, {"weight": "input_as_kernel"}),
     "small-depthwise": ((2, 3, 6, 6), (3, 1, 3, 3), 2, 1, 3, {"weight": "depthwise"}),
     "small-depthwise-padded-past": ((2, 3, 2, 3), (3, 1, 5, 5), 1, 2, 3, {"weight": "batch_as_channels"}),
 }
@@ -186,7 +189,7 @@ def test_autotune_times_each_formulation_once_per_shape(mode, monkeypatch):
     if mode == "fast":
         assert timed == [] and _conv.TUNED == {}
         return
-    weight = ["batch_as_channels", "output_channels_as_batch", "unfold_gemm", "unfold_per_sample"]
+    weight = ["batch_as_channels", "input_as_kernel", "output_channels_as_batch", "unfold_gemm", "unfold_per_sample"]
     assert sorted(timed) == sorted([*_conv.INPUT_GRAD, *weight])
     assert sorted(_conv.TUNED.values()) == ["flipped_correlation", "unfold_gemm"]  # input: both 9.0, the first
 
