@@ -29,9 +29,10 @@ gradient  formulation                     equation, as computed                 
                                                                                     channels); strided k > 1 whose Δk
                                                                                     outweighs x and δ 8 to 1
 ∂e/∂k     ``output_channels_as_batch``    Note B eq. 40 with S and ΔC_σ swapped: δ  *fast*: k > 1, stride 1, one
-                                          correlated with x is Δk rotated 180°      group, C_in_g ≥ 16 (VGG's and
-                                          (rotate the operands or the result)       ResNet's 3x3, DenseNet's growth
-                                                                                    layers)
+                                          correlated with x is Δk rotated 180°      group, C_in_g ≥ 16, and C_in ≥
+                                          (rotate the operands or the result)       C_out or Δk as large as x and δ
+                                                                                    (ResNet's and VGG's 3x3,
+                                                                                    DenseNet's growth layers)
 ∂e/∂k     ``input_as_kernel``             Note B eq. 40 as one transposed           *fast*: as the row above, on maps
                                           convolution (A 14's primitive): rotated   of at most 16 positions (ResNet's
                                           δ scattered through x as the kernel       and VGG's last layers)
@@ -124,14 +125,17 @@ def cheapest_weight_grad(input_shape, delta_shape, kernel_size, stride, padding,
         # is faster, but its copy of δ raises the step's peak memory: the stem's gradient comes last, when every
         # other gradient is held.)
         return "unfold_per_sample"
+    operands = input_shape.numel() + delta_shape.numel()  # x and δ, the elements the correlations copy
+    gradient = C_out_g * C_in_g * kernel_size[0] * kernel_size[1]
     full_padding_reaches = padding[0] <= kernel_size[0] - 1 and padding[1] <= kernel_size[1] - 1
     if (stride, dilation, groups) == ((1, 1), (1, 1), 1) and full_padding_reaches and C_in_g >= 16:
-        # the result comes laid out as the weight (no transposing copy of the kernel's gradient); C_in are the
-        # correlation's output channels, which fill the vector registers from 16 on. On small maps, the scatter
-        # through x (no copy of x either) beats the correlation
-        return "input_as_kernel" if L <= 16 else "output_channels_as_batch"
-    operands = input_shape.numel() + delta_shape.numel()
-    if stride != (1, 1) and C_out_g * C_in_g * kernel_size[0] * kernel_size[1] > 8 * operands:
+        # C_in, not C_out, are the output channels of these two (they fill the vector registers from 16 on), and
+        # their result comes laid out as the weight: worth it when C_in ≥ C_out, or when the kernel's gradient is
+        # as large as its operands (its transposing copy then costs). On small maps the scatter through x (no copy
+        # of x either) beats the correlation
+        if C_in_g >= C_out_g or gradient >= operands:
+            return "input_as_kernel" if L <= 16 else "output_channels_as_batch"
+    if stride != (1, 1) and gradient > 8 * operands:
         # a kernel gradient 8 times its operands (ResNet's strided 512-channel layer): the one product writes it
         # as the weight is laid out, where the correlation's transposing copy would double it in memory
         return "unfold_gemm"

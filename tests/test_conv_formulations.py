@@ -85,6 +85,7 @@ CHOSEN = {
     "lenet-C2": ((2, 6, 12, 12), (12, 6, 5, 5), 1, 0, 1, {"weight": "batch_as_channels"}),
     "vgg-256to512-8x8": ((2, 256, 8, 8), (512, 256, 3, 3), 1, 1, 1, {"weight": "output_channels_as_batch"}),
     "resnet-512-2x2": ((2, 512, 2, 2), (512, 512, 3, 3), 1, 1, 1, {"weight": "input_as_kernel"}),
+    "squeezenet-16to64-3x3": ((2, 16, 15, 15), (64, 16, 3, 3), 1, 1, 1, {"weight": "batch_as_channels"}),
     "resnet-stem-7x7-s2": ((2, 3, 64, 64), (64, 3, 7, 7), 2, 3, 1, {"weight": "unfold_per_sample"}),
     "mobilenet-16to96-1x1": ((2, 16, 32, 32), (96, 16, 1, 1), 1, 0, 1, {"weight": "unfold_per_sample"}),
     "densenet-256to128-1x1": ((2, 256, 16, 16), (128, 256, 1, 1), 1, 0, 1, {"weight": "batch_as_channels"}),
