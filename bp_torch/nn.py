@@ -94,6 +94,9 @@ class Conv2d(NotScriptable, nn.Conv2d):
             padding = self.padding
         return BF._conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups, feedback)
 
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(input, self.weight, self.bias)  # torch.nn.Conv2d.forward, as torch writes it
+
 
 class AvgPool2d(NotScriptable, nn.AvgPool2d):
     """:class:`torch.nn.AvgPool2d` whose forward is :func:`bp_torch.functional.avg_pool2d` (Note B eq. 32, 52)."""
@@ -387,6 +390,16 @@ TWINS: dict[type[nn.Module], type[nn.Module]] = {
     nn.GELU: GELU,
     nn.MultiheadAttention: MultiheadAttention,
 }
+
+
+# Every module above but MultiheadAttention (whose forward is torch's, its inner call routed) runs with convert()'s
+# routing mode set aside: it calls bp_torch.functional itself (routing.suspended).
+for _module in (Conv2d, AvgPool2d, Sigmoid, Linear, ReLU, LeakyReLU, Tanh, Dropout, Softmax, LogSoftmax, MSELoss):
+    _module.forward = routing.suspended(_module.forward)
+for _module in (NLLLoss, CrossEntropyLoss, MaxPool2d, AdaptiveAvgPool2d, BatchNorm2d, Hardtanh, ReLU6, Hardsigmoid):
+    _module.forward = routing.suspended(_module.forward)
+for _module in (Hardswish, SiLU, LayerNorm, GroupNorm, GELU):
+    _module.forward = routing.suspended(_module.forward)
 
 
 @dataclass

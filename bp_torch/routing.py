@@ -27,6 +27,8 @@ functional calls compile as torch's own (Dynamo cannot yet trace this mode's cal
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
@@ -34,7 +36,7 @@ from torch.overrides import TorchFunctionMode
 from bp_torch import functional as BF
 from bp_torch.audit import _kind
 
-__all__ = ["ROUTES", "Routed", "routed"]
+__all__ = ["ROUTES", "Routed", "routed", "suspended"]
 
 
 def _routes() -> dict:
@@ -131,6 +133,35 @@ class Routed(TorchFunctionMode):
 def routed(native_calls: dict[str, str] | None = None) -> Routed:
     """A context manager: inside it, the calls of :data:`ROUTES` run bp_torch's hand-derived functions."""
     return Routed(native_calls)
+
+
+def suspended(forward):
+    """A bp_torch module's ``forward``, run with the :class:`Routed` mode on top of the mode stack set aside: the
+    module calls ``bp_torch.functional`` itself, and under the mode each tensor call it makes (attribute reads
+    included) would pass through the mode's Python handler for nothing. A Conv2d padding other than with zeros keeps
+    the mode: its ``F.pad`` is native, and the conversion summary records it."""
+
+    @functools.wraps(forward)
+    def run(self, *args, **kwargs):
+        if torch.compiler.is_compiling() or not _depth() or getattr(self, "padding_mode", "zeros") != "zeros":
+            return forward(self, *args, **kwargs)
+        mode = _pop()
+        if type(mode) is not Routed:  # another mode above ours: leave the stack as it is
+            _push(mode)
+            return forward(self, *args, **kwargs)
+        try:
+            return forward(self, *args, **kwargs)
+        finally:
+            _push(mode)
+
+    return run
+
+
+_depth, _pop, _push = (
+    torch._C._len_torch_function_stack,
+    torch._C._pop_torch_function_stack,
+    torch._C._push_on_torch_function_stack,
+)
 
 
 def _is_routing() -> bool:
