@@ -144,3 +144,16 @@ def opmath(t: torch.Tensor | None) -> torch.Tensor | None:
     """float16/bfloat16 as float32, the "opmath" type torch's kernels compute reduced-precision gradients in (each
     backward casts its result back once, at the end); other dtypes and None unchanged."""
     return t.float() if t is not None and t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def batched_or_traced(t: torch.Tensor) -> bool:
+    """Whether vmap (see :func:`batched`) or torch.compile is at work: then no in-place writes or ``out=``."""
+    return torch.compiler.is_compiling() or batched(t)
+
+
+def batched(t: torch.Tensor) -> bool:
+    """Whether vmap batches: a torch.func transform, or gradcheck's batched gradients (the legacy vmap over δ, ``t``),
+    which cannot batch in-place writes, ``out=`` or writes into a slice of an unbatched tensor."""
+    if torch.compiler.is_compiling():  # a compiled graph is traced unbatched (Dynamo cannot read the legacy flag)
+        return False
+    return torch._C._are_functorch_transforms_active() or torch._C._functorch.is_legacy_batchedtensor(t)

@@ -81,6 +81,7 @@ _OPTIONS = [  # (stride, padding, dilation)
     (1, 1, 1),
     (1, "same", 2),
     (2, 1, 1),
+    (2, 0, 1),  # a strided 1x1 layer without padding (ResNet's shortcuts): the input gradient's 1x1 scatter
     ((3, 2), (2, 1), (1, 2)),
     (2, 2, 2),
     (1, "valid", 1),

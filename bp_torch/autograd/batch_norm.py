@@ -13,7 +13,7 @@ import torch
 from torch.autograd import Function
 
 from bp_torch._formulas import is_literal
-from bp_torch._function import in_layout, is_channels_last, with_direct_call
+from bp_torch._function import batched_or_traced, in_layout, is_channels_last, with_direct_call
 from bp_torch._function import opmath as upcast
 
 
@@ -105,7 +105,7 @@ class BatchNormFunction(Function):
                 per_m = scale * (-1 / m)
                 b, c, a = per_m * invstd * sum_delta_x_hat, per_m * sum_delta, scale
                 b, c, a = b.view(per_channel), c.view(per_channel), a.view(per_channel)
-                if torch.is_grad_enabled() or _transformed(delta):
+                if torch.is_grad_enabled() or batched_or_traced(delta):
                     grad_input = torch.addcmul(centered * b + c, delta, a)  # eq. M10
                 else:
                     grad_input = torch.mul(centered, b, out=product).add_(c).addcmul_(delta, a)  # eq. M10
@@ -137,11 +137,3 @@ class BatchNormFunction(Function):
         if bias_t is not None:
             out_t = out_t + bias_t.reshape(per_channel)  # eq. M12: β̇
         return out_t.to(dtype), None, None
-
-
-def _transformed(delta: torch.Tensor) -> bool:
-    """Whether torch.compile is tracing or vmap batches: a torch.func transform, or gradcheck's batched gradients
-    (the legacy vmap over δ)."""
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
-        return True
-    return torch._C._functorch.is_legacy_batchedtensor(delta)
