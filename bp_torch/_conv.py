@@ -270,10 +270,9 @@ def output_channels_as_batch(input, delta, kernel_size, stride, padding, dilatio
     """Note B eq. 40 with S and ΔC_σ swapped: one correlation of δ with x, the output channels as the batch, the
     batch as the channels, x the kernel. Correlating δ with x gives the sum of eq. 40 rotated by 180° (δ's offset
     from x runs the other way): so either both operands are rotated first, when they are the smaller, or the result
-    after. Unlike
-    :func:`batch_as_channels` the result comes out (C_out, C_in, kh, kw), as the weight is laid out, and laying
-    out a large kernel gradient (512x512x3x3) costs no transposing copy. For stride 1, dilation 1, one group and
-    padding up to k − 1 (the full correlation's); other layers run :func:`batch_as_channels`."""
+    after. Unlike :func:`batch_as_channels` the result comes out (C_out, C_in, kh, kw), as the weight is laid out,
+    and laying out a large kernel gradient (512x512x3x3) costs no transposing copy. For stride 1, dilation 1, one
+    group and padding up to k − 1 (the full correlation's); other layers run :func:`batch_as_channels`."""
     kh, kw = kernel_size
     full = (kh - 1 - padding[0], kw - 1 - padding[1])  # δ padded for the full correlation with x (Note A eq. 17)
     if stride != (1, 1) or dilation != (1, 1) or groups != 1 or min(full) < 0:

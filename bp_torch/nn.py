@@ -394,11 +394,10 @@ TWINS: dict[type[nn.Module], type[nn.Module]] = {
 
 # Every module above but MultiheadAttention (whose forward is torch's, its inner call routed) runs with convert()'s
 # routing mode set aside: it calls bp_torch.functional itself (routing.suspended).
-for _module in (Conv2d, AvgPool2d, Sigmoid, Linear, ReLU, LeakyReLU, Tanh, Dropout, Softmax, LogSoftmax, MSELoss):
-    _module.forward = routing.suspended(_module.forward)
-for _module in (NLLLoss, CrossEntropyLoss, MaxPool2d, AdaptiveAvgPool2d, BatchNorm2d, Hardtanh, ReLU6, Hardsigmoid):
-    _module.forward = routing.suspended(_module.forward)
-for _module in (Hardswish, SiLU, LayerNorm, GroupNorm, GELU):
+_OUTSIDE_ROUTING = (Conv2d, AvgPool2d, Sigmoid, Linear, ReLU, LeakyReLU, Tanh, Dropout, Softmax, LogSoftmax, MSELoss)
+_OUTSIDE_ROUTING += (NLLLoss, CrossEntropyLoss, MaxPool2d, AdaptiveAvgPool2d, BatchNorm2d, Hardtanh, ReLU6)
+_OUTSIDE_ROUTING += (Hardsigmoid, Hardswish, SiLU, LayerNorm, GroupNorm, GELU)
+for _module in _OUTSIDE_ROUTING:
     _module.forward = routing.suspended(_module.forward)
 
 
