@@ -208,6 +208,20 @@ def test_autotune_falls_back_to_the_cost_model_under_vmap(monkeypatch):
     assert _conv.TUNED == {}
 
 
+@pytest.mark.parametrize("name", ["batch_as_channels", "output_channels_as_batch", "input_as_kernel"])
+def test_one_sample_channels_last_corner(name, force):
+    """A batch of one is the correlation's single input channel: oneDNN's channels_last kernel summed it wrongly here
+    (δ taller than the padded input, a stride along the width), so those operands stay plainly laid out."""
+    force("weight", name)
+    x = torch.randn(1, 2, 1, 3).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(1, 2, 2, 1).requires_grad_()
+    options = {"padding": (2, 0), "dilation": (1, 2)}
+    ours, native = BF.conv2d(x, w, **options), F.conv2d(x, w, **options)
+    delta = torch.randn_like(native)
+    for g, n in zip(torch.autograd.grad(ours, (x, w), delta), torch.autograd.grad(native, (x, w), delta)):
+        torch.testing.assert_close(g, n, rtol=1e-5, atol=1e-5)
+
+
 def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 
