@@ -305,11 +305,11 @@ def _operand_layout(input, delta, kernel_size, groups) -> torch.memory_format:
     """channels_last for the operands of a batch-as-channels correlation, unless its output, the kernel's gradient,
     is more than 8 times their size (ResNet's 512-channel layers on 2x2 maps): the output comes in the operands'
     layout, and laying a large one out as the weight costs more than the reorders saved; grouped correlations run
-    faster on plainly laid out operands; and a batch under 8 is too few channels to gain (with one, oneDNN's
-    channels_last kernel sums wrongly when the kernel outgrows a padded, strided input: a test holds the case)."""
+    faster on plainly laid out operands; and a batch of one, the correlation's single input channel, on which
+    oneDNN's channels_last kernel sums wrongly when the kernel outgrows a padded, strided input (a test holds it)."""
     C_out, C_in_g = delta.shape[1], input.shape[1] // groups
     large = C_out * C_in_g * kernel_size[0] * kernel_size[1] > 8 * (input.numel() + delta.numel())
-    return torch.contiguous_format if large or groups > 1 or input.shape[0] < 8 else torch.channels_last
+    return torch.contiguous_format if large or groups > 1 or input.shape[0] == 1 else torch.channels_last
 
 
 def _laid_out(t: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
