@@ -49,3 +49,12 @@ def test_convert_layers_runs_on_tiny_shapes(capsys):
     assert main(["--quick"]) == 0
     out = capsys.readouterr().out
     assert "BatchNorm2d x20, MaxPool2d x1, AdaptiveAvgPool2d x1" in out and "manual/native" in out
+
+
+def test_formulations_in_step_times_each_formulation_in_a_training_step(tmp_path, capsys):
+    main = runpy.run_path(str(BENCH.with_name("formulations_in_step.py")))["main"]
+    assert main(["--models", "squeezenet1_1", "--steps", "1", "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "formulations-in-step-cpu.md").read_text()
+    assert "| squeezenet1_1 | 16->64 3x3 15x15 s1 p1 g1 | 2 |" in table  # a layer called twice a step
+    assert "output_channels_as_batch" in table and "input_as_kernel" in table and "unfold_gemm" in table
+    assert capsys.readouterr().out.startswith("| squeezenet1_1 |")  # the model's sums
