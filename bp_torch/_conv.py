@@ -15,9 +15,10 @@ gradient  formulation                     equation, as computed                 
                                           the stride, fully padded, correlated
                                           with rot180(k), channels swapped
 ∂e/∂x     ``transposed_convolution``      Note A eq. 14: each δ_pq scattered onto   *fast*: always — no zeros to
-                                          the inputs its window read (strided 1x1:  insert, no flipped copy of the
-                                          the channel product written at the        kernel
-                                          strided positions)
+                                          the inputs its window read (1x1 layers    insert, no flipped copy of the
+                                          strided or on maps of 64+ positions: the  kernel
+                                          channel product, written at the strided
+                                          positions)
 ∂e/∂k     ``depthwise``                   Note B eq. 40 per (sample, channel)       *fast*: C_in = C_out = groups,
                                                                                     unless the padding is as wide as δ
 ∂e/∂k     ``unfold_per_sample``           Note A eq. 7 on each window (section      *fast*: 1x1 with C_out_g·C_in_g <
@@ -201,8 +202,11 @@ def transposed_convolution(delta, weight, input_size, stride, padding, dilation,
     """Note A eq. 14, the same sum scattered: each δ_pq adds δ_pq·w to the inputs its window read — a transposed
     convolution, which skips the zeros a strided δ would need inserted and the wide padding of a 'full'
     correlation. Rows the forward never reached get zero (output_padding)."""
-    if weight.shape[2:] == (1, 1) and padding == (0, 0) and stride != (1, 1) and not batched(delta):
-        return _strided_1x1_scatter(delta, weight, input_size, stride, groups)
+    if weight.shape[2:] == (1, 1) and padding == (0, 0):
+        if stride != (1, 1) and not batched(delta):  # vmap cannot batch the write into a slice
+            return _1x1_channel_product(delta, weight, input_size, stride, groups)
+        if stride == (1, 1) and delta.shape[2] * delta.shape[3] >= 64:  # on smaller maps the scatter is faster
+            return _1x1_channel_product(delta, weight, input_size, stride, groups)
     rest = uncovered(input_size, delta.shape[2:], weight.shape[2:], stride, padding, dilation)
     out_pad = [max(r, 0) for r in rest]
     grad = F.conv_transpose2d(delta, weight, None, stride, padding, out_pad, groups, dilation)  # Note A eq. 14
@@ -210,15 +214,18 @@ def transposed_convolution(delta, weight, input_size, stride, padding, dilation,
     return grad[:, :, : input_size[0], : input_size[1]] if min(rest) < 0 else grad
 
 
-def _strided_1x1_scatter(delta, weight, input_size, stride, groups):
-    """Note A eq. 14 for a strided 1x1 layer: each window reads one input, so the scatter is the channel product
-    Σ_o δ_o w_oi written at the strided positions, zeros elsewhere (the transposed convolution's general kernel is
-    slow on this case). Under torch.compile too, so that compiled and eager gradients round alike."""
+def _1x1_channel_product(delta, weight, input_size, stride, groups):
+    """Note A eq. 14 for a 1x1 layer without padding: each window reads one input, so the scatter is the channel
+    product Σ_o δ_o w_oi, a forward 1x1 convolution with wᵀ, written at the strided positions (zeros elsewhere).
+    The transposed convolution's general kernel is slow on strided 1x1 layers, and slower than the forward one on
+    large maps. Under torch.compile too, so that compiled and eager gradients round alike."""
     N, C_out, H_out, W_out = delta.shape
     C_in, (sh, sw) = weight.shape[1] * groups, stride
     # wᵀ within each group: (C_in, C_out_g, 1, 1), the kernel that carries δ's channels back to x's
     w_t = weight.reshape(groups, C_out // groups, C_in // groups, 1, 1).transpose(1, 2).reshape(C_in, -1, 1, 1)
     product = F.conv2d(delta, w_t, None, 1, 0, 1, groups)  # Note A eq. 14: Σ_o δ_o w_oi, each window's one input
+    if stride == (1, 1):
+        return product
     grad = delta.new_zeros((N, C_in, *input_size))
     grad[:, :, : (H_out - 1) * sh + 1 : sh, : (W_out - 1) * sw + 1 : sw] = product
     return grad

@@ -89,13 +89,14 @@ _OPTIONS = [  # (stride, padding, dilation)
 
 # The fixed grid: Note B's two layers (fewer maps and a smaller batch than the LeNet's, for float64 gradcheck), every
 # layer of _LAYERS under every option it fits, and odd cases (an even kernel under 'same', padding past the kernel's
-# reach, a 1-D convolution).
+# reach, a 1-D convolution, a 1x1 layer on a map of 64+ positions).
 CONV_GRID: list[ConvCase] = [
     ConvCase(1, 3, 1, (5, 5), (12, 12), name="lenet-C1"),
     ConvCase(6, 4, 1, (5, 5), (8, 8), batch=1, name="lenet-C2"),
     ConvCase(2, 2, 1, (4, 2), (5, 6), padding="same", name="same-even-kernel"),
     ConvCase(2, 2, 1, (3, 3), (5, 5), padding=3, name="padding-past-reach"),
     ConvCase(1, 1, 1, (1, 3), (1, 6), name="1d"),
+    ConvCase(3, 2, 1, (1, 1), (8, 9), batch=1, name="1x1-on-72-positions"),  # ∂e/∂x as the channel product
     *(
         case
         for (C_in, C_out, G, k, size), (s, p, d) in itertools.product(_LAYERS, _OPTIONS)
