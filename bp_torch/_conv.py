@@ -182,11 +182,10 @@ def seconds(function, args, repeats: int = 3) -> float:
 def flipped_correlation(delta, weight, input_size, stride, padding, dilation, groups):
     """Note A eq. 17/35 as written: insert s − 1 zeros between δ's entries, pad it by d·(k−1) − p on every side (a
     'full' correlation), and correlate with the rot180 kernel, its in/out channels swapped within each group."""
-    C_out, C_in_g, kh, kw = weight.shape
+    kh, kw = weight.shape[2:]
     G = groups
     w_rot = weight.flip(2, 3)  # Note A eq. 17: w_{−i, −j}, the rot180 kernel
-    # Note A eq. 35: the sum runs over the output channels, so they become the kernel's input channels
-    w_rot = w_rot.reshape(G, C_out // G, C_in_g, kh, kw).transpose(1, 2).reshape(-1, C_out // G, kh, kw)
+    w_rot = channels_swapped(w_rot, G)  # Note A eq. 35: the sum runs over the output channels
     full = [d * (k - 1) - p for k, p, d in zip((kh, kw), padding, dilation)]
     rest = uncovered(input_size, delta.shape[2:], (kh, kw), stride, padding, dilation)  # rows no window reached
     if stride == (1, 1) and min(full) >= 0 and rest == [0, 0]:
@@ -203,9 +202,10 @@ def transposed_convolution(delta, weight, input_size, stride, padding, dilation,
     convolution, which skips the zeros a strided δ would need inserted and the wide padding of a 'full'
     correlation. Rows the forward never reached get zero (output_padding)."""
     if weight.shape[2:] == (1, 1) and padding == (0, 0):
-        if stride != (1, 1) and not batched(delta):  # vmap cannot batch the write into a slice
-            return _1x1_channel_product(delta, weight, input_size, stride, groups)
-        if stride == (1, 1) and delta.shape[2] * delta.shape[3] >= 64:  # on smaller maps the scatter is faster
+        # strided: a write into a slice, which vmap cannot batch; stride 1: on maps under 64 positions the
+        # transposed convolution is the faster
+        strided = stride != (1, 1)
+        if (strided and not batched(delta)) or (not strided and delta.shape[2] * delta.shape[3] >= 64):
             return _1x1_channel_product(delta, weight, input_size, stride, groups)
     rest = uncovered(input_size, delta.shape[2:], weight.shape[2:], stride, padding, dilation)
     out_pad = [max(r, 0) for r in rest]
@@ -219,16 +219,23 @@ def _1x1_channel_product(delta, weight, input_size, stride, groups):
     product Σ_o δ_o w_oi, a forward 1x1 convolution with wᵀ, written at the strided positions (zeros elsewhere).
     The transposed convolution's general kernel is slow on strided 1x1 layers, and slower than the forward one on
     large maps. Under torch.compile too, so that compiled and eager gradients round alike."""
-    N, C_out, H_out, W_out = delta.shape
+    N, _, H_out, W_out = delta.shape
     C_in, (sh, sw) = weight.shape[1] * groups, stride
-    # wᵀ within each group: (C_in, C_out_g, 1, 1), the kernel that carries δ's channels back to x's
-    w_t = weight.reshape(groups, C_out // groups, C_in // groups, 1, 1).transpose(1, 2).reshape(C_in, -1, 1, 1)
+    w_t = channels_swapped(weight, groups)  # wᵀ: carries δ's channels back to x's
     product = F.conv2d(delta, w_t, None, 1, 0, 1, groups)  # Note A eq. 14: Σ_o δ_o w_oi, each window's one input
     if stride == (1, 1):
         return product
     grad = delta.new_zeros((N, C_in, *input_size))
     grad[:, :, : (H_out - 1) * sh + 1 : sh, : (W_out - 1) * sw + 1 : sw] = product
     return grad
+
+
+def channels_swapped(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """The kernel with its input and output channels swapped within each group, (C_out, C_in_g, kh, kw) ->
+    (C_in, C_out_g, kh, kw): the kernel that carries δ's channels back to x's (Note A eq. 35)."""
+    C_out, C_in_g, kh, kw = weight.shape
+    w = weight.reshape(groups, C_out // groups, C_in_g, kh, kw).transpose(1, 2)
+    return w.reshape(groups * C_in_g, C_out // groups, kh, kw)
 
 
 def insert_zeros(delta: torch.Tensor, stride: Pair) -> torch.Tensor:
