@@ -66,9 +66,12 @@ def _exact_slope(x: torch.Tensor) -> torch.Tensor:
     # product is cheaper than a mask's selection and has no data-dependent shape (vmap, compile)
     t = torch.clamp(x, _ROOT - _NEAR_ROOT, _ROOT + _NEAR_ROOT, out=pdf)
     t.sub_(_ROOT_HI).sub_(_ROOT_LO)  # x − x₀: the first difference is exact (Sterbenz), the second rounds once
-    taylor = torch.full_like(t, _TAYLOR[-1])
-    for c in reversed(_TAYLOR[:-1]):
-        taylor.mul_(t).add_(c)  # eq. T5 near x₀: y' = Σ_k c_k t^k, by Horner's rule
+    # eq. T5 near x₀: y' = Σ_k c_k t^k by Horner's rule, each step p·t + c one fused pass (addcmul: the same two
+    # roundings as a product then a sum)
+    coefficients = [torch.tensor(c, dtype=t.dtype) for c in reversed(_TAYLOR)]
+    taylor = torch.addcmul(coefficients[1], t, coefficients[0])
+    for c in coefficients[2:]:
+        torch.addcmul(c, taylor, t, out=taylor)
     taylor.mul_(t)
     near = torch.sub(x, _ROOT, out=t).abs_().lt_(_NEAR_ROOT)  # 1 within the window, 0 outside (in t's buffer)
     return slope.add_(taylor.sub_(slope).mul_(near))  # eq. T5: the polynomial within the window, Φ + xφ outside

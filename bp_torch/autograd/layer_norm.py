@@ -18,7 +18,7 @@ import torch
 from torch.autograd import Function
 
 from bp_torch._formulas import is_literal
-from bp_torch._function import in_layout, is_channels_last, with_direct_call
+from bp_torch._function import batched_or_traced, in_layout, is_channels_last, with_direct_call
 from bp_torch.autograd.batch_norm import upcast
 
 
@@ -31,6 +31,7 @@ class Statistics(NamedTuple):
     shift: torch.Tensor
     invstd: torch.Tensor
     torch_invstd: torch.Tensor
+    centered: torch.Tensor  # x − μ (torch's μ), taken once for the statistics and read again by the gradients
 
 
 def normalised_input_grad(g, x, stats: Statistics, dims):
@@ -39,7 +40,7 @@ def normalised_input_grad(g, x, stats: Statistics, dims):
     their affine map a·g + b·x + c with their statistics."""
     m = max(math.prod(x.shape[d] for d in dims), 1)
     sum_g = g.sum(dims, keepdim=True)
-    centered = x - stats.mean
+    centered = stats.centered
     if is_literal():
         x_hat = (centered - stats.shift) * stats.invstd  # eq. T1: x̂ = (x − μ)/σ̂
         g_x_hat = (g * x_hat).mean(dims, keepdim=True)
@@ -49,9 +50,15 @@ def normalised_input_grad(g, x, stats: Statistics, dims):
         return torch.where(finite, grad, g * stats.torch_invstd + b * x + c)  # eq. T3: a·g + b·x + c
     # eq. T3 as one affine map per group, a·g + b·(x − μ) + c: a = 1/σ̂, b = −Σ g·x̂/(mσ̂²) = −Σ g·(x − μ)/(mσ̂³),
     # c = −Σ g/(mσ̂); x − μ (not x, as torch's kernels) so that b's term does not cancel c's digits when |μ| ≫ σ
-    sum_g_centered = (g * centered).sum(dims, keepdim=True) - stats.shift * sum_g  # Σ g·(x − μ − shift)
+    product = g * centered
+    sum_g_centered = product.sum(dims, keepdim=True) - stats.shift * sum_g  # Σ g·(x − μ − shift)
     b = sum_g_centered * stats.invstd.pow(3) * (-1 / m)  # eq. T3: b = −Σ g·(x − μ)/(mσ̂³)
     c = -b * stats.shift - sum_g * stats.invstd * (1 / m)  # eq. T3: c = −Σ g/(mσ̂), with the residual shift
+    if not (torch.is_grad_enabled() or batched_or_traced(g)) and bool(torch.isfinite(sum_g_centered + sum_g).all()):
+        # every group's δ finite (the common case, told by one check): the map written over the product's memory,
+        # as batch norm's (eq. M10); nothing records it, and no transform needs out-of-place operations
+        # a·g rounded first, as c's −Σg/(mσ̂) is: for a group of one value the two cancel exactly
+        return torch.mul(g, stats.invstd, out=product).addcmul_(centered, b).add_(c)  # eq. T3: a·g + b·(x − μ) + c
     # where δ is not finite: torch's a, b and c (b·x + c, not b·(x − μ) + c: their NaN and infinities)
     finite = torch.isfinite(sum_g) & torch.isfinite(sum_g_centered)
     torch_b, torch_c = _torchs_affine(g, x, stats, dims, sum_g, m)
@@ -75,7 +82,7 @@ def normalised_tangent(x_t, x, stats: Statistics, dims):
 
 def normalised(x, stats: Statistics):
     """x̂ = (x − μ)/σ̂ (eq. T1), to the last digits (the residual shift taken away)."""
-    return (x - stats.mean - stats.shift) * stats.invstd  # eq. T1
+    return (stats.centered - stats.shift) * stats.invstd  # eq. T1
 
 
 def _statistics(x, dims, eps, mean, invstd) -> Statistics:
@@ -83,10 +90,11 @@ def _statistics(x, dims, eps, mean, invstd) -> Statistics:
     which is what torch's kernels accumulate in). Functions of x all the same where a graph of the backward is being
     built: x − μ − mean(x − μ) is x − mean x whatever the constant μ."""
     mean, invstd = mean.to(x.dtype), invstd.to(x.dtype)
+    centered = x - mean
     if x.numel() == 0:  # nothing normalised: no statistics to recompute
-        return Statistics(mean, torch.zeros_like(mean), invstd, invstd)
-    var, shift = torch.var_mean(x - mean, dims, correction=0, keepdim=True)
-    return Statistics(mean, shift, torch.rsqrt(var + eps), invstd)  # eq. T1: μ + shift, 1/σ̂
+        return Statistics(mean, torch.zeros_like(mean), invstd, invstd, centered)
+    var, shift = torch.var_mean(centered, dims, correction=0, keepdim=True)
+    return Statistics(mean, shift, torch.rsqrt(var + eps), invstd, centered)  # eq. T1: μ + shift, 1/σ̂
 
 
 @with_direct_call
@@ -130,7 +138,12 @@ class LayerNormFunction(Function):
             grad_input = normalised_input_grad(g, x, stats, dims).to(dtype)  # eq. T3
         if needs_weight:
             x_hat = normalised(x, stats)  # eq. T1: x̂ = (x − μ)/σ̂
-            grad_weight = total(delta * x_hat).to(ctx.weight_dtype)  # eq. T2: ∂e/∂γ = Σ δ ⊙ x̂
+            # δ ⊙ x̂ over x̂'s own memory where it is laid out as δ (the product's layout is δ's, as torch's), unless
+            # this backward is being recorded (x̂ then belongs to the graph) or a transform is at work (no out=)
+            recorded = torch.is_grad_enabled() or batched_or_traced(delta)
+            in_place = not recorded and x_hat.stride() == delta.stride()
+            product = torch.mul(delta, x_hat, out=x_hat) if in_place else delta * x_hat
+            grad_weight = total(product).to(ctx.weight_dtype)  # eq. T2: ∂e/∂γ = Σ δ ⊙ x̂
         if needs_bias:
             grad_bias = total(delta).to(ctx.weight_dtype or dtype)  # eq. T2: ∂e/∂β = Σ δ
         return grad_input, None, grad_weight, grad_bias, None
