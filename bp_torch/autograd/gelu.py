@@ -15,6 +15,7 @@ the wider evaluation, without float64.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch.autograd import Function
 
 from bp_torch._formulas import is_literal
-from bp_torch._function import with_direct_call
+from bp_torch._function import batched_or_traced, with_direct_call
 from bp_torch.autograd.batch_norm import upcast
 
 _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
@@ -53,28 +54,36 @@ _ROOT_LO = _ROOT - _ROOT_HI
 _NEAR_ROOT = 0.35  # within it the float32 terms cancel to a few ulps of y' or worse; the polynomial is off by 1e-10
 
 
+@functools.cache
+def _taylor_coefficients(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """The c_k of eq. T5's Taylor polynomial, highest degree first, as 0-d tensors of ``dtype`` (addcmul's addend)."""
+    return tuple(torch.tensor(c, dtype=dtype) for c in reversed(_TAYLOR))
+
+
 def _exact_slope(x: torch.Tensor) -> torch.Tensor:
     """eq. T5 in x's precision without cancellation (fast mode, nothing recording it): Φ + xφ with
     Φ = ½·erfc(−x/√2), and near the root x₀ the Taylor polynomial Σ c_k·t^k, t = x − x₀ (x₀ split in two parts: t is
     exact where it is used). In place, in three buffers: on a CPU a new tensor's first write costs several passes."""
     slope = x.mul(-math.sqrt(0.5)).erfc_().mul_(0.5)  # Φ(x), accurate where ½(1 + erf) would cancel (x ≪ 0)
-    pdf = x.square().mul_(-0.5).exp_().mul_(1 / math.sqrt(2 * math.pi))  # φ(x)
-    slope.addcmul_(x, pdf)  # eq. T5: y' = Φ(x) + x·φ(x)
+    gauss = x.square().mul_(-0.5).exp_()  # e^(−x²/2): φ(x) but for its constant, which the product takes
+    slope.addcmul_(x, gauss, value=1 / math.sqrt(2 * math.pi))  # eq. T5: y' = Φ(x) + x·φ(x), φ = e^(−x²/2)/√(2π)
     if x.dtype == torch.float64:  # its cancellation near x₀ costs a few float64 ulps: torch's own there
         return slope
-    # the polynomial on every value clamped into the window (in φ's buffer), then blended in by a 0/1 factor: a
-    # product is cheaper than a mask's selection and has no data-dependent shape (vmap, compile)
-    t = torch.clamp(x, _ROOT - _NEAR_ROOT, _ROOT + _NEAR_ROOT, out=pdf)
+    # the polynomial on every value clamped into the window (in the Gaussian's buffer), then blended in by a 0/1
+    # weight: cheaper than a mask's selection, and no data-dependent shape (vmap, compile)
+    t = torch.clamp(x, _ROOT - _NEAR_ROOT, _ROOT + _NEAR_ROOT, out=gauss)
     t.sub_(_ROOT_HI).sub_(_ROOT_LO)  # x − x₀: the first difference is exact (Sterbenz), the second rounds once
-    # eq. T5 near x₀: y' = Σ_k c_k t^k by Horner's rule, each step p·t + c one fused pass (addcmul: the same two
-    # roundings as a product then a sum)
-    coefficients = [torch.tensor(c, dtype=t.dtype) for c in reversed(_TAYLOR)]
+    # eq. T5 near x₀: y' = Σ_k c_k t^k by Horner's rule, each step p·t + c one fused pass (addcmul)
+    coefficients = _taylor_coefficients(t.dtype)
     taylor = torch.addcmul(coefficients[1], t, coefficients[0])
     for c in coefficients[2:]:
         torch.addcmul(c, taylor, t, out=taylor)
     taylor.mul_(t)
-    near = torch.sub(x, _ROOT, out=t).abs_().lt_(_NEAR_ROOT)  # 1 within the window, 0 outside (in t's buffer)
-    return slope.add_(taylor.sub_(slope).mul_(near))  # eq. T5: the polynomial within the window, Φ + xφ outside
+    # 1 strictly inside the window, 0 where the clamp moved x (|t| is the window's half-width there, give or take
+    # its rounding: the bound sits a hair inside it)
+    inside = t.abs_().lt_(_NEAR_ROOT * (1 - 1e-5))
+    # eq. T5: the polynomial within the window, Φ + xφ outside (lerp with a weight of exactly 0 or 1 is exact)
+    return slope.lerp_(taylor, inside)
 
 
 def gelu_derivative(x: torch.Tensor, approximate: str) -> torch.Tensor:
@@ -108,7 +117,10 @@ class GeluFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         (input,) = ctx.saved_tensors
-        slope = _slope(input, ctx.approximate)
+        slope = _slope(input, ctx.approximate)  # a buffer of its own
+        if not (torch.is_grad_enabled() or batched_or_traced(grad_output)) and slope.dtype == grad_output.dtype:
+            if slope.stride() == grad_output.stride():  # laid out as δ, as torch's gradient is: in place
+                return slope.mul_(grad_output), None  # eq. T5/T6: δ·y'
         return (_as(grad_output, slope) * slope).to(grad_output.dtype), None  # eq. T5/T6: δ·y'
 
     @staticmethod
