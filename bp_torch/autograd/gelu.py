@@ -10,7 +10,8 @@ literal mode, and for the tanh form, the slope is evaluated one precision wider 
 half precision in float32) and rounded once. In fast mode the exact form is evaluated in the input's precision (half
 in float32) without either cancellation: Φ as ½·erfc(−x/√2), and within 0.35 of x₀ y' as its Taylor polynomial in
 t = x − x₀ (eq. T5's derivatives: y^(k) = Q_k·φ, Q_1 = 2 − x², Q_{k+1} = Q_k' − x·Q_k), as close to the truth as
-the wider evaluation, without float64.
+the wider evaluation, without float64. On a tensor larger than a block, fast mode evaluates that chain of a dozen
+passes block by block (:mod:`bp_torch._blockwise`): the same values, with its temporaries in cache.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import Function
 
+from bp_torch._blockwise import blockwise, can_run_blockwise
 from bp_torch._formulas import is_literal
 from bp_torch._function import batched_or_traced, with_direct_call
 from bp_torch.autograd.batch_norm import upcast
@@ -73,17 +75,22 @@ def _exact_slope(x: torch.Tensor) -> torch.Tensor:
     # weight: cheaper than a mask's selection, and no data-dependent shape (vmap, compile)
     t = torch.clamp(x, _ROOT - _NEAR_ROOT, _ROOT + _NEAR_ROOT, out=gauss)
     t.sub_(_ROOT_HI).sub_(_ROOT_LO)  # x − x₀: the first difference is exact (Sterbenz), the second rounds once
-    # eq. T5 near x₀: y' = Σ_k c_k t^k by Horner's rule, each step p·t + c one fused pass (addcmul)
+    # near x₀, y' = Σ_k c_k t^k by Horner's rule: each step p·t + c one fused pass (addcmul)
     coefficients = _taylor_coefficients(t.dtype)
     taylor = torch.addcmul(coefficients[1], t, coefficients[0])
     for c in coefficients[2:]:
-        torch.addcmul(c, taylor, t, out=taylor)
+        torch.addcmul(c, taylor, t, out=taylor)  # eq. T5 near x₀: p ← p·t + c_k
     taylor.mul_(t)
     # 1 strictly inside the window, 0 where the clamp moved x (|t| is the window's half-width there, give or take
     # its rounding: the bound sits a hair inside it)
     inside = t.abs_().lt_(_NEAR_ROOT * (1 - 1e-5))
     # eq. T5: the polynomial within the window, Φ + xφ outside (lerp with a weight of exactly 0 or 1 is exact)
     return slope.lerp_(taylor, inside)
+
+
+def _exact_gradient(grad_output: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
+    """δ·y' with eq. T5 in fast mode's form (:func:`_exact_slope`), half precision in float32."""
+    return _exact_slope(upcast(input)).mul_(grad_output)  # eq. T5: δ·y'
 
 
 def gelu_derivative(x: torch.Tensor, approximate: str) -> torch.Tensor:
@@ -117,6 +124,9 @@ class GeluFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         (input,) = ctx.saved_tensors
+        if ctx.approximate == "none" and not is_literal() and can_run_blockwise(grad_output, input):
+            # fast mode's y' (eq. T5) and the product with δ over blocks of the tensor, in cache
+            return blockwise(_exact_gradient, grad_output, input, dtype=grad_output.dtype), None
         slope = _slope(input, ctx.approximate)  # a buffer of its own
         if not (torch.is_grad_enabled() or batched_or_traced(grad_output)) and slope.dtype == grad_output.dtype:
             if slope.stride() == grad_output.stride():  # laid out as δ, as torch's gradient is: in place
