@@ -106,9 +106,9 @@ class BatchNormFunction(Function):
                 b, c, a = per_m * invstd * sum_delta_x_hat, per_m * sum_delta, scale
                 b, c, a = b.view(per_channel), c.view(per_channel), a.view(per_channel)
                 if torch.is_grad_enabled() or batched_or_traced(delta):
-                    grad_input = torch.addcmul(torch.addcmul(c, centered, b), delta, a)  # eq. M10
+                    grad_input = torch.addcmul(centered * b + c, delta, a)  # eq. M10
                 else:
-                    grad_input = torch.addcmul(c, centered, b, out=product).addcmul_(delta, a)  # eq. M10
+                    grad_input = torch.mul(centered, b, out=product).add_(c).addcmul_(delta, a)  # eq. M10
             grad_input = in_layout(grad_input.to(dtype), ctx.channels_last)
         if needs_weight:
             grad_weight = sum_delta_x_hat.to(ctx.weight_like[0]).reshape(ctx.weight_like[1])  # eq. M9: ∂e/∂γ = Σ δ·x̂
