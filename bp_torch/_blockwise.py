@@ -37,9 +37,10 @@ def _dense(t: torch.Tensor) -> bool:
 
 def can_run_blockwise(*tensors: torch.Tensor) -> bool:
     """Whether :func:`blockwise` applies: CPU tensors of one shape and one dense layout (element i of each the same
-    position in memory order), larger than a block, outside vmap, torch.compile and a recorded graph."""
+    position in memory order), of more than two blocks (a smaller tensor's passes stay in cache as they are),
+    outside vmap, torch.compile and a recorded graph."""
     first = tensors[0]
-    if first.numel() <= block_size() or first.device.type != "cpu" or torch.is_grad_enabled():
+    if first.numel() <= 2 * block_size() or first.device.type != "cpu" or torch.is_grad_enabled():
         return False
     if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
         return False

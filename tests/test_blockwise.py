@@ -13,7 +13,7 @@ from bp_torch._blockwise import block_size, blockwise, can_run_blockwise
 from bp_torch.autograd import gelu
 
 # more than two blocks, the last one partial
-SHAPES = [(2 * block_size() + 123,), (3, 5, 97, 2 * block_size() // (3 * 5 * 97) + 7)]
+SHAPES = [(3 * block_size() + 123,), (3, 5, 97, 3 * block_size() // (3 * 5 * 97) + 7)]
 
 
 def _input(shape, dtype, channels_last=False):
@@ -56,14 +56,15 @@ def _grad_of(function, x, delta):
 
 
 def test_only_where_it_applies():
-    x = torch.randn(2 * block_size())
+    x = torch.randn(3 * block_size())
     assert can_run_blockwise(x, x.clone()) is False  # autograd records (grad mode on)
     with torch.no_grad():
         assert can_run_blockwise(x, x.clone())
-        assert not can_run_blockwise(x[: block_size() // 2], x[: block_size() // 2])  # one block: nothing to gain
+        assert not can_run_blockwise(x[: 2 * block_size()], x[: 2 * block_size()])  # two blocks: nothing to gain
         assert not can_run_blockwise(x.reshape(2, -1), x.reshape(-1, 2).T)  # another layout
-        assert not can_run_blockwise(x[::2], x[::2])  # not dense
-        assert not torch.func.vmap(lambda t: torch.tensor(can_run_blockwise(t, t)))(x.reshape(2, -1)).any()
+        strided = torch.randn(6 * block_size())[::2]
+        assert not can_run_blockwise(strided, strided)  # not dense
+        assert not torch.func.vmap(lambda t: torch.tensor(can_run_blockwise(t, t)))(x.reshape(1, -1)).any()
 
 
 def test_blocks_in_memory_order():
