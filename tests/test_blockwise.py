@@ -73,3 +73,13 @@ def test_blocks_in_memory_order():
     with torch.no_grad():
         out = blockwise(lambda a: a * 2, x, dtype=torch.float64)
     assert out.dtype == torch.float64 and out.stride() == x.stride() and torch.equal(out, x.double() * 2)
+
+
+def test_a_view_with_an_offset_and_zero_strides():
+    base = torch.randn(3 * block_size() + 9)
+    view = base[9:]  # dense, its first element 9 into the storage
+    with torch.no_grad():
+        assert can_run_blockwise(view, view.clone())
+        assert torch.equal(blockwise(torch.neg, view, dtype=view.dtype), -view)
+        expanded = torch.randn(1, 3 * block_size()).expand(2, -1)  # the same memory twice: not dense
+        assert not can_run_blockwise(expanded, expanded)
