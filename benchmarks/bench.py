@@ -10,6 +10,7 @@ the manual/native ratio (below 1: ours is faster). Writes ``bench-<device>.json`
     python benchmarks/bench.py --profile resnet18  # the same for a torchvision model's training step
     python benchmarks/bench.py --parts models      # only the torchvision models' training steps (parts: below)
     python benchmarks/bench.py --parts models --models mobilenet_v3_small,efficientnet_b0 --threads 1  # any models
+    python benchmarks/bench.py --parts models --models inception_v3 --size 96 --threads 1  # another image side
     python benchmarks/bench.py --only resnet18     # only the rows whose name contains "resnet18"
 
 Parts: ``functions`` (each function's forward + backward, LeNet's shapes and ResNet-like ones), ``steps`` and
@@ -351,7 +352,8 @@ def _models_and_input(args):
     from models import BATCH, MODELS, SIZE
 
     chosen = tuple(m for m in args.models.split(",") if m) or MODELS
-    return (chosen[:1] if args.models else ("resnet18",), 2, 32) if args.quick else (chosen, BATCH, SIZE)
+    size = args.size or SIZE
+    return (chosen[:1] if args.models else ("resnet18",), 2, args.size or 32) if args.quick else (chosen, BATCH, size)
 
 
 def bench_layers(device, args) -> list[Row]:
@@ -589,6 +591,11 @@ def main(argv=None) -> int:
         help="comma-separated torchvision models for the layers and models parts (default: "
         "benchmarks/models.py's MODELS); any of torchvision.models.get_model's names",
     )
+    parser.add_argument(
+        "--size", type=int, default=None,
+        help="image side for the layers and models parts (default: benchmarks/models.py's SIZE, 64; inception_v3 "
+        "needs 75 or more)",
+    )  # fmt: skip
     parser.add_argument("--parts", default="", help=f"comma-separated parts to run (default: all): {','.join(PARTS)}")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip (default: none; --quick: compiled)")
     parser.add_argument(

@@ -36,6 +36,15 @@ def test_one_part_alone_writes_its_own_table(tmp_path):
     assert not (tmp_path / "bench-cpu.json").exists()
 
 
+def test_models_part_takes_another_image_side(tmp_path):
+    """--size: the models part at another side (inception_v3 needs 75 or more)."""
+    main = runpy.run_path(str(BENCH))["main"]
+    args = ["--quick", "--out", str(tmp_path), "--repeats", "1", "--parts", "models", "--models", "squeezenet1_1"]
+    assert main([*args, "--size", "48"]) == 0
+    result = json.loads((tmp_path / "bench-cpu-models.json").read_text())
+    assert {row["shape"] for row in result["rows"] if row["group"] == "model step"} == {"2x3x48x48"}
+
+
 def test_formulations_times_each_formulation_on_tiny_shapes(tmp_path, capsys):
     main = runpy.run_path(str(BENCH.with_name("formulations.py")))["main"]
     assert main(["--quick", "--out", str(tmp_path)]) == 0
