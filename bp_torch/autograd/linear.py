@@ -108,6 +108,26 @@ def _column_major_rows(t: torch.Tensor) -> bool:
     """Whether ``t`` viewed as a matrix of rows (every leading dimension folded) is column-major, without a copy."""
     if t.dim() < 2 or t.is_contiguous():
         return False
+    if t.numel() == 0:  # the fold's strides of an empty tensor: torch's own view says
+        return _column_major_view(t)
+    # the leading dimensions fold into one without a copy (torch's view) exactly where each one's stride is the next
+    # one's stride times its size (dimensions of size 1 aside); the fold's stride is then the innermost one's
+    try:
+        strides = t.stride()
+    except RuntimeError:  # vmap's per-sample tensors have no strides of their own
+        return False
+    rows, fold_stride = 1, None
+    for size, stride in zip(reversed(t.shape[:-1]), reversed(strides[:-1])):
+        if size == 1:
+            continue
+        if fold_stride is not None and stride != fold_stride * rows:
+            return False  # no view: torch's reshape copies, a contiguous gradient
+        fold_stride = stride if fold_stride is None else fold_stride
+        rows *= size
+    return rows > 1 and fold_stride == 1 and strides[-1] == rows
+
+
+def _column_major_view(t: torch.Tensor) -> bool:
     try:
         rows = t.view(-1, t.shape[-1])
         return rows.stride(0) == 1 and rows.stride(1) == rows.shape[0]
