@@ -91,8 +91,10 @@ class HardtanhFunction(Function):
             grad_input = grad_output.masked_fill(HardtanhFunction._outside(ctx, out), 0)  # eq. H1
             return _like_torch(grad_input, grad_output, out), None, None, None
         # (y − min)(max − y) > 0 exactly inside, = 0 at the clamped ends (y ∈ [min, max]): its sign is the mask
-        # (at a NaN input: 0, as torch's vectorised loop gives; its scalar loop for the last elements passes δ)
-        inside = torch.sub(out, ctx.min_val).mul_(torch.sub(ctx.max_val, out)).sign_()
+        # (at a NaN input: 0, as torch's vectorised loop gives; its scalar loop for the last elements passes δ);
+        # y − 0 is y itself (ReLU6: no subtraction)
+        above_min = out if ctx.min_val == 0 else torch.sub(out, ctx.min_val)
+        inside = torch.rsub(out, ctx.max_val).mul_(above_min).sign_()  # eq. H1: 1[min < x < max]
         return _times(grad_output, inside), None, None, None  # eq. H1: δ ⊙ 1[min < x < max]
 
     @staticmethod
