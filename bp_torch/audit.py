@@ -81,13 +81,23 @@ class Node:
     module: str | None = None
 
 
+_KIND_OF_TYPE: dict[type, str] = {}  # node types whose class alone decides their kind (the routing asks per call)
+
+
 def _kind(node) -> str:
+    kind = _KIND_OF_TYPE.get(type(node))
+    if kind is not None:
+        return kind
     forward = getattr(type(node), "_forward_cls", None)  # set on the nodes of torch.autograd.Function subclasses
     if forward is not None and forward.__module__.startswith("bp_torch."):
+        _KIND_OF_TYPE[type(node)] = "derived"
         return "derived"
-    if node.metadata.get("bp_torch") == "structural":  # an in-place Function of ours on a view (its CopySlices)
+    if type(node).__name__ in STRUCTURAL:
+        _KIND_OF_TYPE[type(node)] = "structural"
         return "structural"
-    return "structural" if type(node).__name__ in STRUCTURAL else "native"
+    # a native node's own metadata can still make it structural: an in-place Function of ours on a view (its
+    # CopySlices)
+    return "structural" if node.metadata.get("bp_torch") == "structural" else "native"
 
 
 def _walk(root) -> Iterator:
