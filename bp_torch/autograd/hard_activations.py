@@ -229,7 +229,13 @@ class SiluFunction(Function):
             rest = torch.addcmul(xf.new_ones(()), xf, 1 - s)  # eq. H4: 1 + x(1 − σ)
             return (_opmath(grad_output) * s * rest).to(grad_output.dtype)  # eq. H4: δ ⊙ σ(1 + x(1 − σ))
         s = torch.sigmoid(x)
-        rest = torch.addcmul(x.new_ones(()), x, torch.rsub(s, 1))  # eq. H4: 1 + x(1 − σ), fused as above
+        if torch.is_grad_enabled():  # a graph of this backward is being built: no out= and no writes over σ
+            rest = torch.addcmul(x.new_ones(()), x, torch.rsub(s, 1))  # eq. H4: 1 + x(1 − σ), fused as above
+            return torch.mul(grad_output, s).mul_(rest)  # eq. H4: (δ ⊙ σ) ⊙ (1 + x(1 − σ))
+        rest = torch.rsub(s, 1)
+        torch.addcmul(x.new_ones(()), x, rest, out=rest)  # eq. H4: 1 + x(1 − σ), fused as above, in 1 − σ's buffer
+        if s.stride() == grad_output.stride():  # laid out as δ (torch's layout): over σ's buffer
+            return s.mul_(grad_output).mul_(rest)  # eq. H4: (σ ⊙ δ) ⊙ (1 + x(1 − σ))
         return torch.mul(grad_output, s).mul_(rest)  # eq. H4: (δ ⊙ σ) ⊙ (1 + x(1 − σ))
 
     @staticmethod
