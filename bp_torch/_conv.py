@@ -65,7 +65,7 @@ import torch.nn.functional as F
 
 from bp_torch._arguments import Pair
 from bp_torch._formulas import is_autotune, is_literal
-from bp_torch._function import batched
+from bp_torch._function import batched, in_layout
 
 
 def input_grad(delta, weight, input_size: Pair, stride: Pair, padding: Pair, dilation: Pair, groups: int):
@@ -263,15 +263,15 @@ def batch_as_channels(input, delta, kernel_size, stride, padding, dilation, grou
 
     Both operands are copied anyway (the batch moved to the channels' place); copied channels_last (the batch
     innermost) the convolution reads them as they are, where laid out plainly it first reorders both into its
-    blocked layout — unless the kernel's gradient outweighs them (:func:`_operand_layout`)."""
+    blocked layout — unless the kernel's gradient outweighs them (:func:`_operands_channels_last`)."""
     N, C_in, H, W = input.shape
     C_out = delta.shape[1]
     G = groups
     kh, kw = kernel_size
-    layout = _operand_layout(input, delta, kernel_size, groups)
+    channels_last = _operands_channels_last(input, delta, kernel_size, groups)
     # one copy each: with one group the reshape is a view (grouped operands stay plain: the reshape's copy)
     x = input.reshape(N, G, C_in // G, H, W).permute(2, 1, 0, 3, 4).reshape(C_in // G, G * N, H, W)
-    x, d = _laid_out(x, layout), _laid_out(delta.transpose(0, 1), layout)
+    x, d = in_layout(x, channels_last), in_layout(delta.transpose(0, 1), channels_last)
     grad = F.conv2d(x, d, None, dilation, padding, stride, G)  # Note B eq. 40: x ⋆ δ
     if grad.shape[2:] != (kh, kw):  # a no-op slice would be an alias, which legacy vmap cannot batch
         grad = grad[:, :, :kh, :kw]
@@ -291,10 +291,10 @@ def output_channels_as_batch(input, delta, kernel_size, stride, padding, dilatio
     full = (kh - 1 - padding[0], kw - 1 - padding[1])  # δ padded for the full correlation with x (Note A eq. 17)
     if stride != (1, 1) or dilation != (1, 1) or groups != 1 or min(full) < 0:
         return batch_as_channels(input, delta, kernel_size, stride, padding, dilation, groups)
-    layout = _operand_layout(input, delta, kernel_size, groups)
+    channels_last = _operands_channels_last(input, delta, kernel_size, groups)
     rotate_operands = delta.shape[1] * input.shape[1] * kh * kw > input.numel() + delta.numel()
     d, x = (delta.flip(2, 3), input.flip(2, 3)) if rotate_operands else (delta, input)
-    d, x = _laid_out(d.transpose(0, 1), layout), _laid_out(x.transpose(0, 1), layout)
+    d, x = in_layout(d.transpose(0, 1), channels_last), in_layout(x.transpose(0, 1), channels_last)
     grad = F.conv2d(d, x, None, 1, full)  # Note B eq. 40, S and ΔC_σ swapped: δ ⋆ x = rot180(Δk)
     return grad if rotate_operands else grad.flip(2, 3)
 
@@ -315,22 +315,16 @@ def input_as_kernel(input, delta, kernel_size, stride, padding, dilation, groups
     return F.conv_transpose2d(d, input.contiguous(), None, stride, crop)  # Note B eq. 40: Δk, (C_out, C_in, kh, kw)
 
 
-def _operand_layout(input, delta, kernel_size, groups) -> torch.memory_format:
-    """channels_last for the operands of a batch-as-channels correlation, unless its output, the kernel's gradient,
-    is more than 8 times their size (ResNet's 512-channel layers on 2x2 maps): the output comes in the operands'
-    layout, and laying a large one out as the weight costs more than the reorders saved; grouped correlations run
-    faster on plainly laid out operands; and a batch of one, the correlation's single input channel, on which
-    oneDNN's channels_last kernel sums wrongly when the kernel outgrows a padded, strided input (a test holds it)."""
+def _operands_channels_last(input, delta, kernel_size, groups) -> bool:
+    """Whether the operands of a batch-as-channels correlation are copied channels_last: not where its output, the
+    kernel's gradient, is more than 8 times their size (ResNet's 512-channel layers on 2x2 maps): the output comes in
+    the operands' layout, and laying a large one out as the weight costs more than the reorders saved; nor for grouped
+    correlations, which run faster on plainly laid out operands; nor for a batch of one, the correlation's single
+    input channel, on which oneDNN's channels_last kernel sums wrongly when the kernel outgrows a padded, strided input
+    (a test holds it). Under vmap, which knows no layout, :func:`in_layout` leaves them as they are."""
     C_out, C_in_g = delta.shape[1], input.shape[1] // groups
     large = C_out * C_in_g * kernel_size[0] * kernel_size[1] > 8 * (input.numel() + delta.numel())
-    return torch.contiguous_format if large or groups > 1 or input.shape[0] == 1 else torch.channels_last
-
-
-def _laid_out(t: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
-    try:
-        return t.contiguous(memory_format=layout)
-    except RuntimeError:  # vmap (gradcheck's batched gradients, torch.func) knows no channels_last
-        return t.contiguous()
+    return not (large or groups > 1 or input.shape[0] == 1)
 
 
 def depthwise(input, delta, kernel_size, stride, padding, dilation, groups):

@@ -148,12 +148,15 @@ def opmath(t: torch.Tensor | None) -> torch.Tensor | None:
 
 def batched_or_traced(t: torch.Tensor) -> bool:
     """Whether vmap (see :func:`batched`) or torch.compile is at work: then no in-place writes or ``out=``."""
-    return torch.compiler.is_compiling() or batched(t)
+    return torch.compiler.is_compiling() or _vmapped(t)
 
 
 def batched(t: torch.Tensor) -> bool:
     """Whether vmap batches: a torch.func transform, or gradcheck's batched gradients (the legacy vmap over δ, ``t``),
     which cannot batch in-place writes, ``out=`` or writes into a slice of an unbatched tensor."""
-    if torch.compiler.is_compiling():  # a compiled graph is traced unbatched (Dynamo cannot read the legacy flag)
-        return False
+    # a compiled graph is traced unbatched (Dynamo cannot read the legacy flag)
+    return not torch.compiler.is_compiling() and _vmapped(t)
+
+
+def _vmapped(t: torch.Tensor) -> bool:
     return torch._C._are_functorch_transforms_active() or torch._C._functorch.is_legacy_batchedtensor(t)

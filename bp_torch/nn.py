@@ -392,13 +392,11 @@ TWINS: dict[type[nn.Module], type[nn.Module]] = {
 }
 
 
-# Every module above but MultiheadAttention (whose forward is torch's, its inner call routed) runs with convert()'s
-# routing mode set aside: it calls bp_torch.functional itself (routing.suspended).
-_OUTSIDE_ROUTING = (Conv2d, AvgPool2d, Sigmoid, Linear, ReLU, LeakyReLU, Tanh, Dropout, Softmax, LogSoftmax, MSELoss)
-_OUTSIDE_ROUTING += (NLLLoss, CrossEntropyLoss, MaxPool2d, AdaptiveAvgPool2d, BatchNorm2d, Hardtanh, ReLU6)
-_OUTSIDE_ROUTING += (Hardsigmoid, Hardswish, SiLU, LayerNorm, GroupNorm, GELU)
-for _module in _OUTSIDE_ROUTING:
-    _module.forward = routing.suspended(_module.forward)
+# Every twin but MultiheadAttention (whose forward is torch's, its inner call routed) runs with convert()'s routing
+# mode set aside: it calls bp_torch.functional itself (routing.suspended).
+for _module in dict.fromkeys(TWINS.values()):
+    if _module is not MultiheadAttention:
+        _module.forward = routing.suspended(_module.forward)
 
 
 @dataclass
