@@ -16,9 +16,10 @@ gradient  formulation                     equation, as computed                 
                                           with rot180(k), channels swapped
 ∂e/∂x     ``transposed_convolution``      Note A eq. 14: each δ_pq scattered onto   *fast*: always — no zeros to
                                           the inputs its window read (1x1 layers    insert, no flipped copy of the
-                                          strided or on maps of 64+ positions: the  kernel
-                                          channel product, written at the strided
-                                          positions)
+                                          strided with a kernel of at most 2^18     kernel
+                                          weights or δ's size, or on maps of 64+
+                                          positions: the channel product, written
+                                          at the strided positions)
 ∂e/∂k     ``depthwise``                   Note B eq. 40 per (sample, channel)       *fast*: C_in = C_out = groups,
                                                                                     unless the padding is as wide as δ
 ∂e/∂k     ``unfold_per_sample``           Note A eq. 7 on each window (section      *fast*: 1x1 with C_out_g·C_in_g <
@@ -202,10 +203,13 @@ def transposed_convolution(delta, weight, input_size, stride, padding, dilation,
     convolution, which skips the zeros a strided δ would need inserted and the wide padding of a 'full'
     correlation. Rows the forward never reached get zero (output_padding)."""
     if weight.shape[2:] == (1, 1) and padding == (0, 0):
-        # strided: a write into a slice, which vmap cannot batch; stride 1: on maps under 64 positions the
-        # transposed convolution is the faster
+        # strided: a write into a slice, which vmap cannot batch, and a transposing copy of the kernel, which costs
+        # more than the scatter saves once the kernel outgrows both δ and the cache (ResNeXt's 512→1024 and
+        # 1024→2048 shortcuts: 2^19 and 2^21 weights); stride 1: on maps under 64 positions the transposed
+        # convolution is the faster
         strided = stride != (1, 1)
-        if (strided and not batched(delta)) or (not strided and delta.shape[2] * delta.shape[3] >= 64):
+        small_kernel = weight.numel() <= max(delta.numel(), 2**18)
+        if (strided and small_kernel and not batched(delta)) or (not strided and delta.shape[2] * delta.shape[3] >= 64):
             return _1x1_channel_product(delta, weight, input_size, stride, groups)
     rest = uncovered(input_size, delta.shape[2:], weight.shape[2:], stride, padding, dilation)
     out_pad = [max(r, 0) for r in rest]

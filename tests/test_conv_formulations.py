@@ -222,6 +222,25 @@ def test_one_sample_channels_last_corner(name, force):
         torch.testing.assert_close(g, n, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "C_in, C_out, channel_product",
+    [(256, 512, True), (600, 600, False)],  # ResNet18's 2^17-weight shortcut; a kernel past 2^18 and δ's size
+)
+def test_strided_1x1_scatter_by_kernel_size(C_in, C_out, channel_product, monkeypatch):
+    """A strided 1x1 layer's ∂e/∂x is the channel product while its kernel is small; a large kernel's transposing
+    copy costs more than the scatter saves, and the transposed convolution runs instead: the same values."""
+    calls = []
+    product = _conv._1x1_channel_product
+    monkeypatch.setattr(_conv, "_1x1_channel_product", lambda *a: calls.append(1) or product(*a))
+    x = torch.randn(2, C_in, 4, 4, requires_grad=True)
+    w = torch.randn(C_out, C_in, 1, 1, requires_grad=True)
+    ours, native = BF.conv2d(x, w, stride=2), F.conv2d(x, w, stride=2)
+    delta = torch.randn_like(native)
+    for g, n in zip(torch.autograd.grad(ours, (x, w), delta), torch.autograd.grad(native, (x, w), delta)):
+        torch.testing.assert_close(g, n, rtol=1e-4, atol=1e-4)
+    assert bool(calls) == channel_product
+
+
 def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 
