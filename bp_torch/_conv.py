@@ -28,9 +28,14 @@ gradient  formulation                     equation, as computed                 
                                           and the im2col columns, summed over the   with 8·C_in_g ≤ C_out_g (stems)
                                           batch
 ∂e/∂k     ``unfold_gemm``                 the same sum as one product (C_out ×      *fast*: every other 1x1 but the
-                                          N·L)·(N·L × C_in_g·k²)                    large ones below (small maps, many
-                                                                                    channels); strided k > 1 whose Δk
-                                                                                    outweighs x and δ 8 to 1
+                                          N·L)·(N·L × C_in_g·k²), on oneDNN where   large ones below (small maps, many
+                                          ``bp_torch._gemm`` says so (float32 on    channels); strided k > 1 whose Δk
+                                          the CPU)                                  outweighs x and δ 8 to 1. On
+                                                                                    oneDNN, before every rule below
+                                                                                    and the two above: 1x1 with
+                                                                                    C_out·C_in·N·L ≥ 2^22; k > 1, one
+                                                                                    group, L > 16, C_out ≥ 192 and
+                                                                                    at most 6·2^20 im2col elements
 ∂e/∂k     ``output_channels_as_batch``    Note B eq. 40 with S and ΔC_σ swapped: δ  *fast*: k > 1, stride 1, one
                                           correlated with x is Δk rotated 180°      group, C_in_g ≥ 16, and C_in ≥
                                           (rotate the operands or the result)       C_out or Δk as large as x and δ
@@ -67,6 +72,7 @@ import torch.nn.functional as F
 from bp_torch._arguments import Pair
 from bp_torch._formulas import is_autotune, is_literal
 from bp_torch._function import batched, in_layout
+from bp_torch._gemm import matmul, onednn_takes
 
 
 def input_grad(delta, weight, input_size: Pair, stride: Pair, padding: Pair, dilation: Pair, groups: int):
@@ -106,16 +112,23 @@ def choose_weight_grad(input, delta, kernel_size, stride, padding, dilation, gro
         # one-channel correlations take a slow path there, the batch-as-channels correlation does not
         padded_past = stride == (1, 1) and (padding[0] >= delta.shape[2] or padding[1] >= delta.shape[3])
         return "batch_as_channels" if padded_past else "depthwise"
-    return cheapest_weight_grad(input.shape, delta.shape, kernel_size, stride, padding, dilation, groups)
+    fast_product = onednn_takes(input) and onednn_takes(delta)
+    return cheapest_weight_grad(input.shape, delta.shape, kernel_size, stride, padding, dilation, groups, fast_product)
 
 
-def cheapest_weight_grad(input_shape, delta_shape, kernel_size, stride, padding, dilation, groups) -> str:
+def cheapest_weight_grad(
+    input_shape, delta_shape, kernel_size, stride, padding, dilation, groups, fast_product=False
+) -> str:
     """The fast mode's fixed choice of ∂e/∂k's formulation for these shapes (the table above), fitted to each
     formulation's time inside real training steps (``python benchmarks/formulations_in_step.py``,
-    benchmarks/README.md, "How each gradient is computed")."""
+    benchmarks/README.md, "How each gradient is computed"). ``fast_product``: the operands' products run on oneDNN
+    (``bp_torch._gemm``)."""
     C_in_g, (C_out, H_out, W_out) = input_shape[1] // groups, delta_shape[1:]
     C_out_g, L = C_out // groups, H_out * W_out
     if kernel_size == (1, 1):
+        if fast_product and groups == 1 and C_out * C_in_g * delta_shape[0] * L >= 2**22:
+            # one product on oneDNN, (C_out × N·L)·(N·L × C_in), past its fixed cost: faster than either below
+            return "unfold_gemm"
         if stride == (1, 1) and groups == 1 and L >= 64 and C_out_g * C_in_g >= 8192:
             # maps and channels both large: the correlation, with δ as an L-tap kernel, runs the convolution's
             # vectorised kernel, where the products below run the general matrix product
@@ -129,6 +142,12 @@ def cheapest_weight_grad(input_shape, delta_shape, kernel_size, stride, padding,
         # is faster, but its copy of δ raises the step's peak memory: the stem's gradient comes last, when every
         # other gradient is held.)
         return "unfold_per_sample"
+    columns = delta_shape[0] * L * C_in_g * kernel_size[0] * kernel_size[1]  # the im2col matrix's elements
+    if fast_product and groups == 1 and L > 16 and C_out >= 192 and columns <= 6 * 2**20:
+        # many output channels share each im2col column: one product on oneDNN, past the columns' copy, beats the
+        # correlations (not on small maps, where the scatter through x copies nothing; not for columns that
+        # outgrow the cache)
+        return "unfold_gemm"
     operands = input_shape.numel() + delta_shape.numel()  # x and δ, the elements the correlations copy
     gradient = C_out_g * C_in_g * kernel_size[0] * kernel_size[1]
     full_padding_reaches = padding[0] <= kernel_size[0] - 1 and padding[1] <= kernel_size[1] - 1
@@ -355,7 +374,7 @@ def unfold_gemm(input, delta, kernel_size, stride, padding, dilation, groups):
     cols = win.reshape(N, G, C_in // G, H_out, W_out, kh, kw).permute(1, 2, 5, 6, 0, 3, 4)
     cols = cols.reshape(G, C_in // G * kh * kw, N * H_out * W_out)
     d = delta.reshape(N, G, C_out // G, H_out * W_out).permute(1, 2, 0, 3).reshape(G, C_out // G, -1)
-    grad = d @ cols.transpose(1, 2)  # Note A eq. 7 / Note B eq. 40: Σ over positions of δ xᵀ, (G, C_out_g, C_in_g·k²)
+    grad = matmul(d, cols.transpose(1, 2))  # Note A eq. 7 / Note B eq. 40: Σ over positions of δ xᵀ, (G, C_out_g, ·)
     return grad.reshape(C_out, C_in // G, kh, kw)
 
 

@@ -14,6 +14,7 @@ from torch.autograd import gradcheck, gradgradcheck
 
 import bp_torch
 from bp_torch import _conv
+from bp_torch import _gemm as gemm
 from bp_torch import functional as BF
 
 FORMULATIONS = [("input", name) for name in _conv.INPUT_GRAD] + [("weight", name) for name in _conv.WEIGHT_GRAD]
@@ -239,6 +240,29 @@ def test_strided_1x1_scatter_by_kernel_size(C_in, C_out, channel_product, monkey
     for g, n in zip(torch.autograd.grad(ours, (x, w), delta), torch.autograd.grad(native, (x, w), delta)):
         torch.testing.assert_close(g, n, rtol=1e-4, atol=1e-4)
     assert bool(calls) == channel_product
+
+
+ONEDNN_PRODUCT = {  # float32 layers whose ∂e/∂k is one product on oneDNN (bp_torch._gemm), and the choice without
+    "1x1-many-products": ((2, 256, 8, 8), (128, 256, 1, 1), 1, 0, "batch_as_channels"),
+    "3x3-192-outputs": ((2, 32, 8, 8), (192, 32, 3, 3), 1, 1, "output_channels_as_batch"),
+}
+
+
+@pytest.mark.skipif(gemm._LINEAR is None, reason="torch built without oneDNN's matrix product")
+@pytest.mark.parametrize("name", ONEDNN_PRODUCT)
+def test_one_product_where_onednn_computes_it(name):
+    """Where the im2col product runs on oneDNN it is the fast mode's choice, with native's float32 gradients; with
+    oneDNN turned off (or in float64) the cost model's choice for torch's own product."""
+    x_shape, w_shape, stride, padding, without = ONEDNN_PRODUCT[name]
+    x, w = torch.randn(x_shape, requires_grad=True), torch.randn(w_shape, requires_grad=True)
+    assert _choices(x.detach(), w.detach(), stride, padding, 1)["weight"] == "unfold_gemm"
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert _choices(x.detach(), w.detach(), stride, padding, 1)["weight"] == without
+    assert _choices(x.detach().double(), w.detach().double(), stride, padding, 1)["weight"] == without
+    ours, native = BF.conv2d(x, w, None, stride, padding), F.conv2d(x, w, None, stride, padding)
+    delta = torch.randn_like(native)
+    for g, n in zip(torch.autograd.grad(ours, (x, w), delta), torch.autograd.grad(native, (x, w), delta)):
+        torch.testing.assert_close(g, n, rtol=1e-4, atol=1e-3)
 
 
 def _pair(v):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch.autograd import Function
 
 from bp_torch._function import nested_apply, with_direct_call
+from bp_torch._gemm import matmul
 
 
 @with_direct_call
@@ -54,7 +55,7 @@ class LinearFunction(Function):
             grad_output = grad_output.unsqueeze(-1)
         if ctx.needs_input_grad[0]:
             W = weight.unsqueeze(0) if vector_weight else weight  # under a backward rule, B in W's place
-            grad_input = grad_output @ W.conj()  # Note A eq. 8 / Note B eq. 30: Δf = WᵀΔŷ, with (out, in) W: δ @ W
+            grad_input = matmul(grad_output, W.conj())  # Note A eq. 8 / Note B eq. 30: Δf = WᵀΔŷ, with (out, in) W: δW
             if ctx.input_layout is not None and grad_input.shape == ctx.input_layout[0]:
                 grad_input = torch.empty_strided(*ctx.input_layout, dtype=grad_input.dtype,
                                                  device=grad_input.device).copy_(grad_input)  # fmt: skip
@@ -64,9 +65,9 @@ class LinearFunction(Function):
             delta, x = grad_output.reshape(batch, out_features), input.reshape(batch, in_features)
             # summed over the batch; with PyTorch's (out, in) W, xδᵀ is δᵀx
             if ctx.weight_row_major:
-                grad_weight = delta.T @ x.conj()  # Note A eq. 7 / Note B eq. 19: xδᵀ
+                grad_weight = matmul(delta.T, x.conj())  # Note A eq. 7 / Note B eq. 19: xδᵀ
             else:  # the same product, transposed (torch's layout, and its non-finite pattern for complex inputs)
-                grad_weight = (x.T.conj() @ delta).T  # Note A eq. 7 / Note B eq. 19: xδᵀ
+                grad_weight = matmul(x.T.conj(), delta).T  # Note A eq. 7 / Note B eq. 19: xδᵀ
             if vector_weight:
                 grad_weight = grad_weight.squeeze(0)
         # no gradient for the feedback matrix: it is fixed, or redrawn, never learnt (autograd drops the None when a

@@ -15,13 +15,17 @@ import math
 import torch
 from torch.autograd import Function
 
+from bp_torch import _gemm as gemm
 from bp_torch._function import nested_apply, opmath, with_direct_call
 from bp_torch._torch_layouts import in_strides, torch_grad_strides
 from bp_torch.autograd.linear import _sum_to
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """A product inside a backward or a jvp, through ``MatmulFunction`` when a graph of it is being built."""
+    """A product inside a backward or a jvp, through ``MatmulFunction`` when a graph of it is being built; otherwise
+    the product alone, by the kernel ``bp_torch._gemm`` picks."""
+    if not torch.is_grad_enabled():
+        return gemm.matmul(a, b)
     return nested_apply(MatmulFunction, a, b, "matmul")
 
 
