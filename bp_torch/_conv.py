@@ -19,7 +19,10 @@ gradient  formulation                     equation, as computed                 
                                           strided with a kernel of at most 2^18     kernel
                                           weights or δ's size, or on maps of 64+
                                           positions: the channel product, written
-                                          at the strided positions)
+                                          at the strided positions; stride 1 on
+                                          maps of 16+ positions with at most 2^21
+                                          multiply-adds, 2^22 on 64+: one product
+                                          wᵀδ per sample)
 ∂e/∂k     ``depthwise``                   Note B eq. 40 per (sample, channel)       *fast*: C_in = C_out = groups,
                                                                                     unless the padding is as wide as δ
 ∂e/∂k     ``unfold_per_sample``           Note A eq. 7 on each window (section      *fast*: 1x1 with C_out_g·C_in_g <
@@ -228,6 +231,8 @@ def transposed_convolution(delta, weight, input_size, stride, padding, dilation,
         # convolution is the faster
         strided = stride != (1, 1)
         small_kernel = weight.numel() <= max(delta.numel(), 2**18)
+        if not strided and groups == 1 and _products_per_sample(delta, weight):
+            return _1x1_per_sample_products(delta, weight)
         if (strided and small_kernel and not batched(delta)) or (not strided and delta.shape[2] * delta.shape[3] >= 64):
             return _1x1_channel_product(delta, weight, input_size, stride, groups)
     rest = uncovered(input_size, delta.shape[2:], weight.shape[2:], stride, padding, dilation)
@@ -251,6 +256,27 @@ def _1x1_channel_product(delta, weight, input_size, stride, groups):
     grad = delta.new_zeros((N, C_in, *input_size))
     grad[:, :, : (H_out - 1) * sh + 1 : sh, : (W_out - 1) * sw + 1 : sw] = product
     return grad
+
+
+def _products_per_sample(delta, weight) -> bool:
+    """Whether a stride-1 1x1 layer's ∂e/∂x is cheaper as one small matrix product per sample than as a convolution:
+    on maps of 16 positions and more (under that the products are too narrow), with few multiply-adds in all (2^21;
+    2^22 on maps of 64+ positions), where oneDNN's fixed cost per convolution dominates (ShuffleNet's and MobileNet's
+    small layers); δ contiguous, so that each sample is a (C_out × L) matrix without a copy."""
+    N, C_out, H_out, W_out = delta.shape
+    L = H_out * W_out
+    multiply_adds = N * L * C_out * weight.shape[1]
+    return L >= 16 and multiply_adds <= (2**22 if L >= 64 else 2**21) and delta.is_contiguous()
+
+
+def _1x1_per_sample_products(delta, weight):
+    """Note A eq. 14 for a stride-1 1x1 layer without padding, one group: each window reads one input, so the
+    scatter is Σ_o w_oi δ_o, per sample the matrix product wᵀ (C_in × C_out) · δ_n (C_out × L) — Note A eq. 8's
+    δ carried back through the weight, at every position."""
+    N, C_out, H_out, W_out = delta.shape
+    w_t = weight.reshape(C_out, -1).mT  # wᵀ: (C_in, C_out), a view
+    grad = torch.matmul(w_t, delta.reshape(N, C_out, H_out * W_out))  # Note A eq. 14 = eq. 8 per position: wᵀδ
+    return grad.reshape(N, w_t.shape[0], H_out, W_out)
 
 
 def channels_swapped(weight: torch.Tensor, groups: int) -> torch.Tensor:

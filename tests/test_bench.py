@@ -67,3 +67,10 @@ def test_formulations_in_step_times_each_formulation_in_a_training_step(tmp_path
     assert "| squeezenet1_1 | 16->64 3x3 15x15 s1 p1 g1 | 2 |" in table  # a layer called twice a step
     assert "output_channels_as_batch" in table and "input_as_kernel" in table and "unfold_gemm" in table
     assert capsys.readouterr().out.startswith("| squeezenet1_1 |")  # the model's sums
+
+
+def test_gemm_times_both_products_on_two_shapes(capsys):
+    main = runpy.run_path(str(BENCH.with_name("gemm.py")))["main"]
+    main(["--quick"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "µs" in line]
+    assert len(rows) == 2 and "under the threshold" in rows[1]

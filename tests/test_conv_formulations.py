@@ -242,6 +242,34 @@ def test_strided_1x1_scatter_by_kernel_size(C_in, C_out, channel_product, monkey
     assert bool(calls) == channel_product
 
 
+@pytest.mark.parametrize(
+    "x_shape, channels_last, per_sample",
+    [((4, 24, 8, 8), False, True), ((4, 24, 2, 2), False, False), ((4, 24, 8, 8), True, False)],
+    ids=["shufflenet-1x1", "map-of-4-positions", "channels-last"],
+)
+def test_small_1x1_input_gradient_as_one_product_per_sample(x_shape, channels_last, per_sample, monkeypatch):
+    """A small stride-1 1x1 layer's ∂e/∂x is wᵀδ per sample (not on maps under 16 positions, nor for a δ that is not
+    contiguous): torch's values, float32 and float64 to the second order."""
+    calls = []
+    products = _conv._1x1_per_sample_products
+    monkeypatch.setattr(_conv, "_1x1_per_sample_products", lambda *a: calls.append(1) or products(*a))
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(x_shape, dtype=dtype)
+        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        x, w = x.requires_grad_(), torch.randn(16, x_shape[1], 1, 1, dtype=dtype, requires_grad=True)
+        ours, native = BF.conv2d(x, w), F.conv2d(x, w)
+        delta = torch.randn_like(native)
+        mine = torch.autograd.grad(ours, (x, w), delta, create_graph=True)
+        theirs = torch.autograd.grad(native, (x, w), delta, create_graph=True)
+        for g, n in zip(mine, theirs):
+            torch.testing.assert_close(g, n, rtol=1e-4, atol=1e-4)
+            assert g.stride() == n.stride()
+        v = torch.randn_like(mine[0])
+        second = torch.autograd.grad(mine[0], w, v)
+        torch.testing.assert_close(second, torch.autograd.grad(theirs[0], w, v), rtol=1e-4, atol=1e-4)
+    assert bool(calls) == per_sample
+
+
 ONEDNN_PRODUCT = {  # float32 layers whose ∂e/∂k is one product on oneDNN (bp_torch._gemm), and the choice without
     "1x1-many-products": ((2, 256, 8, 8), (128, 256, 1, 1), 1, 0, "batch_as_channels"),
     "3x3-192-outputs": ((2, 32, 8, 8), (192, 32, 3, 3), 1, 1, "output_channels_as_batch"),
