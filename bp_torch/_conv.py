@@ -29,7 +29,9 @@ gradient  formulation                     equation, as computed                 
                                           3.3) = Note B eq. 40: per sample one      L·(C_in_g + C_out_g) (the partial
                                           product (C_out × L)·(L × C_in_g·k²) of δ  sums are the smaller copy); k > 1
                                           and the im2col columns, summed over the   with 8·C_in_g ≤ C_out_g (stems)
-                                          batch
+                                          batch (one group, k > 1, on oneDNN: a
+                                          few samples a product, 2^22
+                                          multiply-adds each)
 ∂e/∂k     ``unfold_gemm``                 the same sum as one product (C_out ×      *fast*: every other 1x1 but the
                                           N·L)·(N·L × C_in_g·k²), on oneDNN where   large ones below (small maps, many
                                           ``bp_torch._gemm`` says so (float32 on    channels); strided k > 1 whose Δk
@@ -412,12 +414,31 @@ def unfold_per_sample(input, delta, kernel_size, stride, padding, dilation, grou
     C_out, H_out, W_out = delta.shape[1:]
     G, (kh, kw) = groups, kernel_size
     win = windows(input, kernel_size, stride, padding, dilation)  # (N, C_in, H_out, W_out, kh, kw), a view
+    if G == 1 and (kh, kw) != (1, 1) and onednn_takes(input) and onednn_takes(delta):
+        return _unfold_in_chunks(win, delta, kernel_size)
     # im2col per sample, positions last: (N, G, C_in_g·kh·kw, H_out·W_out)
     cols = win.reshape(N, G, C_in // G, H_out, W_out, kh, kw).permute(0, 1, 2, 5, 6, 3, 4)
     cols = cols.reshape(N, G, C_in // G * kh * kw, H_out * W_out)
     d = delta.reshape(N, G, C_out // G, H_out * W_out)
     grad = (d @ cols.transpose(-1, -2)).sum(0)  # Note A eq. 7 / Note B eq. 40: Σ_n Σ_pq δ xᵀ, (G, C_out_g, C_in_g·k²)
     return grad.reshape(C_out, C_in // G, kh, kw)
+
+
+def _unfold_in_chunks(win, delta, kernel_size):
+    """:func:`unfold_per_sample` for one group on oneDNN (``bp_torch._gemm``): the samples taken a few at a time, as
+    many as make one product of 2^22 multiply-adds (one sample of a 7x7 stem), each chunk's im2col columns copied
+    and multiplied alone — oneDNN's product without the whole im2col matrix in memory (the stem's gradient comes
+    last, when every other gradient is held)."""
+    N, C_in, H_out, W_out, kh, kw = win.shape
+    C_out, L, K = delta.shape[1], H_out * W_out, C_in * kh * kw
+    chunk = max(1, min(N, -(-(2**22) // (C_out * K * L))))
+    grad = None
+    for start in range(0, N, chunk):
+        cols = win[start : start + chunk].permute(1, 4, 5, 0, 2, 3).reshape(K, -1)  # (C_in·k², chunk·L)
+        d = delta[start : start + chunk].reshape(-1, C_out, L).transpose(0, 1).reshape(C_out, -1)  # (C_out, chunk·L)
+        part = matmul(d, cols.T)  # Note A eq. 7 / Note B eq. 40: Σ over the chunk's positions of δ xᵀ, (C_out, C_in·k²)
+        grad = part if grad is None else grad.add_(part)
+    return grad.reshape(C_out, C_in, kh, kw)
 
 
 def windows(input, kernel_size: Pair, stride: Pair, padding: Pair, dilation: Pair) -> torch.Tensor:

@@ -293,6 +293,26 @@ def test_one_product_where_onednn_computes_it(name):
         torch.testing.assert_close(g, n, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.skipif(gemm._LINEAR is None, reason="torch built without oneDNN's matrix product")
+def test_stem_weight_gradient_in_chunks_of_samples(monkeypatch):
+    """A float32 stem's ∂e/∂k on oneDNN, a few samples a product (here two, then the last one alone), summed: native's
+    gradient; float64 runs the per-sample products as before."""
+    chunks = []
+    in_chunks = _conv._unfold_in_chunks
+    monkeypatch.setattr(_conv, "_unfold_in_chunks", lambda *a: chunks.append(1) or in_chunks(*a))
+    x, w = torch.randn(3, 3, 32, 32, requires_grad=True), torch.randn(64, 3, 7, 7, requires_grad=True)
+    assert _choices(x.detach(), w.detach(), 2, 3, 1)["weight"] == "unfold_per_sample"
+    ours, native = BF.conv2d(x, w, None, 2, 3), F.conv2d(x, w, None, 2, 3)
+    delta = torch.randn_like(native)
+    for g, n in zip(torch.autograd.grad(ours, (x, w), delta), torch.autograd.grad(native, (x, w), delta)):
+        torch.testing.assert_close(g, n, rtol=1e-4, atol=1e-3)
+    assert chunks
+    chunks.clear()
+    x64, w64 = x.detach().double().requires_grad_(), w.detach().double()
+    torch.autograd.grad(BF.conv2d(x64, w64.requires_grad_(), None, 2, 3), w64, delta.double())
+    assert not chunks
+
+
 def _pair(v):
     return (v, v) if isinstance(v, int) else tuple(v)
 

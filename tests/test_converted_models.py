@@ -99,5 +99,8 @@ def test_converted_resnet18_compiles_in_one_graph():
     out.sum().backward()
     reference.sum().backward()
     for (name, p), q in zip(model.named_parameters(), eager.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, msg=lambda m, n=name: f"{n}: {m}")
+        # the compiled backward's products run torch's @ where eager's run oneDNN's (bp_torch._gemm, the stem's
+        # im2col product): the same sums in another order, a few ulps of the largest value apart
+        ulps = 16 * torch.finfo(q.grad.dtype).eps * q.grad.abs().max().item()
+        torch.testing.assert_close(p.grad, q.grad, rtol=1.3e-6, atol=ulps, msg=lambda m, n=name: f"{n}: {m}")
     assert all(torch.equal(a, b) for a, b in zip(model.buffers(), eager.buffers()))
