@@ -40,7 +40,9 @@ gradient  formulation                     equation, as computed                 
                                                                                     and the two above: 1x1 with
                                                                                     C_out·C_in·N·L ≥ 2^22; k > 1, one
                                                                                     group, L > 16, C_out ≥ 192 and
-                                                                                    at most 6·2^20 im2col elements
+                                                                                    at most 6·2^20 im2col elements;
+                                                                                    stems of one group whose product
+                                                                                    per sample is under 2^21
 ∂e/∂k     ``output_channels_as_batch``    Note B eq. 40 with S and ΔC_σ swapped: δ  *fast*: k > 1, stride 1, one
                                           correlated with x is Δk rotated 180°      group, C_in_g ≥ 16, and C_in ≥
                                           (rotate the operands or the result)       C_out or Δk as large as x and δ
@@ -145,8 +147,10 @@ def cheapest_weight_grad(
         # a stem (3 input channels): the batch-as-channels correlation would have a batch of 3; per sample, the
         # im2col columns are few (C_in_g·k²) and the products short. (For 7x7 and 11x11 stems the correlation
         # is faster, but its copy of δ raises the step's peak memory: the stem's gradient comes last, when every
-        # other gradient is held.)
-        return "unfold_per_sample"
+        # other gradient is held.) On oneDNN a stem whose per-sample product is under 2^21 multiply-adds (3x3 stems on
+        # small images) is one product over the batch; larger ones run a few samples a product (_unfold_in_chunks)
+        per_sample = C_out * C_in_g * kernel_size[0] * kernel_size[1] * L
+        return "unfold_gemm" if fast_product and groups == 1 and per_sample < 2**21 else "unfold_per_sample"
     columns = delta_shape[0] * L * C_in_g * kernel_size[0] * kernel_size[1]  # the im2col matrix's elements
     if fast_product and groups == 1 and L > 16 and C_out >= 192 and columns <= 6 * 2**20:
         # many output channels share each im2col column: one product on oneDNN, past the columns' copy, beats the

@@ -273,6 +273,7 @@ def test_small_1x1_input_gradient_as_one_product_per_sample(x_shape, channels_la
 ONEDNN_PRODUCT = {  # float32 layers whose ∂e/∂k is one product on oneDNN (bp_torch._gemm), and the choice without
     "1x1-many-products": ((2, 256, 8, 8), (128, 256, 1, 1), 1, 0, "batch_as_channels"),
     "3x3-192-outputs": ((2, 32, 8, 8), (192, 32, 3, 3), 1, 1, "output_channels_as_batch"),
+    "small-stem": ((2, 3, 16, 16), (32, 3, 3, 3), 2, 1, "unfold_per_sample"),
 }
 
 
