@@ -233,8 +233,8 @@ def transposed_convolution(delta, weight, input_size, stride, padding, dilation,
     if weight.shape[2:] == (1, 1) and padding == (0, 0):
         # strided: a write into a slice, which vmap cannot batch, and a transposing copy of the kernel, which costs
         # more than the scatter saves once the kernel outgrows both δ and the cache (ResNeXt's 512→1024 and
-        # 1024→2048 shortcuts: 2^19 and 2^21 weights); stride 1: on maps under 64 positions the transposed
-        # convolution is the faster
+        # 1024→2048 shortcuts: 2^19 and 2^21 weights); stride 1: a small layer as one product per sample, otherwise
+        # on maps under 64 positions the transposed convolution is the faster
         strided = stride != (1, 1)
         small_kernel = weight.numel() <= max(delta.numel(), 2**18)
         if not strided and groups == 1 and _products_per_sample(delta, weight):
