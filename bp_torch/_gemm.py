@@ -26,12 +26,17 @@ MIN_MULTIPLY_ADDS = 2**21
 
 
 def _onednn_product():
+    """oneDNN's product, if this build has it and it runs here (one tiny product tried: a CPU it does not support
+    raises), else None."""
     if not torch.backends.mkldnn.is_available():
         return None
     try:
-        return torch.ops.mkldnn._linear_pointwise.default
-    except (AttributeError, RuntimeError):  # a build without the operator
+        linear = torch.ops.mkldnn._linear_pointwise.default
+        with torch.no_grad():
+            linear(torch.ones(2, 2), torch.ones(2, 2), None, "none", [], "")
+    except (AttributeError, RuntimeError, NotImplementedError):  # a build without the operator, a CPU without it
         return None
+    return linear
 
 
 _LINEAR = _onednn_product()
