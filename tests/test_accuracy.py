@@ -27,6 +27,11 @@ LAYERS = [
     ("1x1 16->128 stride 2 b32", (32, 16, 14, 14), (128, 16, 1, 1), {"stride": 2}),
     ("1x1 64->128 stride 2 b8", (8, 64, 14, 14), (128, 64, 1, 1), {"stride": 2}),
     ("1x1 256->32 on 7x7 b8", (8, 256, 7, 7), (32, 256, 1, 1), {}),
+    # the layers whose ∂e/∂k is an im2col product on oneDNN (bp_torch._gemm): one product over the batch, and a 7x7
+    # stem's a sample at a time
+    ("3x3 32->192 on 8x8 b16", (16, 32, 8, 8), (192, 32, 3, 3), {"padding": 1}),
+    ("3x3 stem stride 2 b16", (16, 3, 64, 64), (32, 3, 3, 3), {"stride": 2, "padding": 1}),
+    ("7x7 stem stride 2 b4", (4, 3, 64, 64), (64, 3, 7, 7), {"stride": 2, "padding": 3}),
 ]
 
 

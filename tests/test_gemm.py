@@ -66,3 +66,20 @@ def test_graph_off_large_float32_runs_onednn():
         assert _gemm.runs_onednn(a, b)
     assert not _gemm.runs_onednn(a, b)
     assert _gemm.runs_onednn(a.detach(), b)
+
+
+@needs_onednn
+def test_linear_gradients_on_onednn_against_float64():
+    """A vit_b_16-sized Linear's ∂e/∂x and ∂e/∂W, whose products run on oneDNN: each as close to the float64 gradient
+    as twice torch's own distance plus eight ulps of its largest value."""
+    from bp_torch import functional as BF
+
+    x, w, delta = torch.randn(8, 5, 768), torch.randn(2304, 768), torch.randn(8, 5, 2304)
+    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+    references = torch.autograd.grad(torch.nn.functional.linear(x64, w64), (x64, w64), delta.double())
+    grads = {}
+    for name, linear in (("ours", BF.linear), ("torch", torch.nn.functional.linear)):
+        x32, w32 = x.clone().requires_grad_(), w.clone().requires_grad_()
+        grads[name] = torch.autograd.grad(linear(x32, w32), (x32, w32), delta)
+    for ours, theirs, reference in zip(grads["ours"], grads["torch"], references):
+        assert _error(ours, reference) <= 2 * _error(theirs, reference) + 8 * torch.finfo(torch.float32).eps
