@@ -11,6 +11,7 @@ sums::
 
     python benchmarks/formulations_in_step.py --threads 1                          # the zoo's models
     python benchmarks/formulations_in_step.py --threads 1 --models resnet18,vgg11_bn --steps 5
+    python benchmarks/formulations_in_step.py --threads 1 --models resnet18 --size 224 --steps 2  # ImageNet's side
 
 Writes ``formulations-in-step-<device>.md``.
 """
@@ -77,9 +78,9 @@ def timed_backward(samples: dict, sync) -> callable:
     return timing
 
 
-def model_rows(name: str, device, steps: int, sync) -> tuple[list[str], dict]:
+def model_rows(name: str, device, steps: int, sync, size: int = SIZE) -> tuple[list[str], dict]:
     samples: dict = defaultdict(lambda: defaultdict(list))
-    step = model_step(name, "manual", BATCH, SIZE, device)[0]
+    step = model_step(name, "manual", BATCH, size, device)[0]
     step()  # warm-up, untimed
     original = Conv2dFunction._direct.backward
     Conv2dFunction._direct.backward = staticmethod(timed_backward(samples, sync))
@@ -112,6 +113,7 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default=ZOO, help=f"comma-separated torchvision models (default: {ZOO})")
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per model (default: 5)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's default)")
+    parser.add_argument("--size", type=int, default=SIZE, help=f"image side (default: {SIZE})")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="default: benchmarks/results")
     args = parser.parse_args(argv)
     if args.threads:
@@ -122,7 +124,7 @@ def main(argv=None) -> int:
     random.seed(0)
     rows, totals = [], []
     for name in args.models.split(","):
-        model_rows_, sums = model_rows(name, device, args.steps, sync)
+        model_rows_, sums = model_rows(name, device, args.steps, sync, args.size)
         rows += model_rows_
         totals.append(
             f"| {name} | {sums['native'] * 1e3:.1f} | {sums['picked'] * 1e3:.1f} | {sums['fastest'] * 1e3:.1f} "
@@ -133,7 +135,7 @@ def main(argv=None) -> int:
     machine = f"{info['cpu']}, {info['cores']} cores, {info['torch_threads']} torch threads, torch {info['torch']}"
     machine += f"; load average (1, 5, 15 min) {info['load_average']} before, {_load()} after"
     text = [
-        f"Device `{info['device']}` — {machine}. Command: `{command.strip()}`. Batch {BATCH}, {SIZE}x{SIZE}; "
+        f"Device `{info['device']}` — {machine}. Command: `{command.strip()}`. Batch {BATCH}, {args.size}x{args.size}; "
         "ms per training step (medians over the steps, times the layer's calls per step).",
         "",
         "| model | ∂e/∂k, all layers: native | cost model's picks | fastest of each | picks/native |",

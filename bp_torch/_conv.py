@@ -42,7 +42,10 @@ gradient  formulation                     equation, as computed                 
                                                                                     group, L > 16, C_out ≥ 192 and
                                                                                     at most 6·2^20 im2col elements;
                                                                                     stems of one group whose product
-                                                                                    per sample is under 2^21
+                                                                                    per sample is under 2^21; strided
+                                                                                    k > 1 of one group with at most
+                                                                                    6·2^20 im2col elements (more: a
+                                                                                    few samples a product, as above)
 ∂e/∂k     ``output_channels_as_batch``    Note B eq. 40 with S and ΔC_σ swapped: δ  *fast*: k > 1, stride 1, one
                                           correlated with x is Δk rotated 180°      group, C_in_g ≥ 16, and C_in ≥
                                           (rotate the operands or the result)       C_out or Δk as large as x and δ
@@ -157,6 +160,11 @@ def cheapest_weight_grad(
         # correlations (not on small maps, where the scatter through x copies nothing; not for columns that
         # outgrow the cache)
         return "unfold_gemm"
+    if fast_product and groups == 1 and stride != (1, 1):
+        # strided: the correlations below see δ with zeros between its entries (batch_as_channels dilates δ as the
+        # kernel), the products only the positions a window read: one product over the batch, or a few samples a
+        # product once the im2col columns outgrow the cache (ResNet's first 3x3 of each stage)
+        return "unfold_gemm" if columns <= 6 * 2**20 else "unfold_per_sample"
     operands = input_shape.numel() + delta_shape.numel()  # x and δ, the elements the correlations copy
     gradient = C_out_g * C_in_g * kernel_size[0] * kernel_size[1]
     full_padding_reaches = padding[0] <= kernel_size[0] - 1 and padding[1] <= kernel_size[1] - 1

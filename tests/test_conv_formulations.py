@@ -274,6 +274,7 @@ ONEDNN_PRODUCT = {  # float32 layers whose ∂e/∂k is one product on oneDNN (b
     "1x1-many-products": ((2, 256, 8, 8), (128, 256, 1, 1), 1, 0, "batch_as_channels"),
     "3x3-192-outputs": ((2, 32, 8, 8), (192, 32, 3, 3), 1, 1, "output_channels_as_batch"),
     "small-stem": ((2, 3, 16, 16), (32, 3, 3, 3), 2, 1, "unfold_per_sample"),
+    "strided-3x3": ((2, 64, 16, 16), (128, 64, 3, 3), 2, 1, "batch_as_channels"),
 }
 
 
@@ -292,6 +293,24 @@ def test_one_product_where_onednn_computes_it(name):
     delta = torch.randn_like(native)
     for g, n in zip(torch.autograd.grad(ours, (x, w), delta), torch.autograd.grad(native, (x, w), delta)):
         torch.testing.assert_close(g, n, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.skipif(gemm._LINEAR is None, reason="torch built without oneDNN's matrix product")
+def test_strided_layer_with_large_im2col_runs_a_few_samples_a_product(monkeypatch):
+    """A strided 3x3 layer whose im2col columns outgrow 6·2^20 elements (ResNet's first strided 3x3 at 224x224, here
+    4 samples of 112x112): ∂e/∂k a few samples a product on oneDNN, native's gradient; the correlation without it."""
+    chunks = []
+    in_chunks = _conv._unfold_in_chunks
+    monkeypatch.setattr(_conv, "_unfold_in_chunks", lambda *a: chunks.append(1) or in_chunks(*a))
+    x, w = torch.randn(4, 64, 112, 112, requires_grad=True), torch.randn(128, 64, 3, 3, requires_grad=True)
+    assert _choices(x.detach(), w.detach(), 2, 1, 1)["weight"] == "unfold_per_sample"
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert _choices(x.detach(), w.detach(), 2, 1, 1)["weight"] == "batch_as_channels"
+    ours, native = BF.conv2d(x, w, None, 2, 1), F.conv2d(x, w, None, 2, 1)
+    delta = torch.randn_like(native)
+    for g, n in zip(torch.autograd.grad(ours, (x, w), delta), torch.autograd.grad(native, (x, w), delta)):
+        torch.testing.assert_close(g, n, rtol=1e-4, atol=2e-3)
+    assert chunks
 
 
 @pytest.mark.skipif(gemm._LINEAR is None, reason="torch built without oneDNN's matrix product")
