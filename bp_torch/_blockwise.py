@@ -6,7 +6,8 @@ On a large tensor every pass then streams through main memory, and each temporar
 faulted in on first touch). :func:`blockwise` runs the same formula on consecutive blocks of ``BLOCK`` elements
 per thread instead: the same operations in the same order on each element (so the same values), with temporaries
 small enough to stay in cache and to be reused from the allocator's free lists, and one output the size of the
-result.
+result. A formula that also reduces over the samples (batch norm's per-channel sums, eq. M8–M10) runs on
+:func:`sample_chunks` instead: slabs of whole samples, each one stretch of memory in either layout.
 """
 
 from __future__ import annotations
@@ -51,11 +52,24 @@ def blockwise(formula: Callable[..., torch.Tensor], *tensors: torch.Tensor, dtyp
     """``formula(*tensors)`` laid out as ``tensors[0]``, in ``dtype``, computed on blocks of :func:`block_size`
     elements in memory order; ``formula`` must be elementwise (each output element a function of the same element of
     each input). Only where :func:`can_run_blockwise` says so."""
-    first = tensors[0]
-    out = torch.empty_like(first, dtype=dtype)
-    n, size = first.numel(), block_size()
-    flat = [t.as_strided((n,), (1,), t.storage_offset()) for t in (*tensors, out)]
-    for start in range(0, n, size):
-        blocks = [t[start : start + size] for t in flat]
-        blocks[-1].copy_(formula(*blocks[:-1]))
+    out = torch.empty_like(tensors[0], dtype=dtype)
+    for *blocks, out_block in flat_blocks(*tensors, out):
+        out_block.copy_(formula(*blocks))
     return out
+
+
+def flat_blocks(*tensors: torch.Tensor, blocks: int = 1):
+    """Consecutive blocks of ``blocks`` times :func:`block_size` elements in memory order, one 1-D view of each tensor
+    per block (tensors :func:`can_run_blockwise` accepts): a formula written into the last one lands in place."""
+    n, size = tensors[0].numel(), blocks * block_size()
+    flat = [t.as_strided((n,), (1,), t.storage_offset()) for t in tensors]
+    for start in range(0, n, size):
+        yield tuple(t[start : start + size] for t in flat)
+
+
+def sample_chunks(t: torch.Tensor) -> list[slice]:
+    """Slices of ``t``'s first dimension (its samples), each of about four blocks of :func:`block_size` elements and
+    at least one sample: for a reduction over the samples computed chunk by chunk, its temporaries in cache."""
+    per_sample = max(t[0].numel(), 1) if t.shape[0] else 1
+    step = max(1, 4 * block_size() // per_sample)
+    return [slice(start, start + step) for start in range(0, t.shape[0], step)]

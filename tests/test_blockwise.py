@@ -83,3 +83,62 @@ def test_a_view_with_an_offset_and_zero_strides():
         assert torch.equal(blockwise(torch.neg, view, dtype=view.dtype), -view)
         expanded = torch.randn(1, 3 * block_size()).expand(2, -1)  # the same memory twice: not dense
         assert not can_run_blockwise(expanded, expanded)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_relu_in_blocks_is_torchs_gradient(channels_last, monkeypatch):
+    """ReLU's fast backward block by block (large tensors): torch's gradient bit for bit, NaN inputs passing δ; an
+    infinite δ where the input was cut gives 0 (the blocks' sums tell, and the select runs)."""
+    from bp_torch.autograd import activation
+
+    calls = []
+    in_blocks = activation._blockwise_relu_grad
+    monkeypatch.setattr(activation, "_BLOCKWISE_FROM", 0)
+    monkeypatch.setattr(activation, "_blockwise_relu_grad", lambda *a: calls.append(1) or in_blocks(*a))
+    shape = (3, 5, 97, 3 * block_size() // (3 * 5 * 97) + 7)
+    x = _input(shape, torch.float32, channels_last)
+    for upstream in (1.0, float("inf")):
+        delta = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+        delta = delta.contiguous(memory_format=torch.channels_last) if channels_last else delta
+        delta[tuple(torch.nonzero(x < 0)[0].tolist())] = upstream  # where the input was cut
+        grads = [_grad_of(f, x, delta) for f in (BF.relu, F.relu)]
+        assert torch.equal(grads[0].nan_to_num(7.0), grads[1].nan_to_num(7.0))
+        assert grads[0].stride() == grads[1].stride()
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batch_norm_in_slabs_of_samples(channels_last, monkeypatch):
+    """Batch norm's training backward on slabs of samples (large maps; here every slab three samples, the last two):
+    the whole-tensor passes' gradients but for the order of the sums' additions, each within twice torch's distance
+    to float64; the input's layout."""
+    from bp_torch import _blockwise
+    from bp_torch.autograd import batch_norm
+
+    shape = (11, 6, 9, 7)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen) * 0.1 + 3
+    delta, gamma, beta = torch.randn(shape, generator=gen), torch.rand(6, generator=gen) + 0.5, torch.randn(6)
+    if channels_last:
+        x, delta = (t.contiguous(memory_format=torch.channels_last) for t in (x, delta))
+
+    def grads(f, dtype=torch.float32):
+        leaves = [t.to(dtype).clone().requires_grad_() for t in (x, gamma, beta)]
+        f(leaves[0], None, None, leaves[1], leaves[2], training=True).backward(delta.to(dtype))
+        return [t.grad for t in leaves]
+
+    whole = grads(BF.batch_norm)
+    calls = []
+    chunked = batch_norm._chunked
+    monkeypatch.setattr(batch_norm, "_CHUNKED_FROM", 0)
+    monkeypatch.setattr(_blockwise, "BLOCK", 3 * 6 * 9 * 7 // 4 + 1)  # 4 blocks a slab: three samples
+    monkeypatch.setattr(batch_norm, "_chunked", lambda *a: calls.append(1) or chunked(*a))
+    slabs = grads(BF.batch_norm)
+    assert calls and len(_blockwise.sample_chunks(x)) == 4
+    assert slabs[0].stride() == whole[0].stride()
+    for ours, passes in zip(slabs, whole):
+        torch.testing.assert_close(ours, passes, rtol=1e-5, atol=1e-5)
+    truth, native = grads(F.batch_norm, torch.float64), grads(F.batch_norm)
+    for ours, theirs, exact in zip(slabs, native, truth):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+        assert (ours.double() - exact).abs().max() <= 2 * (theirs.double() - exact).abs().max() + 1e-6

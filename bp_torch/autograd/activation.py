@@ -8,6 +8,7 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch.autograd import Function
 
+from bp_torch._blockwise import can_run_blockwise, flat_blocks
 from bp_torch._formulas import is_literal
 from bp_torch._function import masks_may_multiply, opmath, with_direct_call
 
@@ -72,8 +73,12 @@ class ReluFunction(Function):
         # 1[x > 0], and 1 at a NaN x, which passes δ as torch's select does; not for an infinite or NaN δ where
         # y = 0 (0·∞ = NaN where the select gives 0): the product's sum tells
         if masks_may_multiply(out) and not _has_tangent(out):  # forward-mode AD has no out= comparison
-            grad_input = torch.ne(out, 0, out=torch.empty_like(out)).mul_(grad_output)  # eq. D1: δ ⊙ 1[y ≠ 0]
-            if bool(torch.isfinite(grad_input.sum())):
+            if out.numel() >= _BLOCKWISE_FROM and can_run_blockwise(grad_output, out):
+                grad_input, total = _blockwise_relu_grad(grad_output, out)
+            else:
+                grad_input = torch.ne(out, 0, out=torch.empty_like(out)).mul_(grad_output)  # eq. D1: δ ⊙ 1[y ≠ 0]
+                total = grad_input.sum()
+            if bool(torch.isfinite(total)):
                 return grad_input, None
         # a select, not a product with the mask: an infinite δ where x ≤ 0 gives 0, not 0·∞ = NaN, and a NaN input
         # passes δ, as torch's threshold_backward (y ≤ 0 ? 0 : δ)
@@ -85,6 +90,20 @@ class ReluFunction(Function):
         if ctx.inplace:  # an input changed in place has its tangent changed in place
             return input_t.masked_fill_(out <= 0, 0)  # eq. D1, forward mode: ẋ ⊙ 1[x > 0]
         return torch.where(out <= 0, 0, input_t)  # eq. D1, forward mode: ẋ ⊙ 1[x > 0]
+
+
+# from here on ReLU's fast backward runs block by block (measured in the step: whole-tensor passes outgrow the cache)
+_BLOCKWISE_FROM = 2**21
+
+
+def _blockwise_relu_grad(grad_output: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """eq. D1's fast form, δ ⊙ 1[y ≠ 0], written block by block into the gradient (each block's indicator and
+    product in cache), and the gradient's sum (its check for a non-finite δ) added up from the blocks' sums."""
+    grad_input = torch.empty_like(out)
+    total = grad_input.new_zeros(())
+    for delta, y, grad in flat_blocks(grad_output, out, grad_input, blocks=4):
+        total += torch.ne(y, 0, out=grad).mul_(delta).sum()  # eq. D1: δ ⊙ 1[y ≠ 0]
+    return grad_input, total
 
 
 def _has_tangent(t: torch.Tensor) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch.autograd import Function
 
+from bp_torch._blockwise import can_run_blockwise, sample_chunks
 from bp_torch._formulas import is_literal
 from bp_torch._function import batched_or_traced, in_layout, is_channels_last, with_direct_call
 from bp_torch._function import opmath as upcast
@@ -77,6 +78,14 @@ class BatchNormFunction(Function):
             invstd = torch.rsqrt(var + ctx.eps)
         gamma = weight.reshape(-1) if weight is not None else None
         grad_input = grad_weight = grad_bias = None
+        if needs_input and ctx.training and x is input and _in_chunks(delta, x):
+            # fast mode on a large map: the same formulas, computed on slabs of samples whose temporaries stay in
+            # cache (two sweeps: the sums, then the map), instead of passes over whole tensors
+            sum_delta, sum_delta_x_hat, grad_input = _chunked(delta, x, mean, invstd, gamma, m)
+            grad_input = in_layout(grad_input, ctx.channels_last)
+            grad_weight = sum_delta_x_hat.to(ctx.weight_like[0]).reshape(ctx.weight_like[1]) if needs_weight else None
+            grad_bias = sum_delta.to(ctx.bias_like[0]).reshape(ctx.bias_like[1]) if needs_bias else None
+            return grad_input, grad_weight, grad_bias, None, None, None, None, None
         needs_sum = needs_bias or needs_weight or (needs_input and ctx.training)
         sum_delta = delta.sum(dims) if needs_sum else None  # eq. M8: Σ δ
         x_hat = centered = sum_delta_x_hat = None
@@ -137,3 +146,40 @@ class BatchNormFunction(Function):
         if bias_t is not None:
             out_t = out_t + bias_t.reshape(per_channel)  # eq. M12: β̇
         return out_t.to(dtype), None, None
+
+
+# from here on the whole-tensor passes of the fast mode's backward outgrow the cache (measured in the step, issue 23)
+_CHUNKED_FROM = 2**21
+
+
+def _in_chunks(delta: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether the training backward runs on slabs of samples (:func:`_chunked`): fast mode, δ and x large, laid out
+    alike (plainly or channels_last) and of one dtype, nothing recording this backward, no transform at work."""
+    if is_literal() or delta.numel() < _CHUNKED_FROM or delta.shape[0] < 2 or delta.dtype != x.dtype:
+        return False
+    return can_run_blockwise(delta, x) and not batched_or_traced(delta)
+
+
+def _chunked(delta, x, mean, invstd, gamma, m: int):
+    """eq. M8–M10 in fast mode's form on slabs of samples (:func:`bp_torch._blockwise.sample_chunks`): Σδ and
+    Σδ·(x − μ) summed slab by slab, then ∂e/∂x = (x − μ)·b + c + a·δ written slab by slab — the same operations on
+    each element as over whole tensors, the sums added in another order. Returns ``(Σδ, Σδ·x̂, ∂e/∂x)``."""
+    dims = [0, *range(2, delta.dim())]
+    per_channel = (1, -1) + (1,) * (delta.dim() - 2)
+    mu = mean.view(per_channel)
+    chunks = sample_chunks(delta)
+    sum_delta = torch.zeros_like(mean, dtype=delta.dtype)
+    sum_delta_centered = torch.zeros_like(sum_delta)
+    for rows in chunks:
+        sum_delta += delta[rows].sum(dims)  # eq. M8: Σ δ
+        sum_delta_centered += torch.sub(x[rows], mu).mul_(delta[rows]).sum(dims)  # eq. M9: Σ δ·(x − μ)
+    sum_delta_x_hat = sum_delta_centered.mul_(invstd)  # eq. M9: Σ δ·x̂ = Σ δ·(x − μ)/σ̂
+    scale = invstd if gamma is None else gamma * invstd  # γ/σ̂
+    per_m = scale * (-1 / m)
+    b, c, a = per_m * invstd * sum_delta_x_hat, per_m * sum_delta, scale
+    b, c, a = b.view(per_channel), c.view(per_channel), a.view(per_channel)
+    grad_input = torch.empty_like(x)
+    for rows in chunks:
+        out = torch.sub(x[rows], mu, out=grad_input[rows])
+        out.mul_(b).add_(c).addcmul_(delta[rows], a)  # eq. M10: (x − μ)·b + c + a·δ
+    return sum_delta, sum_delta_x_hat, grad_input
