@@ -303,6 +303,32 @@ def test_batch_norm_gradients_keep_their_digits_when_the_mean_dwarfs_the_spread(
         assert (ours - exact).abs().max() <= 4 * torch_error + 1e-6 * exact.abs().max()
 
 
+_NORMS = {  # (ours, torch's) over a (16, 8, 6, 6) input: layer norm over the last two dimensions, 4 groups of 2
+    "layer_norm": (lambda f, x, w, b: f(x, (6, 6), w.expand(6, 6), b.expand(6, 6))),
+    "group_norm": (lambda f, x, w, b: f(x, 4, w.expand(8), b.expand(8))),
+}
+
+
+@pytest.mark.parametrize("name", list(_NORMS))
+def test_layer_and_group_norm_gradients_keep_their_digits_when_the_mean_dwarfs_the_spread(name, both_formulas):
+    """|μ| ≫ σ: the statistics' residual (torch's rounded μ) and the variance about it keep every digit of x − mean
+    x; within a few times torch's own float32 distance to the float64 truth."""
+    gen = torch.Generator().manual_seed(0)
+    x, delta = torch.randn(16, 8, 6, 6, generator=gen) * 0.01 + 1000, torch.randn(16, 8, 6, 6, generator=gen)
+    w, b = torch.rand(1, generator=gen) + 0.5, torch.randn(1, generator=gen)
+    ours_f, theirs_f = getattr(BF, name), getattr(F, name)
+
+    def grads(f, dtype):
+        leaves = [t.to(dtype).clone().requires_grad_() for t in (x, w, b)]
+        _NORMS[name](f, *leaves).backward(delta.to(dtype))
+        return [t.grad.double() for t in leaves]
+
+    truth = grads(theirs_f, torch.float64)
+    for ours, theirs, exact in zip(grads(ours_f, torch.float32), grads(theirs_f, torch.float32), truth):
+        torch_error = (theirs - exact).abs().max()
+        assert (ours - exact).abs().max() <= 4 * torch_error + 1e-6 * exact.abs().max()
+
+
 # --- half precision computed in float32 ("opmath"), float32 as close to the truth as torch's ----------------------
 
 _FROM_OUTPUT = {  # op, the exact backward in float64 from the saved output y and δ
