@@ -74,3 +74,10 @@ def test_gemm_times_both_products_on_two_shapes(capsys):
     main(["--quick"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "µs" in line]
     assert len(rows) == 2 and "under the threshold" in rows[1]
+
+
+def test_fused_kernels_times_a_backward_against_torchs_kernel(capsys):
+    main = runpy.run_path(str(BENCH.with_name("fused_kernels.py")))["main"]
+    main(["--quick"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| GELU")]
+    assert len(rows) == 6 and "gelu_backward" in rows[0] and rows[0].endswith("| 1.00 |")
