@@ -81,3 +81,11 @@ def test_fused_kernels_times_a_backward_against_torchs_kernel(capsys):
     main(["--quick"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| GELU")]
     assert len(rows) == 6 and "gelu_backward" in rows[0] and rows[0].endswith("| 1.00 |")
+
+
+def test_backward_in_step_times_each_function_against_torchs_kernel(capsys):
+    main = runpy.run_path(str(BENCH.with_name("backward_in_step.py")))["main"]
+    assert main(["--model", "resnet18", "--size", "32", "--batch", "2", "--steps", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "Function" in line]
+    names = {row.split("|")[1].strip() for row in rows}
+    assert {"Conv2dFunction", "BatchNormFunction", "ReluFunction", "LinearFunction"} <= names
