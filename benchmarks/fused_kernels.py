@@ -13,16 +13,16 @@ made of, each on the same tensor: interleaved in random order, medians, one thre
 from __future__ import annotations
 
 import argparse
-import random
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from timing import medians_in_random_order  # noqa: E402
 
 from bp_torch import functional as BF  # noqa: E402
 
@@ -106,13 +106,7 @@ def main(argv=None) -> None:
     print("| backward | shape | what runs | time | / torch's kernel |")
     print("|---|---|---|---|---|")
     for what, shape, runs in rows(args.quick):
-        times = {name: [] for name in runs}
-        for _ in range(repeats + 1):  # the first round warms up and is dropped
-            for name in random.sample(list(runs), len(runs)):
-                start = time.perf_counter()
-                runs[name]()
-                times[name].append(time.perf_counter() - start)
-        t = {name: statistics.median(v[1:]) * 1e3 for name, v in times.items()}
+        t = {name: seconds * 1e3 for name, seconds in medians_in_random_order(runs, repeats).items()}
         kernel = next(iter(t.values()))
         for name, ms in t.items():
             shape_text = "x".join(map(str, shape))

@@ -9,15 +9,15 @@ product (max error over max value, in float32 ulps)::
 from __future__ import annotations
 
 import argparse
-import random
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from timing import medians_in_random_order  # noqa: E402
 
 from bp_torch import _gemm  # noqa: E402
 
@@ -52,13 +52,7 @@ def main(argv=None) -> None:
         gen = torch.Generator().manual_seed(0)
         a, b = torch.randn(M, K, generator=gen), torch.randn(K, N, generator=gen)
         runs = {"torch": lambda a=a, b=b: a @ b, "onednn": lambda a=a, b=b: _gemm.matmul(a, b)}
-        times = {k: [] for k in runs}
-        for _ in range(repeats + 1):  # the first round warms up and is dropped
-            for k in random.sample(list(runs), len(runs)):
-                start = time.perf_counter()
-                runs[k]()
-                times[k].append(time.perf_counter() - start)
-        t = {k: statistics.median(v[1:]) * 1e6 for k, v in times.items()}
+        t = {k: seconds * 1e6 for k, seconds in medians_in_random_order(runs, repeats).items()}
         reference = a.double() @ b.double()
         on = "" if _gemm.runs_onednn(a, b) else " (torch's @: under the threshold)"
         errors = f"{_ulps(a @ b, reference):.1f}, {_ulps(_gemm.matmul(a, b), reference):.1f}"

@@ -299,33 +299,40 @@ def test_one_product_where_onednn_computes_it(name):
 def test_strided_layer_with_large_im2col_runs_a_few_samples_a_product(monkeypatch):
     """A strided 3x3 layer whose im2col columns outgrow 6·2^20 elements (ResNet's first strided 3x3 at 224x224, here
     4 samples of 112x112): ∂e/∂k a few samples a product on oneDNN, native's gradient; the correlation without it."""
-    chunks = []
-    in_chunks = _conv._unfold_in_chunks
-    monkeypatch.setattr(_conv, "_unfold_in_chunks", lambda *a: chunks.append(1) or in_chunks(*a))
+    chunks = _count_chunks(monkeypatch)
     x, w = torch.randn(4, 64, 112, 112, requires_grad=True), torch.randn(128, 64, 3, 3, requires_grad=True)
     assert _choices(x.detach(), w.detach(), 2, 1, 1)["weight"] == "unfold_per_sample"
     with torch.backends.mkldnn.flags(enabled=False):
         assert _choices(x.detach(), w.detach(), 2, 1, 1)["weight"] == "batch_as_channels"
-    ours, native = BF.conv2d(x, w, None, 2, 1), F.conv2d(x, w, None, 2, 1)
+    _assert_native_gradients(x, w, 2, 1, atol=2e-3)
+    assert chunks
+
+
+def _count_chunks(monkeypatch) -> list:
+    """A list that gets an item at each call of ``_conv._unfold_in_chunks``."""
+    chunks = []
+    in_chunks = _conv._unfold_in_chunks
+    monkeypatch.setattr(_conv, "_unfold_in_chunks", lambda *a: chunks.append(1) or in_chunks(*a))
+    return chunks
+
+
+def _assert_native_gradients(x, w, stride, padding, atol):
+    """Our conv2d's ∂e/∂x and ∂e/∂k are native's (float32 summation order aside); returns δ."""
+    ours, native = BF.conv2d(x, w, None, stride, padding), F.conv2d(x, w, None, stride, padding)
     delta = torch.randn_like(native)
     for g, n in zip(torch.autograd.grad(ours, (x, w), delta), torch.autograd.grad(native, (x, w), delta)):
-        torch.testing.assert_close(g, n, rtol=1e-4, atol=2e-3)
-    assert chunks
+        torch.testing.assert_close(g, n, rtol=1e-4, atol=atol)
+    return delta
 
 
 @pytest.mark.skipif(gemm._LINEAR is None, reason="torch built without oneDNN's matrix product")
 def test_stem_weight_gradient_in_chunks_of_samples(monkeypatch):
     """A float32 stem's ∂e/∂k on oneDNN, a few samples a product (here two, then the last one alone), summed: native's
     gradient; float64 runs the per-sample products as before."""
-    chunks = []
-    in_chunks = _conv._unfold_in_chunks
-    monkeypatch.setattr(_conv, "_unfold_in_chunks", lambda *a: chunks.append(1) or in_chunks(*a))
+    chunks = _count_chunks(monkeypatch)
     x, w = torch.randn(3, 3, 32, 32, requires_grad=True), torch.randn(64, 3, 7, 7, requires_grad=True)
     assert _choices(x.detach(), w.detach(), 2, 3, 1)["weight"] == "unfold_per_sample"
-    ours, native = BF.conv2d(x, w, None, 2, 3), F.conv2d(x, w, None, 2, 3)
-    delta = torch.randn_like(native)
-    for g, n in zip(torch.autograd.grad(ours, (x, w), delta), torch.autograd.grad(native, (x, w), delta)):
-        torch.testing.assert_close(g, n, rtol=1e-4, atol=1e-3)
+    delta = _assert_native_gradients(x, w, 2, 3, atol=1e-3)
     assert chunks
     chunks.clear()
     x64, w64 = x.detach().double().requires_grad_(), w.detach().double()
