@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
@@ -78,7 +80,7 @@ class ReluFunction(Function):
             else:
                 grad_input = torch.ne(out, 0, out=torch.empty_like(out)).mul_(grad_output)  # eq. D1: δ ⊙ 1[y ≠ 0]
                 total = grad_input.sum()
-            if bool(torch.isfinite(total)):
+            if math.isfinite(total.item()):
                 return grad_input, None
         # a select, not a product with the mask: an infinite δ where x ≤ 0 gives 0, not 0·∞ = NaN, and a NaN input
         # passes δ, as torch's threshold_backward (y ≤ 0 ? 0 : δ)

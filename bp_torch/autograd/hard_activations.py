@@ -11,6 +11,7 @@ a float pass, and every fresh tensor its first-touch page faults. Both give torc
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -27,7 +28,7 @@ _ONE_SIXTH = 0.1666666716337204
 def _fast(grad_output: torch.Tensor, saved: torch.Tensor) -> bool:
     """Whether fast mode's arithmetic masks may stand in for torch's selections: on the CPU, for full-precision real
     tensors, and only when δ is finite (δ = ±inf times a zero mask is NaN where a selection gives 0); one sum tells."""
-    return masks_may_multiply(saved) and bool(torch.isfinite(grad_output.sum()))
+    return masks_may_multiply(saved) and math.isfinite(grad_output.sum().item())
 
 
 def _like_torch(result: torch.Tensor, grad_output: torch.Tensor, saved: torch.Tensor) -> torch.Tensor:
