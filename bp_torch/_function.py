@@ -10,6 +10,7 @@ gives each Function a combined-style copy, its *direct* Function, running the ve
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -160,3 +161,46 @@ def batched(t: torch.Tensor) -> bool:
 
 def _vmapped(t: torch.Tensor) -> bool:
     return torch._C._are_functorch_transforms_active() or torch._C._functorch.is_legacy_batchedtensor(t)
+
+
+def like_torch_elementwise(
+    result: torch.Tensor, grad_output: torch.Tensor, saved: torch.Tensor, saved_first: bool = False
+) -> torch.Tensor:
+    """``result`` in the layout torch's elementwise backward kernel gives its gradient: a TensorIterator over δ and
+    the saved tensor (``gelu_backward``, ``sigmoid_backward``, ``hardswish_backward`` ...), or over the saved tensor
+    and δ (``saved_first``: ``threshold_backward``, ``leaky_relu_backward``), read off the same iteration over meta
+    tensors with their strides (an expanded δ keeps its zero strides there); copied only where that differs."""
+    if not isinstance(result, torch.Tensor) or result.dim() == 0 or result.shape != saved.shape:
+        return result
+    if grad_output.stride() == saved.stride() == result.stride():  # the common case: nothing to decide
+        return result
+    if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
+        return result  # vmap's per-sample tensors have no layout of their own; a compiled graph has its own rules
+    operands = (saved, grad_output) if saved_first else (grad_output, saved)
+    # float32 meta tensors: the layout does not depend on the dtype, but a half-precision meta product decides
+    # plainly where the CPU kernel follows the operands' layout
+    meta = [torch.empty_strided(t.shape, t.stride(), dtype=torch.float32, device="meta") for t in operands]
+    strides = torch.mul(*meta).stride()
+    if strides == result.stride():
+        return result
+    return torch.empty_strided(result.shape, strides, dtype=result.dtype, device=result.device).copy_(result)
+
+
+def elementwise_layout(backward=None, *, saved_first: bool = False):
+    """Decorates ``backward(ctx, δ)`` of an elementwise Function whose first saved tensor is x (or its output y): its
+    first gradient laid out as torch's kernel lays it out (:func:`like_torch_elementwise`, ``saved_first`` as there),
+    whichever operand the formula's own first operation read. ``@elementwise_layout`` or
+    ``@elementwise_layout(saved_first=True)``."""
+    if backward is None:
+        return functools.partial(elementwise_layout, saved_first=saved_first)
+
+    @functools.wraps(backward)
+    def laid_out(ctx, grad_output):
+        grads = backward(ctx, grad_output)
+        first = grads[0] if isinstance(grads, tuple) else grads
+        if first is None:
+            return grads
+        laid = like_torch_elementwise(first, grad_output, ctx.saved_tensors[0], saved_first)
+        return (laid, *grads[1:]) if isinstance(grads, tuple) else laid
+
+    return laid_out

@@ -94,3 +94,37 @@ def test_is_channels_last_reads_strides_as_torchs_suggest_memory_format():
         if pick(True, False, False):
             t = t.contiguous(memory_format=pick(CL, torch.contiguous_format))
         assert is_channels_last(t) == (suggest_memory_format(t) == CL), (t.shape, t.stride())
+
+
+_ELEMENTWISE_LAYOUT = {  # ours, torch's: activations whose backward is one of torch's elementwise kernels
+    "relu": (BF.relu, F.relu),
+    "leaky_relu": (lambda x: BF.leaky_relu(x, 0.1), lambda x: F.leaky_relu(x, 0.1)),
+    "relu6": (BF.relu6, F.relu6),
+    "hardsigmoid": (BF.hardsigmoid, F.hardsigmoid),
+    "hardswish": (BF.hardswish, F.hardswish),
+    "silu": (BF.silu, F.silu),
+    "gelu": (BF.gelu, F.gelu),
+    "sigmoid": (BF.sigmoid, torch.sigmoid),
+    "tanh": (BF.tanh, torch.tanh),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("upstream", ["expanded", "transposed"])
+@pytest.mark.parametrize("name", list(_ELEMENTWISE_LAYOUT))
+def test_elementwise_gradients_come_in_torchs_layout(name, upstream, dtype):
+    """δ of a summed output (expanded: no layout of its own) over a channels_last x, or a transposed δ over a plain
+    x: the gradient laid out as torch's backward kernel lays it out (threshold_backward and leaky_relu_backward
+    follow x first, the others δ), in half precision too, where the formula computes in float32."""
+    ours, theirs = _ELEMENTWISE_LAYOUT[name]
+    x = torch.randn(2, 3, 4, 5).to(dtype)
+    if upstream == "expanded":
+        x, delta = x.contiguous(memory_format=torch.channels_last), torch.ones((), dtype=dtype).expand(x.shape)
+    else:
+        delta = torch.randn(5, 4, 3, 2).to(dtype).permute(3, 2, 1, 0)
+    grads = []
+    for f in (ours, theirs):
+        leaf = x.clone().requires_grad_()
+        grads.append(torch.autograd.grad(f(leaf), leaf, delta)[0])
+    assert grads[0].stride() == grads[1].stride()
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-2)

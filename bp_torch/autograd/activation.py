@@ -12,7 +12,7 @@ from torch.autograd import Function
 
 from bp_torch._blockwise import can_run_blockwise, flat_blocks
 from bp_torch._formulas import is_literal
-from bp_torch._function import masks_may_multiply, opmath, with_direct_call
+from bp_torch._function import elementwise_layout, masks_may_multiply, opmath, with_direct_call
 
 
 @with_direct_call
@@ -31,6 +31,7 @@ class SigmoidFunction(Function):
         ctx.save_for_forward(output)
 
     @staticmethod
+    @elementwise_layout
     def backward(ctx, grad_output):
         (out,) = ctx.saved_tensors
         dtype, delta = grad_output.dtype, opmath(grad_output)  # half precision: computed in float32, as torch's
@@ -68,6 +69,7 @@ class ReluFunction(Function):
         ctx.save_for_forward(output)
 
     @staticmethod
+    @elementwise_layout(saved_first=True)
     def backward(ctx, grad_output):
         (out,) = ctx.saved_tensors
         # fast mode: the indicator written as a float 0/1 map and multiplied, two vectorised passes (a select reads
@@ -134,6 +136,7 @@ class LeakyReluFunction(Function):
         ctx.save_for_forward(output if inplace else input)
 
     @staticmethod
+    @elementwise_layout(saved_first=True)
     def backward(ctx, grad_output):
         (x,) = ctx.saved_tensors
         if ctx.inplace and ctx.negative_slope < 0:
@@ -170,6 +173,7 @@ class TanhFunction(Function):
         ctx.save_for_forward(output)
 
     @staticmethod
+    @elementwise_layout
     def backward(ctx, grad_output):
         (out,) = ctx.saved_tensors
         dtype, delta, out = grad_output.dtype, opmath(grad_output), opmath(out)  # half precision: in float32

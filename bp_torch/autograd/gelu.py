@@ -25,7 +25,7 @@ from torch.autograd import Function
 
 from bp_torch._blockwise import blockwise, can_run_blockwise
 from bp_torch._formulas import is_literal
-from bp_torch._function import batched_or_traced, with_direct_call
+from bp_torch._function import batched_or_traced, elementwise_layout, with_direct_call
 from bp_torch.autograd.batch_norm import upcast
 
 _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
@@ -122,6 +122,7 @@ class GeluFunction(Function):
         ctx.save_for_forward(inputs[0])
 
     @staticmethod
+    @elementwise_layout
     def backward(ctx, grad_output):
         (input,) = ctx.saved_tensors
         if ctx.approximate == "none" and not is_literal() and can_run_blockwise(grad_output, input):

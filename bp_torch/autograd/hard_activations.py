@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import Function
 
-from bp_torch._function import masks_may_multiply, with_direct_call
+from bp_torch._function import elementwise_layout, like_torch_elementwise, masks_may_multiply, with_direct_call
 
 _LOW = (torch.float16, torch.bfloat16)
 # torch's hardsigmoid backward multiplies by the float constant 1.0f/6.0f, in every dtype: so do we
@@ -29,19 +29,6 @@ def _fast(grad_output: torch.Tensor, saved: torch.Tensor) -> bool:
     """Whether fast mode's arithmetic masks may stand in for torch's selections: on the CPU, for full-precision real
     tensors, and only when δ is finite (δ = ±inf times a zero mask is NaN where a selection gives 0); one sum tells."""
     return masks_may_multiply(saved) and math.isfinite(grad_output.sum().item())
-
-
-def _like_torch(result: torch.Tensor, grad_output: torch.Tensor, saved: torch.Tensor) -> torch.Tensor:
-    """``result`` in the layout torch's elementwise backward kernel gives (its TensorIterator over δ, then the saved
-    input), read off the same iteration over meta tensors; copied only where that differs."""
-    if torch._C._are_functorch_transforms_active():  # vmap's per-sample tensors have no layout of their own
-        return result
-    if grad_output.stride() == saved.stride() == result.stride() or result.dim() == 0:
-        return result
-    strides = torch.mul(grad_output.to("meta"), saved.to("meta")).stride()
-    if strides == result.stride():
-        return result
-    return torch.empty_strided(result.shape, strides, dtype=result.dtype, device=result.device).copy_(result)
 
 
 def _times(grad_output: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -86,11 +73,12 @@ class HardtanhFunction(Function):
         return (out <= ctx.min_val) | (out >= ctx.max_val)
 
     @staticmethod
+    @elementwise_layout
     def backward(ctx, grad_output):
         (out,) = ctx.saved_tensors
         if not _fast(grad_output, out):
             grad_input = grad_output.masked_fill(HardtanhFunction._outside(ctx, out), 0)  # eq. H1
-            return _like_torch(grad_input, grad_output, out), None, None, None
+            return like_torch_elementwise(grad_input, grad_output, out), None, None, None
         # (y − min)(max − y) > 0 exactly inside, = 0 at the clamped ends (y ∈ [min, max]): its sign is the mask
         # (at a NaN input: 0, as torch's vectorised loop gives; its scalar loop for the last elements passes δ);
         # y − 0 is y itself (ReLU6: no subtraction)
@@ -132,12 +120,13 @@ class HardsigmoidFunction(Function):
         return torch.where(inside, _ONE_SIXTH, 0.0).to(_opmath(out).dtype)  # eq. H2: h'(x) = 1/6 on (−3, 3), else 0
 
     @staticmethod
+    @elementwise_layout
     def backward(ctx, grad_output):
         (out,) = ctx.saved_tensors
         if not _fast(grad_output, out):
             inside = (out > 0) & (out < 1)  # a selection, as torch's kernel: an infinite δ outside gives 0
             grad_input = torch.where(inside, _opmath(grad_output) * _ONE_SIXTH, 0).to(grad_output.dtype)  # eq. H2
-            return _like_torch(grad_input, grad_output, out), None
+            return like_torch_elementwise(grad_input, grad_output, out), None
         # y(1 − y) > 0 exactly where 0 < y < 1, i.e. −3 < x < 3: its sign is the mask, then δ/6 as torch rounds it
         inside = torch.rsub(out, 1).mul_(out).sign_()
         return _times(grad_output, inside).mul_(_ONE_SIXTH), None  # eq. H2: δ ⊙ h'(x) = δ/6 ⊙ 1[−3 < x < 3]
@@ -173,13 +162,14 @@ class HardswishFunction(Function):
         return torch.where(xf <= -3, 0.0, torch.where(xf < 3, xf / 3 + 0.5, 1.0))  # eq. H3: h'(x)
 
     @staticmethod
+    @elementwise_layout
     def backward(ctx, grad_output):
         (x,) = ctx.saved_tensors
         if not _fast(grad_output, x):
             xf, grad = _opmath(x), _opmath(grad_output)
             # selections, as torch's kernel: an infinite δ gives 0 up to −3, not NaN
             grad_x = torch.where(xf <= -3, 0.0, torch.where(xf < 3, grad * (xf / 3 + 0.5), grad))  # eq. H3
-            return _like_torch(grad_x.to(grad_output.dtype), grad_output, x)
+            return like_torch_elementwise(grad_x.to(grad_output.dtype), grad_output, x)
         # x/3 + ½ on (−3, 3), 1 from 3 up, 0 up to −3: x/3 of the clamped x plus t = ½ + ½(s₁ − s₂), where
         # s₁ = sign(max(3 − x, 0)) is 1 below 3 and s₂ = sign(max(x + 3, 0)) is 1 above −3 (t exact: 0, ½ or 1)
         s1 = torch.rsub(x, 3).clamp_(min=0).sign_()
@@ -217,6 +207,7 @@ class SiluFunction(Function):
         return s * (1 + xf * (1 - s))  # eq. H4: (xσ)' = σ + xσ(1 − σ) = σ(1 + x(1 − σ))
 
     @staticmethod
+    @elementwise_layout
     def backward(ctx, grad_output):
         (x,) = ctx.saved_tensors
         if x.is_complex():
