@@ -12,7 +12,6 @@ made of, each on the same tensor: interleaved in random order, medians, one thre
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from timing import medians_in_random_order  # noqa: E402
+from timing import medians_in_random_order, one_thread_rounds  # noqa: E402
 
 from bp_torch import functional as BF  # noqa: E402
 
@@ -97,15 +96,10 @@ def rows(quick: bool):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--quick", action="store_true", help="one row, three repeats")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    repeats = 3 if args.quick else args.repeats
+    quick, repeats = one_thread_rounds(argv, __doc__.splitlines()[0], 15, "one row")
     print("| backward | shape | what runs | time | / torch's kernel |")
     print("|---|---|---|---|---|")
-    for what, shape, runs in rows(args.quick):
+    for what, shape, runs in rows(quick):
         t = {name: seconds * 1e3 for name, seconds in medians_in_random_order(runs, repeats).items()}
         kernel = next(iter(t.values()))
         for name, ms in t.items():

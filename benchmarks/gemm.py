@@ -8,7 +8,6 @@ product (max error over max value, in float32 ulps)::
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from timing import medians_in_random_order  # noqa: E402
+from timing import medians_in_random_order, one_thread_rounds  # noqa: E402
 
 from bp_torch import _gemm  # noqa: E402
 
@@ -40,12 +39,8 @@ def _ulps(c: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=21)
-    parser.add_argument("--quick", action="store_true", help="two shapes, three repeats")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    shapes, repeats = (SHAPES[:1] + SHAPES[-1:], 3) if args.quick else (SHAPES, args.repeats)
+    quick, repeats = one_thread_rounds(argv, __doc__.splitlines()[0], 21, "two shapes")
+    shapes = SHAPES[:1] + SHAPES[-1:] if quick else SHAPES
     print("| product | M·K·N | torch's @ | oneDNN | ratio | error @, oneDNN (ulps of the largest value) |")
     print("|---|---|---|---|---|---|")
     for what, M, K, N in shapes:

@@ -73,7 +73,7 @@ class ReluFunction(Function):
     def backward(ctx, grad_output):
         (out,) = ctx.saved_tensors
         # fast mode: the indicator written as a float 0/1 map and multiplied, two vectorised passes (a select reads
-        # a mask of bools, an order of magnitude slower on a CPU). y = relu(x) is ≥ 0 or NaN, so 1[y ≠ 0] is
+        # a mask of bools: benchmarks/fused_kernels.py times it). y = relu(x) is ≥ 0 or NaN, so 1[y ≠ 0] is
         # 1[x > 0], and 1 at a NaN x, which passes δ as torch's select does; not for an infinite or NaN δ where
         # y = 0 (0·∞ = NaN where the select gives 0): the product's sum tells
         if masks_may_multiply(out) and not _has_tangent(out):  # forward-mode AD has no out= comparison

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import Function
 
-from bp_torch._function import elementwise_layout, like_torch_elementwise, masks_may_multiply, with_direct_call
+from bp_torch._function import elementwise_layout, masks_may_multiply, with_direct_call
 
 _LOW = (torch.float16, torch.bfloat16)
 # torch's hardsigmoid backward multiplies by the float constant 1.0f/6.0f, in every dtype: so do we
@@ -78,7 +78,7 @@ class HardtanhFunction(Function):
         (out,) = ctx.saved_tensors
         if not _fast(grad_output, out):
             grad_input = grad_output.masked_fill(HardtanhFunction._outside(ctx, out), 0)  # eq. H1
-            return like_torch_elementwise(grad_input, grad_output, out), None, None, None
+            return grad_input, None, None, None  # laid out as torch's by @elementwise_layout
         # (y − min)(max − y) > 0 exactly inside, = 0 at the clamped ends (y ∈ [min, max]): its sign is the mask
         # (at a NaN input: 0, as torch's vectorised loop gives; its scalar loop for the last elements passes δ);
         # y − 0 is y itself (ReLU6: no subtraction)
@@ -126,7 +126,7 @@ class HardsigmoidFunction(Function):
         if not _fast(grad_output, out):
             inside = (out > 0) & (out < 1)  # a selection, as torch's kernel: an infinite δ outside gives 0
             grad_input = torch.where(inside, _opmath(grad_output) * _ONE_SIXTH, 0).to(grad_output.dtype)  # eq. H2
-            return like_torch_elementwise(grad_input, grad_output, out), None
+            return grad_input, None  # laid out as torch's by @elementwise_layout
         # y(1 − y) > 0 exactly where 0 < y < 1, i.e. −3 < x < 3: its sign is the mask, then δ/6 as torch rounds it
         inside = torch.rsub(out, 1).mul_(out).sign_()
         return _times(grad_output, inside).mul_(_ONE_SIXTH), None  # eq. H2: δ ⊙ h'(x) = δ/6 ⊙ 1[−3 < x < 3]
@@ -169,7 +169,7 @@ class HardswishFunction(Function):
             xf, grad = _opmath(x), _opmath(grad_output)
             # selections, as torch's kernel: an infinite δ gives 0 up to −3, not NaN
             grad_x = torch.where(xf <= -3, 0.0, torch.where(xf < 3, grad * (xf / 3 + 0.5), grad))  # eq. H3
-            return like_torch_elementwise(grad_x.to(grad_output.dtype), grad_output, x)
+            return grad_x.to(grad_output.dtype)  # laid out as torch's by @elementwise_layout
         # x/3 + ½ on (−3, 3), 1 from 3 up, 0 up to −3: x/3 of the clamped x plus t = ½ + ½(s₁ − s₂), where
         # s₁ = sign(max(3 − x, 0)) is 1 below 3 and s₂ = sign(max(x + 3, 0)) is 1 above −3 (t exact: 0, ½ or 1)
         s1 = torch.rsub(x, 3).clamp_(min=0).sign_()

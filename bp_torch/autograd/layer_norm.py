@@ -94,8 +94,8 @@ def _statistics(x, dims, eps, mean, invstd) -> Statistics:
     if x.numel() == 0:  # nothing normalised: no statistics to recompute
         return Statistics(mean, torch.zeros_like(mean), invstd, invstd, centered)
     # the residual's mean and the variance about it, mean((x − μ)²) − shift²: shift is a rounding of μ, so its square
-    # takes no digits from the variance; two plain reductions (torch's var_mean runs Welford's update element by
-    # element, some 25 times slower over a layer norm's short rows); never below 0 from rounding
+    # takes no digits from the variance; two plain reductions, as torch's var_mean runs Welford's update element by
+    # element over each short row (its cost: benchmarks/README.md, "the norms' statistics"); never below 0
     shift = centered.mean(dims, keepdim=True)
     var = (centered.square().mean(dims, keepdim=True) - shift.square()).clamp(min=0)
     return Statistics(mean, shift, torch.rsqrt(var + eps), invstd, centered)  # eq. T1: μ + shift, 1/σ̂
