@@ -176,14 +176,21 @@ def like_torch_elementwise(
         return result
     if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
         return result  # vmap's per-sample tensors have no layout of their own; a compiled graph has its own rules
-    operands = (saved, grad_output) if saved_first else (grad_output, saved)
-    # float32 meta tensors: the layout does not depend on the dtype, but a half-precision meta product decides
-    # plainly where the CPU kernel follows the operands' layout
-    meta = [torch.empty_strided(t.shape, t.stride(), dtype=torch.float32, device="meta") for t in operands]
-    strides = torch.mul(*meta).stride()
+    first, second = (saved, grad_output) if saved_first else (grad_output, saved)
+    strides = _elementwise_strides(result.shape, first.stride(), second.stride())
     if strides == result.stride():
         return result
     return torch.empty_strided(result.shape, strides, dtype=result.dtype, device=result.device).copy_(result)
+
+
+@functools.lru_cache(maxsize=1024)
+def _elementwise_strides(shape: torch.Size, first: tuple[int, ...], second: tuple[int, ...]) -> tuple[int, ...]:
+    """The strides TensorIterator gives the result of a binary elementwise op on operands of ``shape`` with these
+    strides, read off float32 meta tensors (the layout does not depend on the dtype, but a half-precision meta
+    product decides plainly where the CPU kernel follows the operands' layout). Cached: a meta product goes through
+    Python meta registrations, and a training loop asks about the same few layouts every step."""
+    meta = [torch.empty_strided(shape, strides, dtype=torch.float32, device="meta") for strides in (first, second)]
+    return torch.mul(*meta).stride()
 
 
 def elementwise_layout(backward=None, *, saved_first: bool = False):
