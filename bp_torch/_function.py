@@ -16,6 +16,8 @@ import inspect
 import torch
 from torch.autograd import Function
 
+from bp_torch._formulas import is_literal
+
 
 def with_direct_call(cls: type[Function]) -> type[Function]:
     """Class decorator: gives a forward + setup_context Function ``cls._direct``, its combined-style copy.
@@ -132,8 +134,6 @@ def masks_may_multiply(saved: torch.Tensor) -> bool:
     for full-precision real tensors, outside vmap and compiled graphs (the caller's check that the product came out
     finite, or δ is, is a data-dependent branch). A selection gives 0 where the mask is 0 even for an infinite δ; the
     product gives 0·∞ = NaN there, so the caller falls back to the selection when that check fails."""
-    from bp_torch._formulas import is_literal
-
     if is_literal() or saved.dtype in (torch.float16, torch.bfloat16) or saved.is_complex():
         return False
     if saved.device.type != "cpu" or torch._C._are_functorch_transforms_active():
