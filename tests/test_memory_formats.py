@@ -128,3 +128,19 @@ def test_elementwise_gradients_come_in_torchs_layout(name, upstream, dtype):
         grads.append(torch.autograd.grad(f(leaf), leaf, delta)[0])
     assert grads[0].stride() == grads[1].stride()
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-2)
+
+
+def test_elementwise_layout_is_decided_once_per_layout():
+    """The layout decision for a δ laid out unlike x (a channel slice of a concatenation's gradient, as in
+    shufflenet's and densenet's ReLUs) is read off torch once per shape and strides, not on every backward: the
+    meta product it reads costs far more than a small ReLU's whole backward."""
+    from bp_torch._function import _elementwise_strides
+
+    x = torch.randn(2, 6, 4, 4, requires_grad=True)
+    delta = torch.randn(2, 12, 4, 4)[:, 6:]  # a slice of a wider gradient
+    _elementwise_strides.cache_clear()
+    for _ in range(3):
+        (grad,) = torch.autograd.grad(BF.relu(x), x, delta)
+        assert grad.stride() == torch.ops.aten.threshold_backward(delta, torch.relu(x.detach()), 0).stride()
+    info = _elementwise_strides.cache_info()
+    assert (info.misses, info.hits) == (1, 2)
