@@ -203,6 +203,9 @@ def elementwise_layout(backward=None, *, saved_first: bool = False):
 
     @functools.wraps(backward)
     def laid_out(ctx, grad_output):
+        # the saved tensors unpacked once, for the formula and the layout alike: non-reentrant checkpointing
+        # (torch.utils.checkpoint) recomputes them for one unpacking, and refuses a second
+        ctx = _UnpackedOnce(ctx, ctx.saved_tensors)
         grads = backward(ctx, grad_output)
         first = grads[0] if isinstance(grads, tuple) else grads
         if first is None:
@@ -211,3 +214,19 @@ def elementwise_layout(backward=None, *, saved_first: bool = False):
         return (laid, *grads[1:]) if isinstance(grads, tuple) else laid
 
     return laid_out
+
+
+class _UnpackedOnce:
+    """A backward's ``ctx`` whose ``saved_tensors`` were unpacked once, already: every other attribute is ctx's."""
+
+    __slots__ = ("_ctx", "saved_tensors")
+
+    def __init__(self, ctx, saved_tensors: tuple) -> None:
+        object.__setattr__(self, "_ctx", ctx)
+        object.__setattr__(self, "saved_tensors", saved_tensors)
+
+    def __getattr__(self, name: str):
+        return getattr(self._ctx, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        setattr(self._ctx, name, value)

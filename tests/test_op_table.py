@@ -5,6 +5,7 @@
   against a float64 reference: ours may be no further from it than twice torch's own distance, plus a few ulps;
 - second order: the double backward against torch's (float64);
 - gradcheck, gradgradcheck and forward-mode AD (float64);
+- non-reentrant activation checkpointing: the same gradients;
 - invalid arguments: torch's exception type;
 - PyTorch's own OpInfo samples (``common_methods_invocations.op_db``), first and second order.
 
@@ -366,6 +367,29 @@ def test_gradcheck_gradgradcheck_and_forward_ad(op: OpEntry):
                 what
             )
             assert gradgradcheck(fn, primals, fast_mode=True), what
+
+
+@ops
+def test_non_reentrant_checkpointing_gives_the_same_gradients(op: OpEntry):
+    """Under ``torch.utils.checkpoint`` (non-reentrant, torch's recommended mode) the forward is recomputed for the
+    backward, and each saved tensor may be unpacked once: the same gradients as without it."""
+    from torch.utils.checkpoint import checkpoint
+
+    for i, sample, keys in _finite_float64(op, 2, seed=5):
+        fn = _as_function(op, sample, keys)
+        results = []
+        for checkpointed in (False, True):
+            primals = [sample.tensors()[k].detach().clone().requires_grad_() for k in keys]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out = checkpoint(fn, *primals, use_reentrant=False) if checkpointed else fn(*primals)
+                if not out.requires_grad:
+                    break
+                upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(i), dtype=out.dtype)
+                results.append(torch.autograd.grad(out, primals, upstream, allow_unused=True))
+        if results:
+            what = f"{op.name} draw {i} {sample.describe()} checkpointed"
+            torch.testing.assert_close(results[1], results[0], equal_nan=True, msg=what)
 
 
 @ops
