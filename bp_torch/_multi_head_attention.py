@@ -164,7 +164,8 @@ def multi_head_attention_forward(
             weights = BF.dropout(weights, p=dropout_p)  # eq. D4
         out = BF.bmm(weights, v)  # eq. T7
         out = out.transpose(0, 1).reshape(tgt_len * bsz, embed_dim)
-        out = BF._linear(out, out_proj_weight, out_proj_bias, out_proj_feedback).view(tgt_len, bsz, -1)
+        out = BF._linear(out, out_proj_weight, out_proj_bias, out_proj_feedback)
+        out = out.view(tgt_len, bsz, out.size(1))  # sizes, not -1: an empty batch or sequence has no -1 to infer
         weights = weights.view(bsz, num_heads, tgt_len, src_len)
         if average_attn_weights:
             weights = weights.mean(dim=1)
@@ -182,7 +183,8 @@ def multi_head_attention_forward(
     v = v.view(bsz, num_heads, src_len, head_dim)
     out = BF.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal)  # eq. T9–T12
     out = out.permute(2, 0, 1, 3).reshape(bsz * tgt_len, embed_dim)
-    out = BF._linear(out, out_proj_weight, out_proj_bias, out_proj_feedback).view(tgt_len, bsz, -1)
+    out = BF._linear(out, out_proj_weight, out_proj_bias, out_proj_feedback)
+    out = out.view(tgt_len, bsz, out.size(1))
     return (out.squeeze(1) if not is_batched else out), None
 
 

@@ -46,3 +46,24 @@ def test_input_grad_of_no_input_channels_is_empty_not_an_error():
     w = torch.randn(5, 0, 3, 3, requires_grad=True)
     gx, gw = torch.autograd.grad(BF.conv2d(x, w).sum(), (x, w))
     assert gx.shape == x.shape and gw.shape == w.shape and gw.numel() == 0
+
+
+@pytest.mark.parametrize("shape", [(0, 5, 8), (2, 0, 8)], ids=["no samples", "no positions"])
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_converted_attention_of_an_empty_batch_or_sequence(shape, need_weights):
+    """A converted MultiheadAttention (batch first) over no samples or an empty sequence: torch's empty outputs, and
+    a backward that runs."""
+    import copy
+
+    from bp_torch.nn import convert
+
+    native = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+    ours = convert(copy.deepcopy(native))[0]
+    x = torch.randn(*shape, requires_grad=True)
+    expected, got = native(x, x, x, need_weights=need_weights), ours(x, x, x, need_weights=need_weights)
+    assert got[0].shape == expected[0].shape
+    assert (got[1] is None) == (expected[1] is None)
+    if expected[1] is not None:
+        assert got[1].shape == expected[1].shape
+    got[0].sum().backward()
+    assert x.grad.shape == x.shape
