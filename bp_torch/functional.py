@@ -910,32 +910,43 @@ def _reduce(function, name: str, native, input, dim, keepdim, dtype) -> torch.Te
     return apply(function, input, dim, keepdim, dtype)
 
 
-def sum(input, dim=None, keepdim=False, *, dtype=None) -> torch.Tensor:
+def sum(input, dim=None, keepdim=False, *, dtype=None, **numpy_names) -> torch.Tensor:
     """Σ over ``dim`` (all dimensions if None), as :func:`torch.sum`; backward δ copied to every summed element
-    (eq. R1).
+    (eq. R1). NumPy's names ``axis`` and ``keepdims`` are read as ``dim`` and ``keepdim``, as torch reads them.
 
     Example::
 
         >>> sum(torch.ones(2, 3), 1)
         tensor([3., 3.])
     """
+    dim, keepdim = _numpy_names("sum", dim, keepdim, numpy_names)
     if has_torch_function_unary(input):
         return handle_torch_function(sum, (input,), input, dim, keepdim, dtype=dtype)
     return _reduce(SumFunction, "sum", torch.sum, input, dim, keepdim, dtype)
 
 
-def mean(input, dim=None, keepdim=False, *, dtype=None) -> torch.Tensor:
+def mean(input, dim=None, keepdim=False, *, dtype=None, **numpy_names) -> torch.Tensor:
     """The mean over ``dim`` (all dimensions if None), as :func:`torch.mean`; backward δ/n copied to every averaged
-    element (eq. R2).
+    element (eq. R2). NumPy's names ``axis`` and ``keepdims`` are read as ``dim`` and ``keepdim``, as torch reads them.
 
     Example::
 
         >>> mean(torch.arange(6.0).reshape(2, 3), [0, 1])
         tensor(2.5000)
     """
+    dim, keepdim = _numpy_names("mean", dim, keepdim, numpy_names)
     if has_torch_function_unary(input):
         return handle_torch_function(mean, (input,), input, dim, keepdim, dtype=dtype)
     return _reduce(MeanFunction, "mean", torch.mean, input, dim, keepdim, dtype)
+
+
+def _numpy_names(op: str, dim, keepdim, names: dict):
+    """``dim`` and ``keepdim`` given by NumPy's names, which torch's argument parser accepts for its reductions:
+    ``axis`` and ``keepdims``. Any other keyword, or a name given twice, is a TypeError, as in torch."""
+    for name in names:
+        if name not in ("axis", "keepdims") or (name == "axis" and dim is not None) or (name == "keepdims" and keepdim):
+            raise TypeError(f"{op}() got an unexpected keyword argument '{name}'")
+    return names.get("axis", dim), names.get("keepdims", keepdim)
 
 
 # --- the transformer's operations (docs/derivation.md eq. T1–T12) -------------------------------------------------

@@ -513,9 +513,17 @@ def _reduction(rng: random.Random) -> Sample:
         dims = rng.sample(range(x.dim()), rng.randint(1, x.dim())) if x.dim() else [0]
         dim = tuple(dims) if kind == "tuple" else [spell_int(rng, d) if rng.random() < 0.3 else d for d in dims]
     kwargs = {"dim": dim, "keepdim": rng.random() < 0.4}
+    if rng.random() < 0.2:  # NumPy's names, which torch's argument parser reads as dim and keepdim
+        kwargs = {"axis": kwargs["dim"], "keepdims": kwargs["keepdim"]}
     if rng.random() < 0.2 and not x.is_complex():
         kwargs["dtype"] = rng.choice([torch.float64, torch.float32])
     return Sample((x,), kwargs)
+
+
+def _reduction_faults(sample: Sample, rng: random.Random) -> list:
+    """Bad dims and dtypes, the dims under the name the sample gives them (``dim``, or NumPy's ``axis``)."""
+    name = "axis" if "axis" in sample.kwargs else "dim"
+    return _faults(**{name: BAD_INTS + [7, (0, 0)], "dtype": BAD_DTYPES})(sample, rng)
 
 
 OPS += [
@@ -536,10 +544,8 @@ OPS += [
             elementwise=False, opinfo=("mul",)),
     OpEntry("div", BF.div, torch.div, _div, _faults(**{"0": BAD_TENSORS, "1": BAD_TENSORS[1:]}),
             opinfo=("div.no_rounding_mode",)),
-    OpEntry("sum", BF.sum, torch.sum, _reduction, _faults(dim=BAD_INTS + [7, (0, 0)], dtype=BAD_DTYPES),
-            opinfo=("sum",)),
-    OpEntry("mean", BF.mean, torch.mean, _reduction, _faults(dim=BAD_INTS + [7, (0, 0)], dtype=BAD_DTYPES),
-            opinfo=("mean",)),
+    OpEntry("sum", BF.sum, torch.sum, _reduction, _reduction_faults, opinfo=("sum",)),
+    OpEntry("mean", BF.mean, torch.mean, _reduction, _reduction_faults, opinfo=("mean",)),
 ]  # fmt: skip
 
 
