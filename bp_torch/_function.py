@@ -99,6 +99,43 @@ def nested_apply(function: type[Function], *args):
     return function.forward(*args)
 
 
+@with_direct_call
+class _LinkedWithZero(Function):
+    """``result`` as it is, with a zero derivative with respect to ``inputs``: the edge torch's double backward has
+    where a first derivative is constant in an input (threshold_backward's derivative in its saved output is
+    ``zeros_like``), so that a second derivative through it is a zero tensor, as torch's, not None."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(result, *inputs):
+        return result.detach()  # the same values; its graph is this Function's
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[1:])
+
+    @staticmethod
+    def backward(ctx, grad):
+        zeros = (torch.zeros_like(t) if need else None for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad[1:]))
+        return grad, *zeros  # ∂result/∂result = 1, ∂result/∂input = 0
+
+    @staticmethod
+    def jvp(ctx, result_t, *_):
+        return result_t.clone()
+
+
+def linked_with_zero(result: torch.Tensor | None, *inputs: torch.Tensor | None) -> torch.Tensor | None:
+    """``result``, a first derivative computed in a backward, tied with a zero derivative to ``inputs`` it does not
+    vary with — only while a graph of the backward is built (``create_graph=True``) and an input requires grad:
+    torch's double backward reaches them (a ReLU's saved output, a normalisation's bias) with zeros, and a
+    parameter's ``.grad`` is then a zero tensor, not None (an input-gradient penalty, WGAN-GP's or R1's)."""
+    if result is None or not torch.is_grad_enabled():
+        return result
+    linked = [t for t in inputs if t is not None and t.requires_grad]
+    return apply(_LinkedWithZero, result, *linked) if linked else result
+
+
 def is_channels_last(t: torch.Tensor) -> bool:
     """Whether ``t``'s strides read as channels_last by the rule torch's convolution and pooling apply to choose
     their layout (``Tensor.suggest_memory_format``, c10's ``is_channels_last_strides_2d_s4``, here in plain Python: a

@@ -95,6 +95,8 @@ class OpEntry:
     layout_exempt: tuple[str, ...] = ()
     # how many times torch's own distance to the float64 truth ours may be: 2, or more where docs/limits.md says why
     torch_distance: float = 2
+    # the second derivative in the input is None where torch's is a zero tensor: ours does not hold x (docs/limits.md)
+    input_unlinked_at_second_order: bool = False
     # the float64 truth where torch's own float64 is not one: ``theirs`` computed a better-conditioned way (it then
     # judges float64 calls too)
     reference: Callable | None = None
@@ -409,7 +411,8 @@ OPS: list[OpEntry] = [
             opinfo=("nn.functional.conv2d",), nonfinite_upstream=False),
     OpEntry("avg_pool2d", BF.avg_pool2d, F.avg_pool2d, _avg_pool2d,
             _faults(kernel_size=BAD_INTS, stride=BAD_INTS, padding=BAD_INTS, ceil_mode=BAD_BOOLS,
-                    count_include_pad=BAD_BOOLS, divisor_override=BAD_INTS), opinfo=("nn.functional.avg_pool2d",)),
+                    count_include_pad=BAD_BOOLS, divisor_override=BAD_INTS), opinfo=("nn.functional.avg_pool2d",),
+            input_unlinked_at_second_order=True),
     OpEntry("linear", BF.linear, F.linear, _linear, _faults(**{"0": BAD_TENSORS}), opinfo=("nn.functional.linear",)),
     OpEntry("sigmoid", BF.sigmoid, torch.sigmoid, _sigmoid_or_tanh, _faults(**{"0": BAD_TENSORS}), elementwise=True,
             opinfo=("sigmoid", "nn.functional.sigmoid")),
@@ -437,10 +440,10 @@ OPS: list[OpEntry] = [
             opinfo=("nn.functional.mse_loss",)),
     OpEntry("max_pool2d", BF.max_pool2d, F.max_pool2d, _max_pool2d,
             _faults(kernel_size=BAD_INTS, stride=BAD_INTS, padding=BAD_INTS, dilation=BAD_INTS, ceil_mode=BAD_BOOLS),
-            opinfo=("nn.functional.max_pool2d",)),
+            opinfo=("nn.functional.max_pool2d",), input_unlinked_at_second_order=True),
     OpEntry("adaptive_avg_pool2d", BF.adaptive_avg_pool2d, F.adaptive_avg_pool2d, _adaptive_avg_pool2d,
             _faults(**{"1": BAD_INTS + [(2, -1), -1]}), opinfo=("nn.functional.adaptive_avg_pool2d",),
-            torch_bugs=("Expected grad_output to have non-zero size",)),
+            torch_bugs=("Expected grad_output to have non-zero size",), input_unlinked_at_second_order=True),
     OpEntry("batch_norm", BF.batch_norm, F.batch_norm, _batch_norm,
             _faults(momentum=BAD_FLOATS, eps=BAD_FLOATS, training=BAD_BOOLS), opinfo=("nn.functional.batch_norm",),
             sums_cancel=True),

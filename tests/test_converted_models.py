@@ -104,3 +104,36 @@ def test_converted_resnet18_compiles_in_one_graph():
         ulps = 16 * torch.finfo(q.grad.dtype).eps * q.grad.abs().max().item()
         torch.testing.assert_close(p.grad, q.grad, rtol=1.3e-6, atol=ulps, msg=lambda m, n=name: f"{n}: {m}")
     assert all(torch.equal(a, b) for a, b in zip(model.buffers(), eager.buffers()))
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_input_gradient_penalty_reaches_the_parameters_as_natives(train):
+    """An input-gradient penalty (WGAN-GP's, R1's): ‖∂D/∂x‖² differentiated again with respect to the parameters.
+    Every parameter torch reaches gets a gradient (zeros where no first derivative varies with it: the biases in
+    front of a ReLU, batch norm's β), the same values; and the whole model under non-reentrant checkpointing gives
+    the same first derivatives."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    native = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3),
+        torch.nn.LeakyReLU(0.2), torch.nn.GroupNorm(2, 4), torch.nn.Hardtanh(), torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 1),
+    ).double().train(train)  # fmt: skip
+    ours = bnn.convert(copy.deepcopy(native))[0]
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    results = []
+    for model in (native, ours):
+        leaf = x.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(model(leaf).sum(), leaf, create_graph=True)
+        results.append(torch.autograd.grad(grad.pow(2).sum(), list(model.parameters()), allow_unused=True))
+    for (name, _), theirs, mine in zip(native.named_parameters(), *results):
+        assert (mine is None) == (theirs is None), name
+        if theirs is not None:
+            torch.testing.assert_close(mine, theirs, msg=name)
+    grads = []
+    for model, checkpointed in ((native, False), (ours, True)):
+        leaf = x.clone().requires_grad_()
+        out = checkpoint(model, leaf, use_reentrant=False) if checkpointed else model(leaf)
+        grads.append(torch.autograd.grad(out.sum(), leaf)[0])
+    torch.testing.assert_close(grads[1], grads[0])

@@ -12,7 +12,7 @@ from torch.autograd import Function
 
 from bp_torch._blockwise import can_run_blockwise, flat_blocks
 from bp_torch._formulas import is_literal
-from bp_torch._function import elementwise_layout, masks_may_multiply, opmath, with_direct_call
+from bp_torch._function import elementwise_layout, linked_with_zero, masks_may_multiply, opmath, with_direct_call
 
 
 @with_direct_call
@@ -83,10 +83,10 @@ class ReluFunction(Function):
                 grad_input = torch.ne(out, 0, out=torch.empty_like(out)).mul_(grad_output)  # eq. D1: δ ⊙ 1[y ≠ 0]
                 total = grad_input.sum()
             if math.isfinite(total.item()):
-                return grad_input, None
+                return linked_with_zero(grad_input, out), None
         # a select, not a product with the mask: an infinite δ where x ≤ 0 gives 0, not 0·∞ = NaN, and a NaN input
-        # passes δ, as torch's threshold_backward (y ≤ 0 ? 0 : δ)
-        return torch.where(out <= 0, 0, grad_output), None  # eq. D1: δ ⊙ 1[x > 0]
+        # passes δ, as torch's threshold_backward (y ≤ 0 ? 0 : δ); its derivative in y is zero (double backward)
+        return linked_with_zero(torch.where(out <= 0, 0, grad_output), out), None  # eq. D1: δ ⊙ 1[x > 0]
 
     @staticmethod
     def jvp(ctx, input_t, _):
@@ -147,7 +147,8 @@ class LeakyReluFunction(Function):
             )
         # a select, as torch's leaky_relu_backward: exact for any α (α + (1 − α)·1[x > 0] rounds to 0 for x > 0 once
         # α ≫ 1), a NaN input gets α·δ, and an infinite δ no 0·∞
-        return torch.where(x > 0, grad_output, grad_output * ctx.negative_slope), None, None  # eq. D2: δ or α·δ
+        grad_input = torch.where(x > 0, grad_output, grad_output * ctx.negative_slope)  # eq. D2: δ or α·δ
+        return linked_with_zero(grad_input, x), None, None  # zero derivative in x (double backward), as torch's
 
     @staticmethod
     def jvp(ctx, input_t, _, __):

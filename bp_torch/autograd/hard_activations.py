@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import Function
 
-from bp_torch._function import elementwise_layout, masks_may_multiply, with_direct_call
+from bp_torch._function import elementwise_layout, linked_with_zero, masks_may_multiply, with_direct_call
 
 _LOW = (torch.float16, torch.bfloat16)
 # torch's hardsigmoid backward multiplies by the float constant 1.0f/6.0f, in every dtype: so do we
@@ -78,7 +78,8 @@ class HardtanhFunction(Function):
         (out,) = ctx.saved_tensors
         if not _fast(grad_output, out):
             grad_input = grad_output.masked_fill(HardtanhFunction._outside(ctx, out), 0)  # eq. H1
-            return grad_input, None, None, None  # laid out as torch's by @elementwise_layout
+            # zero derivative in y (double backward), as torch's; laid out as torch's by @elementwise_layout
+            return linked_with_zero(grad_input, out), None, None, None
         # (y − min)(max − y) > 0 exactly inside, = 0 at the clamped ends (y ∈ [min, max]): its sign is the mask
         # (at a NaN input: 0, as torch's vectorised loop gives; its scalar loop for the last elements passes δ);
         # y − 0 is y itself (ReLU6: no subtraction)

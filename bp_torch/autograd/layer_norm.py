@@ -18,7 +18,7 @@ import torch
 from torch.autograd import Function
 
 from bp_torch._formulas import is_literal
-from bp_torch._function import batched_or_traced, in_layout, is_channels_last, with_direct_call
+from bp_torch._function import batched_or_traced, in_layout, is_channels_last, linked_with_zero, with_direct_call
 from bp_torch.autograd.batch_norm import upcast
 
 
@@ -187,11 +187,11 @@ class GroupNormFunction(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, num_groups, weight, _, eps = inputs
+        input, num_groups, weight, bias, eps = inputs
         _, mean, invstd = output
         ctx.mark_non_differentiable(mean, invstd)
-        needs_input = ctx.needs_input_grad[0]
-        ctx.save_for_backward(input, weight if needs_input else None, mean, invstd)
+        # γ and β also for their edges in a double backward (torch's reaches them, with zeros): C values each
+        ctx.save_for_backward(input, weight, mean, invstd, bias)
         ctx.save_for_forward(input, weight, mean, invstd)
         ctx.eps, ctx.num_groups = eps, num_groups
         ctx.weight_dtype = weight.dtype if weight is not None else None
@@ -199,7 +199,7 @@ class GroupNormFunction(Function):
 
     @staticmethod
     def backward(ctx, grad_output, _grad_mean, _grad_invstd):
-        input, weight, mean, invstd = ctx.saved_tensors
+        input, weight, mean, invstd, bias = ctx.saved_tensors
         needs_input, _, needs_weight, needs_bias, _ = ctx.needs_input_grad
         dtype = grad_output.dtype
         x, stats, per_channel = _grouped(input, ctx.num_groups, ctx.eps, mean, invstd)
@@ -223,6 +223,10 @@ class GroupNormFunction(Function):
             grad_weight = grad_weight.reshape(-1).to(ctx.weight_dtype)
         if needs_bias:
             grad_bias = delta.sum((0, 3)).reshape(-1).to(ctx.weight_dtype or dtype)  # eq. T2: Σ δ
+        # torch's double backward reaches γ and β with zeros where no first derivative varies with them (β never;
+        # γ without x's gradient, or over an empty batch)
+        grad_input = linked_with_zero(grad_input, weight, bias)
+        grad_weight = linked_with_zero(grad_weight, weight, bias)
         return grad_input, None, grad_weight, grad_bias, None
 
     @staticmethod

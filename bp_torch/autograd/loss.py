@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.autograd import Function
 
 from bp_torch._formulas import is_literal
-from bp_torch._function import nested_apply, opmath, with_direct_call
+from bp_torch._function import linked_with_zero, nested_apply, opmath, with_direct_call
 from bp_torch.autograd.softmax import LogSoftmaxFunction, SoftmaxFunction
 
 
@@ -135,7 +135,8 @@ class NllLossFunction(Function):
     def setup_context(ctx, inputs, output):
         input, target, weight, reduction, ignore_index = inputs
         ctx.reduction, ctx.ignore_index, ctx.input_shape = reduction, ignore_index, input.shape
-        ctx.save_for_backward(target, weight)
+        # ℓ itself only for its edge in a double backward (torch's reaches it, with zeros; log_softmax keeps it too)
+        ctx.save_for_backward(target, weight, input)
         ctx.save_for_forward(target, weight)
 
     @staticmethod
@@ -148,7 +149,7 @@ class NllLossFunction(Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        target, weight = ctx.saved_tensors
+        target, weight, input = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
         dtype, grad_output = grad_output.dtype, opmath(grad_output)  # half precision: −w/D·δ in float32
@@ -160,7 +161,7 @@ class NllLossFunction(Function):
         # an ignored position's gradient is 0 whatever its δ (torch's kernel skips it: a NaN δ stays out)
         delta = torch.where(target != ctx.ignore_index, coefficient * grad_output, 0)
         grad_input = scatter(1, index, _per_element(delta))  # eq. D9: −w_{t_n}/D at t_n
-        return grad_input.to(dtype), None, None, None, None
+        return linked_with_zero(grad_input.to(dtype), input), None, None, None, None  # constant in ℓ
 
     @staticmethod
     def jvp(ctx, input_t, target_t, weight_t, _, __):
