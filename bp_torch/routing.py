@@ -114,6 +114,9 @@ class Routed(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         twin = ROUTES.get(func)
+        # the inputs' nodes before the call: a node the call made is none of them (an in-place call moves its
+        # input's node to the one it made)
+        before = () if self.native_calls is None else [a.grad_fn for a in args if isinstance(a, torch.Tensor)]
         if twin is None or "out" in kwargs:
             out = func(*args, **kwargs)
         elif func in _OPERATORS:
@@ -125,7 +128,7 @@ class Routed(TorchFunctionMode):
             out = twin(*args, **kwargs)  # a twin may run torch's own where it derives nothing (pad's other modes)
         if self.native_calls is not None and isinstance(out, torch.Tensor) and out.grad_fn is not None:
             node = out.grad_fn  # a native node this call made (not one of its inputs' passed through)
-            if _kind(node) == "native" and all(not isinstance(a, torch.Tensor) or a.grad_fn is not node for a in args):
+            if _kind(node) == "native" and all(node is not b for b in before):
                 self.native_calls.setdefault(_name(func), type(node).__name__)
         return out
 

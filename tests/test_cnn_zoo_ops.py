@@ -222,6 +222,26 @@ class Net(torch.nn.Module):
         return F.softplus(y).mean([2, 3]) * 2
 
 
+class InPlace(torch.nn.Module):
+    """In-place calls that stay native: an exponential written over its input."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        y = self.fc(x)
+        y.exp_()
+        return y.flatten()
+
+
+def test_converted_model_names_in_place_calls_that_stay_native():
+    """An in-place call moves its input's node to the one it made: that node is the call's, and named."""
+    model, summary = bnn.convert(InPlace())
+    model(torch.randn(2, 4))
+    assert summary.native_calls == {"Tensor.exp_": "ExpBackward0"}
+
+
 def test_converted_model_routes_and_names_what_stays_native():
     model, summary = bnn.convert(Net())
     assert summary.native_calls == {}
