@@ -240,6 +240,8 @@ def elementwise_layout(backward=None, *, saved_first: bool = False):
 
     @functools.wraps(backward)
     def laid_out(ctx, grad_output):
+        if torch.compiler.is_compiling():
+            return backward(ctx, grad_output)  # a compiled graph lays its gradients out by its own rules
         # the saved tensors unpacked once, for the formula and the layout alike: non-reentrant checkpointing
         # (torch.utils.checkpoint) recomputes them for one unpacking, and refuses a second
         ctx = _UnpackedOnce(ctx, ctx.saved_tensors)
