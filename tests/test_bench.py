@@ -89,3 +89,13 @@ def test_backward_in_step_times_each_function_against_torchs_kernel(capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "Function" in line]
     names = {row.split("|")[1].strip() for row in rows}
     assert {"Conv2dFunction", "BatchNormFunction", "ReluFunction", "LinearFunction"} <= names
+
+
+def test_node_times_times_each_backward_node_both_ways(capsys):
+    main = runpy.run_path(str(BENCH.with_name("node_times.py")))["main"]
+    assert main(["--model", "resnet18", "--size", "32", "--batch", "2", "--steps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "Conv2dFunctionBackward" in out and "ConvolutionBackward0" in out
+    assert main(["--model", "resnet18", "--size", "32", "--batch", "2", "--steps", "1", "--layer", "BatchNorm2d"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| bn1 ")]
+    assert len(rows) == 1
