@@ -132,6 +132,8 @@ def linked_with_zero(result: torch.Tensor | None, *inputs: torch.Tensor | None) 
     parameter's ``.grad`` is then a zero tensor, not None (an input-gradient penalty, WGAN-GP's or R1's)."""
     if result is None or not torch.is_grad_enabled():
         return result
+    if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
+        return result  # torch.func's gradients are tensors (zeros) for every input anyway; a compiled graph, its own
     linked = [t for t in inputs if t is not None and t.requires_grad]
     return apply(_LinkedWithZero, result, *linked) if linked else result
 

@@ -92,3 +92,25 @@ def test_torch_compile_fullgraph_matches_eager(device):
     (compiled,) = torch.autograd.grad(torch.compile(loss, fullgraph=True, backend=backend)(w), w)
     (eager,) = torch.autograd.grad(loss(w), w)
     torch.testing.assert_close(compiled, eager)
+
+
+@pytest.mark.parametrize(
+    "ours, theirs",
+    [
+        (lambda t: BF.relu(t), lambda t: F.relu(t)),
+        (lambda t: BF.leaky_relu(t, 0.1), lambda t: F.leaky_relu(t, 0.1)),
+        (lambda t: BF.hardtanh(t, -0.5, 0.5), lambda t: F.hardtanh(t, -0.5, 0.5)),
+        (lambda t: BF.nll_loss(BF.log_softmax(t, 1), torch.tensor([0, 1, 2])),
+         lambda t: F.nll_loss(F.log_softmax(t, 1), torch.tensor([0, 1, 2]))),
+        (lambda t: BF.group_norm(t.reshape(3, 4, 1), 2, torch.ones(4, dtype=t.dtype), torch.zeros(4, dtype=t.dtype)),
+         lambda t: F.group_norm(t.reshape(3, 4, 1), 2, torch.ones(4, dtype=t.dtype), torch.zeros(4, dtype=t.dtype))),
+    ],
+    ids=["relu", "leaky_relu", "hardtanh", "nll_loss", "group_norm"],
+)  # fmt: skip
+def test_hessians_through_backwards_tied_with_zero_match_native(ours, theirs):
+    """The Functions whose first derivative is tied to an input with a zero derivative (for create_graph's second
+    order) under torch.func's Hessian, forward over reverse and reverse over reverse."""
+    x = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for transform in (torch.func.hessian, lambda f: jacrev(jacrev(f))):
+        expected = transform(lambda t: theirs(t).pow(3).sum())(x)
+        torch.testing.assert_close(transform(lambda t: ours(t).pow(3).sum())(x), expected)
