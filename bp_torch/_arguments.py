@@ -589,6 +589,11 @@ def check_attention(query, key, value, attn_mask, dropout_p, is_causal) -> None:
         _check_tensor(t, name, "scaled_dot_product_attention")
     if attn_mask is not None:
         _check_tensor(attn_mask, "attn_mask", "scaled_dot_product_attention")
+    if min(query.dim(), key.dim(), value.dim()) < 2:
+        raise RuntimeError(
+            "Expected query, key, and value to all be at least 2 dimensional, but got query.dim: "
+            f"{query.dim()} key.dim: {key.dim()} and value.dim: {value.dim()} instead."
+        )
     if not query.dtype == key.dtype == value.dtype:
         raise RuntimeError(
             "Expected query, key, and value to have the same dtype, but got query.dtype: "

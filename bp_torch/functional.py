@@ -80,7 +80,7 @@ from bp_torch.autograd import (
     SumFunction,
     TanhFunction,
 )
-from bp_torch.autograd.attention import ScaledDotProductAttentionFunction
+from bp_torch.autograd.attention import ScaledDotProductAttentionFunction, attends
 from bp_torch.autograd.gelu import GeluFunction
 from bp_torch.autograd.layer_norm import GroupNormFunction, LayerNormFunction
 from bp_torch.autograd.matmul import AddmmFunction, MatmulFunction
@@ -1140,7 +1140,11 @@ def scaled_dot_product_attention(
     check_attention(query, key, value, attn_mask, dropout_p, is_causal)
     (query, key, value, attn_mask), autocast_off = _autocast_lower_precision(query, key, value, attn_mask)
     L, S, E = query.shape[-2], key.shape[-2], query.shape[-1]
-    scale = 1 / math.sqrt(E) if scale is None else float(scale)
+    if scale is None:
+        # no features to compare: every score is 0 whatever the scale (torch's 1/√0 never multiplies a number)
+        scale = 1 / math.sqrt(E) if E else 1.0
+    else:
+        scale = float_arg(scale, "scale", "scaled_dot_product_attention")
     groups = 1
     if enable_gqa and query.dim() >= 3 and key.shape[-3] != query.shape[-3]:
         if query.shape[-3] % key.shape[-3] or query.shape[-3] % value.shape[-3]:
@@ -1152,8 +1156,8 @@ def scaled_dot_product_attention(
     elif attn_mask is not None and attn_mask.dtype == torch.bool:
         keep = attn_mask
     elif attn_mask is not None:
-        # with no query, key or value the output depends on no mask: torch's carries no graph to it
-        bias = attn_mask if query.numel() and key.numel() and value.numel() else attn_mask.detach()
+        # an output with no elements, or no keys to attend to, depends on no mask: torch's carries no graph to it
+        bias = attn_mask if attends(query, key, value) else attn_mask.detach()
     if dropout_p > 0:
         key_batch = (*key.shape[:-3], key.shape[-3] * groups) if key.dim() >= 3 else key.shape[:-2]
         shape = (*torch.broadcast_shapes(query.shape[:-2], key_batch), L, S)

@@ -622,7 +622,7 @@ def _attention(rng: random.Random) -> Sample:
     L, S, E, Ev = (
         rng.randint(1, 5),
         rng.randint(1 if rng.random() < 0.95 else 0, 5),
-        rng.randint(1, 6),
+        rng.randint(1 if rng.random() < 0.95 else 0, 6),  # no features: every score 0, the output averages V
         rng.randint(1, 4),
     )
     heads, groups = rng.randint(1, 2), rng.choice([1, 1, 2])

@@ -10,6 +10,8 @@ gets zero weights, as torch's. Labels T are ours (docs/derivation.md).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.autograd import Function
 
@@ -44,6 +46,12 @@ def sum_heads(grad: torch.Tensor, groups: int) -> torch.Tensor:
         return grad
     *batch, heads, rows, cols = grad.shape
     return grad.reshape(*batch, heads // groups, groups, rows, cols).sum(-3)
+
+
+def attends(query, key, value) -> bool:
+    """Whether attention computes anything: queries, keys and values to weigh (torch's output is otherwise
+    0·(ΣQ + ΣK + ΣV)). Features may be absent (E = 0): the scores are then 0 and the output averages V."""
+    return math.prod(query.shape[:-1]) > 0 and math.prod(key.shape[:-1]) > 0 and value.numel() > 0
 
 
 def _empty_operand_grads(query, key, value, delta, needs) -> tuple:
@@ -117,7 +125,7 @@ class ScaledDotProductAttentionFunction(Function):
         # torch's fused kernel (never for a mask that requires grad)
         flash = not needs_bias and _flash_like(query, key, value, bias if bias is not None else keep, dropout, groups)
         delta = upcast(grad_output)
-        if not (query.numel() and key.numel() and value.numel()):  # torch's output is then 0·(ΣQ + ΣK + ΣV)
+        if not attends(query, key, value):  # torch's output is then 0·(ΣQ + ΣK + ΣV)
             return _empty_operand_grads(query, key, value, delta, ctx.needs_input_grad)
         p_dropped = p if dropout is None else p * dropout
         upstream = needs_q or needs_k or needs_bias
