@@ -26,6 +26,7 @@ from contextlib import nullcontext
 from numbers import Number
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch.overrides import handle_torch_function, has_torch_function_unary, has_torch_function_variadic
 
@@ -290,7 +291,15 @@ def _maybe_inplace(function, input: torch.Tensor, *args, inplace: bool) -> torch
     check_inplace(input)
     if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
         return input.copy_(apply(function, input.clone(), *args, False))
+    if _recorded_by_nothing(input):  # the forward alone, as torch's in-place op: ``input`` itself comes back
+        return function.forward(input, *args, True)
     return _mark_view_write(apply(function, input, *args, True))
+
+
+def _recorded_by_nothing(input: torch.Tensor) -> bool:
+    """Grad mode off and no forward-mode tangent: nothing records the call (a Function would still wrap its output,
+    returning another tensor object than the one it overwrote, one that does not require grad)."""
+    return not torch.is_grad_enabled() and fwAD.unpack_dual(input).tangent is None
 
 
 def _mark_view_write(output: torch.Tensor) -> torch.Tensor:
@@ -310,6 +319,8 @@ def _inplace_keeping_input(function, twin, input: torch.Tensor) -> torch.Tensor:
     check_inplace(input)
     if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
         return input.copy_(apply(function, input.clone()))
+    if _recorded_by_nothing(input):
+        return input.copy_(function.forward(input))
     return _mark_view_write(apply(twin, input, input.clone()))
 
 

@@ -520,3 +520,22 @@ def test_torchs_opinfo_samples(name):
                 ]
                 for a, b in zip(*second):
                     torch.testing.assert_close(a, b, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    "inplace",
+    [
+        BF.relu_, lambda x: BF.relu(x, inplace=True), BF.leaky_relu_, BF.hardtanh_,
+        lambda x: BF.relu6(x, inplace=True), lambda x: BF.hardsigmoid(x, inplace=True),
+        lambda x: BF.hardswish(x, inplace=True), lambda x: BF.silu(x, inplace=True),
+        lambda x: BF.dropout(x, 0.5, True, inplace=True),
+    ],
+    ids=["relu_", "relu", "leaky_relu_", "hardtanh_", "relu6", "hardsigmoid", "hardswish", "silu", "dropout"],
+)  # fmt: skip
+def test_in_place_under_no_grad_returns_the_tensor_it_overwrote(inplace):
+    """As torch's in-place ops: under no_grad (an optimiser's or an initialiser's update of a parameter), the call
+    returns its input itself, still a leaf that requires grad."""
+    weight = torch.tensor([-1.0, 2.0, 0.5], requires_grad=True)
+    with torch.no_grad():
+        out = inplace(weight)
+    assert out is weight and out.requires_grad and out.is_leaf
