@@ -133,11 +133,15 @@ class AddmmFunction(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, a, b, beta, alpha, _ = inputs
+        input, a, b, beta, alpha, op = inputs
         needs_a, needs_b = ctx.needs_input_grad[1:3]
         ctx.save_for_backward(a if needs_b else None, b if needs_a else None)
         ctx.save_for_forward(a, b)
         ctx.shapes = a.shape, b.shape
+        # the products' gradients laid out as mm's and bmm's (a transposed operand's stays column-major)
+        ctx.layouts = (needs_a or needs_b) and _operand_layouts(
+            "matmul" if op == "addmm" else "bmm", a, b, needs_a, needs_b
+        )
         ctx.beta, ctx.alpha, ctx.input_shape, ctx.output_shape = beta, alpha, input.shape, output.shape
 
     @staticmethod
@@ -153,6 +157,10 @@ class AddmmFunction(Function):
         grad_a, grad_b = product_grads(scaled, a, b, *ctx.shapes)  # eq. T8: eq. T7 with α·δ
         dtype = grad_output.dtype
         grad_a, grad_b = (g.to(dtype) if g is not None else None for g in (grad_a, grad_b))
+        if ctx.layouts and not torch._C._are_functorch_transforms_active():
+            grad_a, grad_b = (
+                in_strides(g, strides) for g, strides in zip((grad_a, grad_b), torch_grad_strides(*ctx.layouts))
+            )
         return grad_input, grad_a, grad_b, None, None, None
 
     @staticmethod
