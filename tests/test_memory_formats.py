@@ -144,3 +144,27 @@ def test_elementwise_layout_is_decided_once_per_layout():
         assert grad.stride() == torch.ops.aten.threshold_backward(delta, torch.relu(x.detach()), 0).stride()
     info = _elementwise_strides.cache_info()
     assert (info.misses, info.hits) == (1, 2)
+
+
+def test_attention_gradients_come_in_torchs_layout():
+    """scaled_dot_product_attention on 2-D to 5-D operands, features of the value unlike the query's, masks: the
+    gradients of Q, K and V laid out as torch's (on its math path, ∂e/∂K is ∂e/∂Kᵀ's product transposed back for a
+    batch of matrices, and plain for one matrix)."""
+    import random
+
+    rng = random.Random(0)
+    for i in range(60):
+        batch = [rng.randint(1, 2) for _ in range(rng.choice([0, 1, 2, 3]))]
+        L, S, E, Ev = (rng.randint(1, 4) for _ in range(4))
+        mask = rng.choice([None, "bool", "float"])
+        grads = []
+        for f in (F.scaled_dot_product_attention, BF.scaled_dot_product_attention):
+            g = torch.Generator().manual_seed(i)
+            q, k, v = (torch.randn(*batch, n, c, generator=g, dtype=torch.float64).requires_grad_()
+                       for n, c in ((L, E), (S, E), (S, Ev)))  # fmt: skip
+            m = None if mask is None else torch.randn(L, S, generator=g, dtype=torch.float64)
+            m = m > 0 if mask == "bool" else m
+            grads.append(torch.autograd.grad(f(q, k, v, m).sum(), (q, k, v)))
+        for name, ours, theirs in zip("QKV", grads[1], grads[0]):
+            assert ours.stride() == theirs.stride(), f"draw {i}: ∂e/∂{name}"
+            torch.testing.assert_close(ours, theirs)
