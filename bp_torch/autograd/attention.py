@@ -155,11 +155,11 @@ class ScaledDotProductAttentionFunction(Function):
             if needs_q:  # eq. T7 on S = s·QKᵀ
                 grad_q = product_grads(scaled, None, k.mT, q.shape, k.mT.shape)[0]  # eq. T12: ∂e/∂Q = s·∂e/∂S·K
                 grad_query = grad_q.to(query.dtype)
-            if needs_k and k.dim() > 2:  # eq. T7 on S = s·QKᵀ for Kᵀ, transposed back: torch's math path's layout
-                grad_k = product_grads(scaled, q, None, q.shape, k.mT.shape)[1].mT  # eq. T12: s·((∂e/∂S)ᵀQ)
-            elif needs_k:  # eq. T7 on Sᵀ = s·KQᵀ (mm's backward keeps a matrix Kᵀ's gradient column-major)
-                grad_k = product_grads(scaled.mT, None, q.mT, k.shape, q.mT.shape)[0]  # eq. T12: s·(∂e/∂S)ᵀQ
             if needs_k:
+                if k.dim() > 2:  # eq. T7 on S = s·QKᵀ for Kᵀ, transposed back: torch's math path's layout
+                    grad_k = product_grads(scaled, q, None, q.shape, k.mT.shape)[1].mT  # eq. T12: s·((∂e/∂S)ᵀQ)
+                else:  # eq. T7 on Sᵀ = s·KQᵀ (mm's backward keeps a matrix Kᵀ's gradient column-major)
+                    grad_k = product_grads(scaled.mT, None, q.mT, k.shape, q.mT.shape)[0]  # eq. T12: s·(∂e/∂S)ᵀQ
                 grad_key = sum_heads(grad_k, groups).to(key.dtype)
         if flash:
             grad_query, grad_key, grad_value = map(_heads_interleaved, (grad_query, grad_key, grad_value))
