@@ -195,20 +195,20 @@ def _free_port() -> int:
 def _ddp_worker(rank: int, port: int, out: str) -> None:
     import os
 
-    import torch.distributed as dist
+    from bp_torch.train import distributed
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    torch.manual_seed(rank)  # each rank draws its own B: DDP must broadcast rank 0's
-    model = LeNet(rule="dfa").double()
-    ddp = nn.parallel.DistributedDataParallel(model)
-    torch.manual_seed(10)
-    x, y = torch.randn(8, 1, 28, 28, dtype=D), torch.randint(0, 10, (8,))
-    half = slice(4 * rank, 4 * rank + 4)
-    F.cross_entropy(ddp(x[half]), y[half]).backward()
-    if rank == 0:
-        torch.save({"state": model.state_dict(), "grads": [p.grad for p in model.parameters()]}, out)
-    dist.destroy_process_group()
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    with distributed.process_group():  # gone, its threads joined, before this process exits
+        torch.manual_seed(rank)  # each rank draws its own B: DDP must broadcast rank 0's
+        model = LeNet(rule="dfa").double()
+        ddp = distributed.wrap(model)
+        torch.manual_seed(10)
+        x, y = torch.randn(8, 1, 28, 28, dtype=D), torch.randint(0, 10, (8,))
+        half = slice(4 * rank, 4 * rank + 4)
+        F.cross_entropy(ddp(x[half]), y[half]).backward()
+        if rank == 0:
+            torch.save({"state": model.state_dict(), "grads": [p.grad for p in model.parameters()]}, out)
+        del ddp
 
 
 def test_ddp_broadcasts_b_and_averages_the_dfa_gradients(tmp_path):

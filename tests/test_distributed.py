@@ -117,7 +117,16 @@ def _worker(rank: int, ports: list[int], data: Path, logdir: Path, out: Path) ->
                 codes["no-data"] = train.main(
                     [*train_args(no_data, logdir, *ONE_THREAD, "--dry-run", "--run-name", "no-data")]
                 )
+            left = _gloo_threads()  # after eight groups, one per scenario, each left by process_group()
     torch.save(codes, out / f"codes{rank}.pt")
+    torch.save(left, out / f"threads{rank}.pt")
+
+
+def _gloo_threads() -> list[str]:
+    """The names of this process's gloo threads (``pt_gloo_runloop``, ``gloo_tcp_loop``); Linux only."""
+    tasks = Path("/proc/self/task")
+    names = (task.joinpath("comm").read_text().strip() for task in tasks.iterdir()) if tasks.is_dir() else ()
+    return [name for name in names if "gloo" in name]
 
 
 def _evaluate_shards(ctx: distributed.Context, data: Path, checkpoint: Path, out: Path) -> None:
@@ -259,6 +268,16 @@ def test_only_rank_0_prints_and_writes(runs):
     expected = {"single-cut", "ddp-steps", "ddp-whole", "ddp-cut", "ddp-cut-at-1"}
     assert {p.name for p in (runs / "runs").iterdir()} == expected  # one folder per run, none from rank 1
     assert not list((runs / "runs").rglob(".*.tmp"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from /proc")
+def test_every_process_group_is_gone_when_its_run_ends(runs):
+    """No gloo thread outlives its group: one still releasing a collective's tensor while the interpreter exits
+    needs the GIL, and Python's finalization then aborts the worker ("terminate called without an active
+    exception"), failing the job after a finished run. torch._dynamo, first imported by DistributedDataParallel's
+    constructor, kept the group alive past destroy_process_group."""
+    for r in range(WORLD):
+        assert torch.load(runs / "out" / f"threads{r}.pt") == [], f"rank {r}"
 
 
 def test_batch_size_must_divide_by_the_world_size():

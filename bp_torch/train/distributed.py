@@ -11,6 +11,10 @@ it does nothing, and every helper below is then a no-op, so a plain ``python tra
         ...
         unwrap(model).state_dict()                        # no "module." prefix: loads in a single process
 
+A ``DistributedDataParallel`` model still referenced when the block ends keeps the group, and its threads, alive
+until the interpreter exits, where a gloo thread can abort the process: train it in a function called inside the
+block, as ``train.py`` does, or ``del`` it before the block ends.
+
 One process group serves both kinds of tensor: ``cpu:gloo,cuda:nccl`` where CUDA is available (gradients and
 metrics on the GPU go through NCCL; the stop vote and the object broadcasts stay on the CPU, through gloo, without
 waiting for the GPU), plain gloo otherwise.
@@ -22,6 +26,7 @@ by one rank alone waits for the others forever.
 from __future__ import annotations
 
 import gc
+import importlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -78,14 +83,16 @@ def process_group() -> Iterator[Context]:
         yield Context()
         return
     backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    # The group must be gone, its threads joined, before the interpreter exits: a gloo thread still releasing a
+    # collective's tensor then needs the GIL, and Python's finalization aborts the process ("terminate called without
+    # an active exception"). torch._dynamo, imported by DistributedDataParallel's constructor, keeps a group that
+    # exists when it is first imported alive past destroy_process_group; imported before the group, it holds none.
+    importlib.import_module("torch._dynamo")
     dist.init_process_group(backend, init_method="env://")
     try:
         yield Context(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     finally:
-        # DistributedDataParallel's reducer holds the group, often in a reference cycle: free it now, so the group is
-        # destroyed here and its threads joined, not left to the interpreter's exit, where gloo's teardown can abort
-        # the process ("terminate called without an active exception")
-        gc.collect()
+        gc.collect()  # DistributedDataParallel's reducer, often in a reference cycle, holds the group too
         dist.destroy_process_group()
 
 
