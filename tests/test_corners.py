@@ -6,6 +6,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
 import bp_torch
@@ -235,13 +236,16 @@ def test_class_weights_of_any_sign_and_a_zero_total(case, op, reduction, both_fo
         leaf = x.clone().requires_grad_()
         loss = getattr(M, op)(leaf, target, weight, **kwargs)
         loss.sum().backward()
-        results.append((loss.detach(), leaf.grad))
-    (loss, grad), (expected_loss, expected_grad) = results
+        with fwAD.dual_level():  # forward mode, along x's tangent 1: torch's 0/0 is NaN there too
+            tangent = fwAD.unpack_dual(getattr(M, op)(fwAD.make_dual(x, torch.ones_like(x)), target, weight, **kwargs))
+        results.append((loss.detach(), leaf.grad, tangent.tangent))
+    (loss, grad, tangent), (expected_loss, expected_grad, expected_tangent) = results
     torch.testing.assert_close(loss, expected_loss, equal_nan=True)
-    if torch.isfinite(expected_grad).all():
-        torch.testing.assert_close(grad, expected_grad)
-    else:  # 0/0 and x/0: which non-finite value comes out depends on the order of operations
-        assert torch.equal(torch.isfinite(grad), torch.isfinite(expected_grad)), (grad, expected_grad)
+    for ours, torchs in ((grad, expected_grad), (tangent, expected_tangent)):
+        if torch.isfinite(torchs).all():
+            torch.testing.assert_close(ours, torchs)
+        else:  # 0/0 and x/0: which non-finite value comes out depends on the order of operations
+            assert torch.equal(torch.isfinite(ours), torch.isfinite(torchs)), (ours, torchs)
 
 
 _NON_FINITE = torch.tensor([-1e3, -1.0, -0.0, 0.0, 1.0, 1e3, float("nan"), float("inf"), -float("inf")])

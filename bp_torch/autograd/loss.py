@@ -166,9 +166,16 @@ class NllLossFunction(Function):
     @staticmethod
     def jvp(ctx, input_t, target_t, weight_t, _, __):
         target, weight = ctx.saved_tensors
-        classes, coefficient = NllLossFunction._coefficients(ctx, target, weight, input_t)
+        if ctx.reduction != "mean":
+            classes, coefficient = NllLossFunction._coefficients(ctx, target, weight, input_t)
+            picked = input_t.gather(1, _per_element(classes)).squeeze(1)
+            return _reduce(coefficient * picked, ctx.reduction)  # eq. D9, forward mode: −w_{t_n} ℓ̇_{n, t_n}
+        # summed, then divided by D, as torch's forward mode (nll_loss of the tangent): D = 0, every target ignored,
+        # gives its NaN
+        kept, classes = _safe_targets(target, ctx.ignore_index)
+        w = (weight[classes] if weight is not None else torch.ones_like(classes, dtype=input_t.dtype)) * kept
         picked = input_t.gather(1, _per_element(classes)).squeeze(1)
-        return _reduce(coefficient * picked, "sum" if ctx.reduction == "mean" else ctx.reduction)  # eq. D9, fwd
+        return torch.where(kept, -w * picked, 0).sum() / w.sum()  # eq. D9, forward mode: −Σ_n w_{t_n} ℓ̇_{n, t_n} / D
 
 
 @with_direct_call
@@ -294,5 +301,10 @@ class CrossEntropyFunction(Function):
             if weight_t is not None:
                 smoothed = target * (1 - eps) + eps / C if eps > 0 else target
                 rate = rate - (smoothed * _class_weight(weight_t, input) * log_p).sum(1)  # eq. D12, fwd: −Σ ẇ q̃ ℓ
+        if ctx.reduction == "mean" and not ctx.probabilities:
+            # summed, then divided by D, as torch's forward mode (log_softmax, then nll_loss of the tangent): D = 0,
+            # every target ignored, gives its NaN
+            kept, _, w_t, _ = CrossEntropyFunction._indices(ctx, target, weight, one, input.dtype)
+            return torch.where(kept, rate, 0).sum() / w_t.sum()
         per_position = rate * (factor.squeeze(1) if factor.dim() else factor)  # δ/D, zero where ignored
         return per_position if ctx.reduction == "none" else per_position.sum()
