@@ -1,22 +1,28 @@
-"""``torch.einsum`` of two operands whose product is a batched matrix product, computed by
-:func:`bp_torch.functional.matmul` (eq. T7) between permutations and reshapes that only move data.
+"""``torch.einsum`` of two operands, lowered as torch lowers it (``einsum`` and ``sumproduct_pair`` in ATen's
+Linear.cpp), with each step's backward ours: :func:`bp_torch.functional.bmm` for a contraction (eq. T7),
+:func:`bp_torch.functional.mul` where nothing is contracted (eq. E1), :func:`bp_torch.functional.sum` for an index
+summed within one operand (eq. R1), and between them permutations, reshapes and views that only move data.
 
-Each index of such an equation is a batch index (in both operands and the output), a contracted one (in both
-operands, not the output), or belongs to one operand and the output. Anything else — one operand or three, an
-ellipsis, a repeated index (a diagonal), an index summed within one operand — is ``torch.einsum``'s own.
+Lowered step by step as torch's, the output and every gradient come back in torch's layout, and each product
+rounds where torch's does. One operand or three, an ellipsis or a repeated index (a diagonal) is
+``torch.einsum``'s own.
 """
 
 from __future__ import annotations
 
 import math
+import string
 
 import torch
 
 from bp_torch import functional as BF
 
+# torch's order of the labels it adds after the output's, the contracted ones: A–Z, then a–z
+_LABEL_ORDER = {label: i for i, label in enumerate(string.ascii_uppercase + string.ascii_lowercase)}
+
 
 def einsum(*args) -> torch.Tensor:
-    """As :func:`torch.einsum`, with the backward of eq. T7 where the equation is a batched matrix product.
+    """As :func:`torch.einsum`, with hand-derived backwards where the equation has two operands.
 
     Example::
 
@@ -30,53 +36,89 @@ def einsum(*args) -> torch.Tensor:
     plan = _plan(equation, operands)
     if plan is None:
         return torch.einsum(equation, *operands)
-    a, b = operands
-    (a_in, b_in, out), batch, left, contracted, right = plan
-    size = {**dict(zip(a_in, a.shape)), **dict(zip(b_in, b.shape))}
-    a_size, b_size = dict(zip(a_in, a.shape)), dict(zip(b_in, b.shape))
-    size.update({i: b_size[i] if a_size[i] == 1 else a_size[i] for i in batch})  # broadcast: a size 1 takes the other
-    n = [math.prod(size[i] for i in group) for group in (batch, left, contracted, right)]
-    dtype = a.dtype
-    broadcast = any(a_size[i] != b_size[i] for i in batch)
-    if broadcast and dtype in (torch.float16, torch.bfloat16):
-        # the gradient of a broadcast operand sums one product per copy: in float32, rounded once (torch's einsum
-        # contracts the copies inside one product), not once per copy; the product itself as torch's kernel, in
-        # float32 rounded once
-        a, b = a.float(), b.float()
-    # as one bmm (a batch of one where there is none: torch's einsum's kernel, whose complex infinities differ from
-    # mm's), broadcast batches expanded: the gradients' layouts are torch's einsum's
-    a = a.permute([a_in.index(i) for i in batch + left + contracted])
-    a = a.expand(*(size[i] for i in batch), *a.shape[len(batch) :]).reshape(n[0], n[1], n[2])
-    b = b.permute([b_in.index(i) for i in batch + contracted + right])
-    b = b.expand(*(size[i] for i in batch), *b.shape[len(batch) :]).reshape(n[0], n[2], n[3])
-    c = BF.matmul(a, b).reshape([size[i] for i in batch + left + right]).to(dtype)  # eq. T7
-    order = batch + left + right
-    if order == out:
+    terms, labels, kept = plan
+    a, b = (_aligned(x, term, labels) for x, term in zip(operands, terms))
+    sum_dims, a_sums, b_sums = [], [], []
+    for d in range(kept, len(labels)):  # a contracted index: in a product if both have it, else summed where it is
+        if a.shape[d] != 1 and b.shape[d] != 1:
+            sum_dims.append(d)
+        elif a.shape[d] != 1:
+            a_sums.append(d)
+        elif b.shape[d] != 1:
+            b_sums.append(d)
+    if a_sums:
+        a = BF.sum(a, a_sums, keepdim=True)  # eq. R1
+    if b_sums:
+        b = BF.sum(b, b_sums, keepdim=True)  # eq. R1
+    c = _sum_of_products(a, b, sum_dims)
+    if kept == len(labels):
         return c
-    return c.permute([order.index(i) for i in out]).contiguous()  # laid out plainly, as torch's result
+    return c.view(c.shape[:kept])  # the contracted indices, now of size 1, dropped
+
+
+def _aligned(x: torch.Tensor, term: str, labels: list[str]) -> torch.Tensor:
+    """``x`` with one dimension per label, in ``labels``' order: a label it lacks is a dimension of size 1, added
+    after its own dimensions before the permutation, as torch's einsum adds it (the strides follow)."""
+    permutation = [term.index(label) if label in term else -1 for label in labels]
+    for position, dim in enumerate(permutation):
+        if dim == -1:
+            permutation[position] = x.dim()
+            x = x.unsqueeze(x.dim())
+    return x.permute(permutation)
+
+
+def _sum_of_products(left: torch.Tensor, right: torch.Tensor, sum_dims: list[int]) -> torch.Tensor:
+    """Σ over ``sum_dims`` of left ⊙ right (dimensions aligned, the summed ones kept with size 1), as torch's
+    ``sumproduct_pair``: a product ⊙ if nothing is summed, else one batched matrix product whose batch is the
+    dimensions both have (lro), its rows left's alone (lo), its columns right's alone (ro); a view of it permuted
+    back."""
+    if not sum_dims:
+        return BF.mul(left, right)  # eq. E1
+    lro, lo, ro = [], [], []
+    for d in range(left.dim()):
+        if d in sum_dims:
+            continue
+        if left.shape[d] != 1 and right.shape[d] != 1:
+            lro.append(d)
+        elif left.shape[d] != 1:
+            lo.append(d)
+        else:
+            ro.append(d)
+    if lo and ro and ro[-1] < lo[0]:  # right's dimensions all come first: swapped, the product is laid out in order
+        left, right, lo, ro = right, left, ro, lo
+    sizes = [math.prod(left.shape[d] for d in group) for group in (lro, lo)]
+    sum_size, ro_size = math.prod(left.shape[d] for d in sum_dims), math.prod(right.shape[d] for d in ro)
+    a = left.permute(lro + lo + sum_dims + ro).reshape(sizes[0], sizes[1], sum_size)
+    b = right.permute(lro + sum_dims + ro + lo).reshape(sizes[0], sum_size, ro_size)
+    c = BF.bmm(a, b)  # eq. T7
+    order = lro + lo + sum_dims + ro
+    shape = [left.shape[d] for d in lro + lo] + [1] * len(sum_dims) + [right.shape[d] for d in ro]
+    return c.view(shape).permute([order.index(d) for d in range(left.dim())])
 
 
 def _plan(equation, operands):
-    """The index groups (batch, left, contracted, right) of a two-operand matrix-product equation, else None."""
+    """The two operands' terms, all labels in torch's order (the output's, then the contracted ones) and how many
+    are the output's; None where torch's einsum computes it (or raises)."""
     if len(operands) != 2 or not all(isinstance(t, torch.Tensor) for t in operands) or "." in equation:
+        return None
+    if not isinstance(equation, str):
         return None
     equation = equation.replace(" ", "")
     inputs, arrow, out = equation.partition("->")
     terms = inputs.split(",")
-    if len(terms) != 2 or any(len(set(t)) != len(t) for t in (*terms, out)):
+    if len(terms) != 2 or not all(t.isalpha() and t.isascii() for t in terms) or (out and not out.isalpha()):
         return None
-    a_in, b_in = terms
-    if not arrow:  # torch's implicit output: the indices seen once, in alphabetical order
-        out = "".join(sorted(i for i in set(a_in + b_in) if (a_in + b_in).count(i) == 1))
-    if any(len(t) != x.dim() for t, x in zip(terms, operands)) or not set(out) <= set(a_in + b_in):
+    if any(len(set(t)) != len(t) for t in (*terms, out)) or any(len(t) != x.dim() for t, x in zip(terms, operands)):
         return None
-    batch = [i for i in a_in if i in b_in and i in out]
-    contracted = [i for i in a_in if i in b_in and i not in out]
-    left = [i for i in a_in if i not in b_in]
-    right = [i for i in b_in if i not in a_in]
-    if any(i not in out for i in left + right):  # an index summed within one operand
+    if not arrow:  # torch's implicit output: the labels seen once, A–Z then a–z
+        both = terms[0] + terms[1]
+        out = "".join(sorted((i for i in set(both) if both.count(i) == 1), key=_LABEL_ORDER.get))
+    if not set(out) <= set(terms[0] + terms[1]):
         return None
-    sizes = [(dict(zip(a_in, operands[0].shape))[i], dict(zip(b_in, operands[1].shape))[i]) for i in batch + contracted]
-    if any(x != y and 1 not in (x, y) for x, y in sizes) or any(x != y for x, y in sizes[len(batch) :]):
-        return None  # torch's einsum decides (and raises)
-    return (list(a_in), list(b_in), list(out)), batch, left, contracted, right
+    contracted = sorted(set(terms[0] + terms[1]) - set(out), key=_LABEL_ORDER.get)
+    size = {}
+    for term, x in zip(terms, operands):
+        for label, n in zip(term, x.shape):
+            if n != 1 and size.setdefault(label, n) != n:
+                return None  # sizes that do not broadcast: torch's einsum raises
+    return terms, list(out) + contracted, len(out)

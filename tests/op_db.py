@@ -703,12 +703,15 @@ def _multi_head_attention(rng: random.Random) -> Sample:
 
 EINSUMS = [("bgHid,bgHjd->bgHij", "bgHid", "bgHjd"), ("bgHij,bgHjd->bgHid", "bgHij", "bgHjd"), ("ij,jk", "ij", "jk"),
            ("bij,bjk->bik", "bij", "bjk"), ("ik,jk->ij", "ik", "jk"), ("i,i->", "i", "i"), ("i,j->ij", "i", "j"),
-           ("bij,jk->bki", "bij", "jk"), ("ii,ij->j", "ii", "ij"), ("ij,jk -> ik", "ij", "jk")]  # fmt: skip
+           ("bij,jk->bki", "bij", "jk"), ("ii,ij->j", "ii", "ij"), ("ij,jk -> ik", "ij", "jk"),
+           ("bij,bjk->kbi", "bij", "bjk"), ("ij,ij->ji", "ij", "ij"), ("i,j->ji", "i", "j"), ("ij,jk->k", "ij", "jk"),
+           ("bIj,bjK->bKI", "bIj", "bjK"), ("ij,kl->lj", "ij", "kl"), ("ij,j", "ij", "j")]  # fmt: skip
 
 
 def _einsum(rng: random.Random) -> Sample:
-    """A two-operand einsum: batched matrix products (maxvit's attention among them), and, for torch's own path,
-    a diagonal; batch indices of size 1 broadcast."""
+    """A two-operand einsum: batched matrix products (maxvit's attention among them), products with nothing
+    contracted, indices summed within one operand, outputs in another order, and, for torch's own path, a diagonal;
+    batch indices of size 1 broadcast."""
     equation, a, b = rng.choice(EINSUMS)
     size = {i: rng.randint(0 if rng.random() < 0.05 else 1, 3) for i in dict.fromkeys(a + b)}  # in a fixed order
     size["i"] = size.get("j", 2) if "ii" in a else size.get("i", 2)

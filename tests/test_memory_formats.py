@@ -168,3 +168,35 @@ def test_attention_gradients_come_in_torchs_layout():
         for name, ours, theirs in zip("QKV", grads[1], grads[0]):
             assert ours.stride() == theirs.stride(), f"draw {i}: ∂e/∂{name}"
             torch.testing.assert_close(ours, theirs)
+
+
+_EINSUMS = ["bij,bjk->kbi", "bhqk,bkhd->bqhd", "ij,jk->ki", "ij,ij->ji", "i,j->ji", "ij,jk->k", "ijk,jil->kl"]
+
+
+@pytest.mark.parametrize("equation", _EINSUMS)
+def test_einsum_output_and_gradients_come_in_torchs_layout(equation):
+    """einsum lowered as torch lowers it: an output in another order than the product's is the product's view
+    permuted (not a plain copy), nothing contracted is an elementwise product laid out as its operands, and the
+    gradients follow; over transposed, expanded and size-1 operands."""
+    import random
+
+    rng = random.Random(equation)
+    terms = equation.split("->")[0].split(",")
+    for i in range(30):
+        size = {label: rng.randint(2, 4) for label in set("".join(terms))}
+        operands = []
+        for term in terms:
+            x = torch.randn([size[c] if rng.random() > 0.15 else 1 for c in term], dtype=torch.float64)
+            if x.dim() > 1 and rng.random() < 0.4:
+                x = x.transpose(0, -1).contiguous().transpose(0, -1)
+            elif rng.random() < 0.2:
+                x = x[..., :1].expand(x.shape)
+            operands.append(x)
+        results = []
+        for f in (torch.einsum, BF.einsum):
+            leaves = [x.detach().requires_grad_() for x in operands]
+            y = f(equation, *leaves)
+            results.append((y, *torch.autograd.grad(y, leaves, torch.ones_like(y))))
+        for name, ours, theirs in zip(["output", *terms], results[1], results[0]):
+            assert ours.stride() == theirs.stride() or ours.numel() <= 1, f"draw {i}: {name}"
+            torch.testing.assert_close(ours, theirs)
