@@ -543,3 +543,17 @@ def test_in_place_under_no_grad_returns_the_tensor_it_overwrote(inplace):
     with torch.no_grad():
         out = inplace(weight)
     assert out is weight and out.requires_grad and out.is_leaf
+
+
+@pytest.mark.parametrize("devices", [("meta", "cpu"), ("cpu", "meta")], ids="-".join)
+def test_a_meta_tensor_beside_cpu_ones_computes_as_torchs(devices):
+    """torch runs conv2d and linear with a meta input and CPU parameters (or the reverse) for their shapes alone,
+    as a model's dry run uses it; ours did not, and raised on the devices."""
+    x_device, w_device = devices
+    x = torch.randn(2, 3, 8, 8, device=x_device)
+    w, b, v = (torch.randn(*shape, device=w_device) for shape in ((4, 3, 3, 3), (4,), (5, 192)))
+    for ours, theirs in (
+        (BF.conv2d(x, w, b), F.conv2d(x, w, b)),
+        (BF.linear(x.flatten(1), v), F.linear(x.flatten(1), v)),
+    ):
+        assert (ours.shape, ours.device) == (theirs.shape, theirs.device)
