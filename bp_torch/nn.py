@@ -139,28 +139,28 @@ class Linear(NotScriptable, nn.Linear):
 # activations, dropout, softmax and the losses (docs/derivation.md eq. D1–D12; the squared error is Note B eq. 13–16)
 
 
-class ReLU(nn.ReLU):
+class ReLU(NotScriptable, nn.ReLU):
     """:class:`torch.nn.ReLU` whose forward is :func:`bp_torch.functional.relu` (eq. D1)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return BF.relu(input, inplace=self.inplace)
 
 
-class LeakyReLU(nn.LeakyReLU):
+class LeakyReLU(NotScriptable, nn.LeakyReLU):
     """:class:`torch.nn.LeakyReLU` whose forward is :func:`bp_torch.functional.leaky_relu` (eq. D2)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return BF.leaky_relu(input, self.negative_slope, self.inplace)
 
 
-class Tanh(nn.Tanh):
+class Tanh(NotScriptable, nn.Tanh):
     """:class:`torch.nn.Tanh` whose forward is :func:`bp_torch.functional.tanh` (eq. D3)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return BF.tanh(input)
 
 
-class Dropout(nn.Dropout):
+class Dropout(NotScriptable, nn.Dropout):
     """:class:`torch.nn.Dropout` whose forward is :func:`bp_torch.functional.dropout` (eq. D4): the same masks as
     torch's on the CPU for the same seed; identity in eval mode."""
 
@@ -168,35 +168,35 @@ class Dropout(nn.Dropout):
         return BF.dropout(input, self.p, self.training, self.inplace)
 
 
-class Softmax(nn.Softmax):
+class Softmax(NotScriptable, nn.Softmax):
     """:class:`torch.nn.Softmax` whose forward is :func:`bp_torch.functional.softmax` (eq. D5)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return BF.softmax(input, self.dim, _stacklevel=5)
 
 
-class LogSoftmax(nn.LogSoftmax):
+class LogSoftmax(NotScriptable, nn.LogSoftmax):
     """:class:`torch.nn.LogSoftmax` whose forward is :func:`bp_torch.functional.log_softmax` (eq. D6)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return BF.log_softmax(input, self.dim, _stacklevel=5)
 
 
-class MSELoss(nn.MSELoss):
+class MSELoss(NotScriptable, nn.MSELoss):
     """:class:`torch.nn.MSELoss` whose forward is :func:`bp_torch.functional.mse_loss` (Note B eq. 13–16, eq. D7)."""
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return BF.mse_loss(input, target, reduction=self.reduction)
 
 
-class NLLLoss(nn.NLLLoss):
+class NLLLoss(NotScriptable, nn.NLLLoss):
     """:class:`torch.nn.NLLLoss` whose forward is :func:`bp_torch.functional.nll_loss` (eq. D9)."""
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return BF.nll_loss(input, target, weight=self.weight, ignore_index=self.ignore_index, reduction=self.reduction)
 
 
-class CrossEntropyLoss(nn.CrossEntropyLoss):
+class CrossEntropyLoss(NotScriptable, nn.CrossEntropyLoss):
     """:class:`torch.nn.CrossEntropyLoss` whose forward is :func:`bp_torch.functional.cross_entropy` (eq. D10–D12):
     backward the softmax minus the (weighted, smoothed) targets."""
 
@@ -214,7 +214,7 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
 # pooling and normalisation beyond the notes (docs/derivation.md, eq. M)
 
 
-class MaxPool2d(nn.MaxPool2d):
+class MaxPool2d(NotScriptable, nn.MaxPool2d):
     """:class:`torch.nn.MaxPool2d` whose forward is :func:`bp_torch.functional.max_pool2d` (eq. M1, M2)."""
 
     def forward(self, input: torch.Tensor):
@@ -229,7 +229,7 @@ class MaxPool2d(nn.MaxPool2d):
         )
 
 
-class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+class AdaptiveAvgPool2d(NotScriptable, nn.AdaptiveAvgPool2d):
     """:class:`torch.nn.AdaptiveAvgPool2d` whose forward is :func:`bp_torch.functional.adaptive_avg_pool2d`
     (eq. M4, M5)."""
 
@@ -237,7 +237,7 @@ class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
         return BF.adaptive_avg_pool2d(input, self.output_size)
 
 
-class BatchNorm2d(nn.BatchNorm2d):
+class BatchNorm2d(NotScriptable, nn.BatchNorm2d):
     """:class:`torch.nn.BatchNorm2d` whose forward is :func:`bp_torch.functional.batch_norm` (eq. M6–M11).
 
     Training, eval, ``affine``, ``track_running_stats`` and ``momentum=None`` (a cumulative moving average over
@@ -272,14 +272,14 @@ class BatchNorm2d(nn.BatchNorm2d):
 # the mobile networks' activations (docs/derivation.md, eq. H)
 
 
-class Hardtanh(nn.Hardtanh):
+class Hardtanh(NotScriptable, nn.Hardtanh):
     """:class:`torch.nn.Hardtanh` whose forward is :func:`bp_torch.functional.hardtanh` (eq. H1)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return BF.hardtanh(input, self.min_val, self.max_val, self.inplace)
 
 
-class ReLU6(nn.ReLU6):
+class ReLU6(NotScriptable, nn.ReLU6):
     """:class:`torch.nn.ReLU6` (torch's Hardtanh on [0, 6]) whose forward is :func:`bp_torch.functional.hardtanh`
     (eq. H1)."""
 
@@ -287,21 +287,21 @@ class ReLU6(nn.ReLU6):
         return BF.hardtanh(input, self.min_val, self.max_val, self.inplace)
 
 
-class Hardsigmoid(nn.Hardsigmoid):
+class Hardsigmoid(NotScriptable, nn.Hardsigmoid):
     """:class:`torch.nn.Hardsigmoid` whose forward is :func:`bp_torch.functional.hardsigmoid` (eq. H2)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return BF.hardsigmoid(input, self.inplace)
 
 
-class Hardswish(nn.Hardswish):
+class Hardswish(NotScriptable, nn.Hardswish):
     """:class:`torch.nn.Hardswish` whose forward is :func:`bp_torch.functional.hardswish` (eq. H3)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return BF.hardswish(input, self.inplace)
 
 
-class SiLU(nn.SiLU):
+class SiLU(NotScriptable, nn.SiLU):
     """:class:`torch.nn.SiLU` whose forward is :func:`bp_torch.functional.silu` (eq. H4)."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:

@@ -10,12 +10,19 @@ from bp_torch import nn as bnn
 from bp_torch.models import LeNet
 
 
+_ARGUMENTS = {"Conv2d": (1, 2, 3), "AvgPool2d": (2,), "Linear": (3, 2), "MaxPool2d": (2,), "AdaptiveAvgPool2d": (1,),
+              "BatchNorm2d": (3,), "LayerNorm": (4,), "GroupNorm": (1, 3), "MultiheadAttention": (4, 2)}  # fmt: skip
+_MODULES = [getattr(bnn, name) for name in bnn.__all__ if isinstance(getattr(bnn, name), type)]
+_MODULES = [cls for cls in _MODULES if issubclass(cls, nn.Module)]
+
+
 @pytest.mark.parametrize(
     "module",
-    [bnn.Conv2d(1, 2, 3), bnn.AvgPool2d(2), bnn.Sigmoid(), bnn.Linear(3, 2), LeNet()],
-    ids=["Conv2d", "AvgPool2d", "Sigmoid", "Linear", "LeNet"],
+    [cls(*_ARGUMENTS.get(cls.__name__, ())) for cls in _MODULES] + [LeNet()],
+    ids=[cls.__name__ for cls in _MODULES] + ["LeNet"],
 )
 def test_torch_jit_script_fails_at_once_with_one_line_naming_the_way_out(module):
+    """Every bp_torch module, not only the first ones: the others failed deep inside TorchScript."""
     with pytest.raises(RuntimeError) as error:
         torch.jit.script(module)
     message = str(error.value)
