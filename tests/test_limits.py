@@ -9,7 +9,6 @@ from torch import nn
 from bp_torch import nn as bnn
 from bp_torch.models import LeNet
 
-
 _ARGUMENTS = {"Conv2d": (1, 2, 3), "AvgPool2d": (2,), "Linear": (3, 2), "MaxPool2d": (2,), "AdaptiveAvgPool2d": (1,),
               "BatchNorm2d": (3,), "LayerNorm": (4,), "GroupNorm": (1, 3), "MultiheadAttention": (4, 2)}  # fmt: skip
 _MODULES = [getattr(bnn, name) for name in bnn.__all__ if isinstance(getattr(bnn, name), type)]
