@@ -14,6 +14,8 @@ import functools
 import inspect
 
 import torch
+from torch._C._functorch import TransformType
+from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 from torch.autograd import Function
 
 from bp_torch._formulas import is_literal
@@ -77,8 +79,18 @@ def apply(function: type[Function], *args):
     if torch.compiler.is_compiling():
         return _TRACED.get(id(function), function).apply(*args)
     if torch._C._are_functorch_transforms_active():
+        if _forward_levels() > 1:
+            # forward over forward (jacfwd of jacfwd, jvp of jvp): torch differentiates no Function's jvp at an
+            # outer forward level, and would silently give zeros (for any Function, a textbook sin too); its forward's
+            # torch ops compute torch's derivatives instead (docs/limits.md)
+            return function.forward(*args)
         return function.apply(*(Leaf(a) if type(a) is tuple else a for a in args))
     return function._direct.apply(*args)
+
+
+def _forward_levels() -> int:
+    """How many forward-mode (jvp) transforms of torch.func are active."""
+    return sum(i.key() == TransformType.Jvp for i in retrieve_all_functorch_interpreters())
 
 
 class Leaf(tuple):

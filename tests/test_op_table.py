@@ -427,6 +427,37 @@ def test_torch_func_jacobians_match_torchs(op: OpEntry, transform):
 
 
 @ops
+def test_forward_over_forward_matches_torchs(op: OpEntry):
+    """A second directional derivative by forward mode twice (jvp of jvp, as jacfwd of jacfwd): torch differentiates
+    no Function's jvp at an outer forward level (a silent zero), so there each op's forward runs on torch's ops."""
+    for i, sample, keys in _finite_float64(op, 2, seed=5):
+        results = []
+        for which in ("ours", "theirs"):
+            fn = _as_function(op, sample, keys, which)
+            primals = tuple(sample.tensors()[k].detach().clone() for k in keys)
+            g = torch.Generator().manual_seed(i)
+            inner, outer = ([torch.randn(p.shape, dtype=p.dtype, generator=g) for p in primals] for _ in range(2))
+
+            def directional(*p, fn=fn, inner=tuple(inner)):
+                return torch.func.jvp(fn, p, inner)[1]
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    results.append(torch.func.jvp(directional, primals, tuple(outer))[1])
+                except Exception as error:  # noqa: BLE001 - the type is what is compared
+                    results.append(type(error))
+        ours, theirs = results
+        what = f"{op.name} draw {i} {sample.describe()} forward over forward"
+        if theirs is NotImplementedError and not isinstance(ours, type):
+            continue  # torch's kernel has no forward-mode AD (attention)
+        if isinstance(theirs, type) or isinstance(ours, type):
+            assert ours == theirs, f"{what}: ours {ours} but torch's {theirs}"
+            continue
+        torch.testing.assert_close(ours, theirs, equal_nan=True, msg=what)
+
+
+@ops
 def test_invalid_arguments_raise_torchs_exception_type(op: OpEntry):
     """Each fault of the entry on a few valid samples: where torch refuses the call, ours refuses it with the same
     exception type; where torch accepts it, ours gives the same result."""
