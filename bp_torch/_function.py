@@ -180,16 +180,15 @@ def in_layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
         return t
 
 
-def masks_may_multiply(saved: torch.Tensor) -> bool:
+def masks_may_multiply(saved: torch.Tensor, grad_output: torch.Tensor) -> bool:
     """Whether fast mode may multiply δ by a 0/1 mask where torch's kernel selects (δ or 0): in fast mode, on the CPU,
-    for full-precision real tensors, outside vmap and compiled graphs (the caller's check that the product came out
+    for full-precision real tensors, outside vmap (torch.func's, or the legacy one gradcheck and
+    ``jacobian(vectorize=True)`` batch δ with) and compiled graphs (the caller's check that the product came out
     finite, or δ is, is a data-dependent branch). A selection gives 0 where the mask is 0 even for an infinite δ; the
     product gives 0·∞ = NaN there, so the caller falls back to the selection when that check fails."""
     if is_literal() or saved.dtype in (torch.float16, torch.bfloat16) or saved.is_complex():
         return False
-    if saved.device.type != "cpu" or torch._C._are_functorch_transforms_active():
-        return False
-    return not torch.compiler.is_compiling()
+    return saved.device.type == "cpu" and not batched_or_traced(grad_output)
 
 
 def opmath(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -225,7 +224,7 @@ def like_torch_elementwise(
         return result
     if grad_output.stride() == saved.stride() == result.stride():  # the common case: nothing to decide
         return result
-    if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
+    if batched_or_traced(grad_output):
         return result  # vmap's per-sample tensors have no layout of their own; a compiled graph has its own rules
     first, second = (saved, grad_output) if saved_first else (grad_output, saved)
     strides = _elementwise_strides(result.shape, first.stride(), second.stride())

@@ -13,6 +13,8 @@ import functools
 
 import torch
 
+from bp_torch._function import batched
+
 
 @functools.lru_cache(maxsize=4096)
 def torch_grad_strides(op: str, a_shape, a_stride, b_shape, b_stride, needs_a: bool, needs_b: bool) -> tuple:
@@ -29,6 +31,6 @@ def torch_grad_strides(op: str, a_shape, a_stride, b_shape, b_stride, needs_a: b
 
 def in_strides(grad: torch.Tensor | None, strides) -> torch.Tensor | None:
     """``grad`` laid out with ``strides`` (torch's), copied only where it is laid out otherwise."""
-    if grad is None or strides is None or grad.stride() == strides:
-        return grad
+    if grad is None or strides is None or grad.stride() == strides or batched(grad):
+        return grad  # (vmap's per-sample gradients have no layout of their own)
     return torch.empty_strided(grad.shape, strides, dtype=grad.dtype, device=grad.device).copy_(grad)

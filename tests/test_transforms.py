@@ -114,3 +114,28 @@ def test_hessians_through_backwards_tied_with_zero_match_native(ours, theirs):
     for transform in (torch.func.hessian, lambda f: jacrev(jacrev(f))):
         expected = transform(lambda t: theirs(t).pow(3).sum())(x)
         torch.testing.assert_close(transform(lambda t: ours(t).pow(3).sum())(x), expected)
+
+
+@pytest.mark.parametrize("name", ["relu", "relu6", "hardtanh", "hardsigmoid", "hardswish", "silu", "leaky_relu"])
+def test_vectorized_jacobian_of_the_activations_matches_torchs(name):
+    """torch.autograd.functional.jacobian(vectorize=True) batches δ with the legacy vmap: fast mode's masks (an
+    in-place product, a finiteness check read with .item()) are not for it; they raised."""
+    x = torch.randn(6, dtype=torch.float64)
+    ours = torch.autograd.functional.jacobian(getattr(BF, name), x, vectorize=True)
+    torch.testing.assert_close(ours, torch.autograd.functional.jacobian(getattr(F, name), x, vectorize=True))
+
+
+def test_linear_on_a_transposed_input_under_vmap():
+    """Linear gives a column-major input its gradient in the input's strides, as torch's mm backward; under vmap
+    (jacrev, per-sample weights, is_grads_batched) that copy into an unbatched buffer raised."""
+    x, w = torch.randn(2, 3, dtype=torch.float64).mT, torch.randn(4, 2, dtype=torch.float64)
+    for f in (BF.linear, F.linear):
+        assert torch.func.jacrev(lambda x, f=f: f(x, w))(x).shape == (3, 4, 3, 2)
+    per_sample = [torch.func.vmap(torch.func.grad(lambda x, w, f=f: f(x, w).sum()), in_dims=(None, 0)) for f in
+                  (BF.linear, F.linear)]  # fmt: skip
+    torch.testing.assert_close(per_sample[0](x, torch.stack([w, 2 * w])), per_sample[1](x, torch.stack([w, 2 * w])))
+    leaf, deltas = x.detach().requires_grad_(), torch.randn(5, 3, 4, dtype=torch.float64)
+    ours, theirs = (
+        torch.autograd.grad(f(leaf, w), leaf, deltas, is_grads_batched=True)[0] for f in (BF.linear, F.linear)
+    )
+    torch.testing.assert_close(ours, theirs)

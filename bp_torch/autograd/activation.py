@@ -76,7 +76,7 @@ class ReluFunction(Function):
         # a mask of bools: benchmarks/fused_kernels.py times it). y = relu(x) is ≥ 0 or NaN, so 1[y ≠ 0] is
         # 1[x > 0], and 1 at a NaN x, which passes δ as torch's select does; not for an infinite or NaN δ where
         # y = 0 (0·∞ = NaN where the select gives 0): the product's sum tells
-        if masks_may_multiply(out) and not _has_tangent(out):  # forward-mode AD has no out= comparison
+        if masks_may_multiply(out, grad_output) and not _has_tangent(out):  # forward-mode AD has no out= comparison
             if out.numel() >= _BLOCKWISE_FROM and can_run_blockwise(grad_output, out):
                 grad_input, total = _blockwise_relu_grad(grad_output, out)
             else:

@@ -15,7 +15,7 @@ import math
 import torch
 from torch.autograd import Function
 
-from bp_torch._function import nested_apply, with_direct_call
+from bp_torch._function import batched, nested_apply, with_direct_call
 from bp_torch.autograd.batch_norm import upcast
 from bp_torch.autograd.linear import _sum_to
 from bp_torch.autograd.matmul import matmul, product_grads
@@ -80,8 +80,8 @@ def _flash_like(query, key, value, mask, dropout, groups) -> bool:
 def _heads_interleaved(grad: torch.Tensor | None) -> torch.Tensor | None:
     """A (B, H, L, E) gradient laid out as (B, L, H, E) (each position's heads side by side), as torch's fused CPU
     kernel writes its gradients; a 3-D one, (H, L, E), as (L, H, E) (torch adds a batch of one)."""
-    if grad is None:
-        return None
+    if grad is None or batched(grad):
+        return grad  # (vmap's per-sample gradients have no layout of their own)
     interleaved = torch.empty_like(grad.transpose(-3, -2), memory_format=torch.contiguous_format)
     return interleaved.transpose(-3, -2).copy_(grad)
 

@@ -28,7 +28,7 @@ _ONE_SIXTH = 0.1666666716337204
 def _fast(grad_output: torch.Tensor, saved: torch.Tensor) -> bool:
     """Whether fast mode's arithmetic masks may stand in for torch's selections: on the CPU, for full-precision real
     tensors, and only when δ is finite (δ = ±inf times a zero mask is NaN where a selection gives 0); one sum tells."""
-    return masks_may_multiply(saved) and math.isfinite(grad_output.sum().item())
+    return masks_may_multiply(saved, grad_output) and math.isfinite(grad_output.sum().item())
 
 
 def _times(grad_output: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:

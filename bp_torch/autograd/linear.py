@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import Function
 
-from bp_torch._function import nested_apply, with_direct_call
+from bp_torch._function import batched, nested_apply, with_direct_call
 from bp_torch._gemm import matmul
 
 
@@ -56,7 +56,7 @@ class LinearFunction(Function):
         if ctx.needs_input_grad[0]:
             W = weight.unsqueeze(0) if vector_weight else weight  # under a backward rule, B in W's place
             grad_input = matmul(grad_output, W.conj())  # Note A eq. 8 / Note B eq. 30: Δf = WᵀΔŷ, with (out, in) W: δW
-            if ctx.input_layout is not None and grad_input.shape == ctx.input_layout[0]:
+            if ctx.input_layout is not None and grad_input.shape == ctx.input_layout[0] and not batched(grad_input):
                 grad_input = torch.empty_strided(*ctx.input_layout, dtype=grad_input.dtype,
                                                  device=grad_input.device).copy_(grad_input)  # fmt: skip
         if ctx.needs_input_grad[1]:
