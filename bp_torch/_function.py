@@ -79,7 +79,7 @@ def apply(function: type[Function], *args):
     if torch.compiler.is_compiling():
         return _TRACED.get(id(function), function).apply(*args)
     if torch._C._are_functorch_transforms_active():
-        if _forward_levels() > 1:
+        if transform_levels(TransformType.Jvp) > 1:
             # forward over forward (jacfwd of jacfwd, jvp of jvp): torch differentiates no Function's jvp at an
             # outer forward level, and would silently give zeros (for any Function, a textbook sin too); its forward's
             # torch ops compute torch's derivatives instead (docs/limits.md)
@@ -88,9 +88,9 @@ def apply(function: type[Function], *args):
     return function._direct.apply(*args)
 
 
-def _forward_levels() -> int:
-    """How many forward-mode (jvp) transforms of torch.func are active."""
-    return sum(i.key() == TransformType.Jvp for i in retrieve_all_functorch_interpreters())
+def transform_levels(kind: TransformType) -> int:
+    """How many of torch.func's transforms of a kind (``TransformType.Jvp``, ``TransformType.Vmap`` ...) are active."""
+    return sum(i.key() == kind for i in retrieve_all_functorch_interpreters())
 
 
 class Leaf(tuple):

@@ -28,6 +28,7 @@ from numbers import Number
 import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
+from torch._C._functorch import TransformType
 from torch.overrides import handle_torch_function, has_torch_function_unary, has_torch_function_variadic
 
 from bp_torch._arguments import (
@@ -52,7 +53,7 @@ from bp_torch._arguments import (
     optional_dtype_arg,
     reduction_of,
 )
-from bp_torch._function import apply
+from bp_torch._function import apply, transform_levels
 from bp_torch.autograd import (
     AdaptiveAvgPool2dFunction,
     AvgPool2dFunction,
@@ -419,6 +420,11 @@ def dropout(input, p=0.5, training=True, inplace=False) -> torch.Tensor:
         return input
     if p == 1:
         noise = torch.zeros((), dtype=input.dtype, device=input.device)  # torch multiplies by a zero scalar too
+    elif torch._C._are_functorch_transforms_active() and transform_levels(TransformType.Vmap) > 1:
+        # vmap within vmap: a tensor made like the input is batched at the inner level only, and the outer one refuses
+        # to draw into it in place ("different" randomness); drawn out of place
+        full = torch.full(input.shape, 1 - p, dtype=input.dtype, device=input.device)
+        noise = torch.bernoulli(full).div_(1 - p)  # eq. D4: m / (1 − p)
     else:
         noise = torch.empty_like(input).bernoulli_(1 - p).div_(1 - p)  # eq. D4: m / (1 − p), drawn as torch draws it
     return _maybe_inplace(DropoutFunction, input, noise, inplace=inplace)

@@ -139,3 +139,16 @@ def test_linear_on_a_transposed_input_under_vmap():
         torch.autograd.grad(f(leaf, w), leaf, deltas, is_grads_batched=True)[0] for f in (BF.linear, F.linear)
     )
     torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("outer, inner", [("different", "different"), ("same", "same"), ("different", "same")])
+def test_dropout_under_vmap_within_vmap_draws_as_torchs(outer, inner):
+    """Two vmaps: a tensor made like the input is batched at the inner level only, and the outer one refused to draw
+    into it ("different" randomness). Each level's rule holds, as for torch's dropout: the same mask along a "same"
+    level, others along a "different" one."""
+    x = torch.ones(2, 3, 400)
+    for f in (BF.dropout, F.dropout):
+        y = vmap(vmap(lambda t, f=f: f(t, 0.5, True), randomness=inner), randomness=outer)(x)
+        assert torch.equal(y[0, 0], y[0, 1]) == (inner == "same")
+        assert torch.equal(y[0, 0], y[1, 0]) == (outer == "same" and inner == "same")
+        assert set(y.unique().tolist()) == {0.0, 2.0}
