@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import importlib.util
 import io
 import json
 import math
@@ -49,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from bp_torch import feedback  # noqa: E402
 from bp_torch import nn as bnn  # noqa: E402
-from bp_torch.train.data import DATASETS, load_dataset  # noqa: E402
+from bp_torch.train.data import DATASETS, DatasetNotFoundError, load_dataset  # noqa: E402
 
 RULES = ("backprop", "fa", "dfa", "usf", "brsf", "frsf")
 BIOTORCH_MODE = {"backprop": "backpropagation"}  # BioTorch's name where it differs
@@ -278,6 +279,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", default=None, help="folder holding MNIST/raw (default $BP_TORCH_DATA)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder for the results")
     args = parser.parse_args(argv)
+    if importlib.util.find_spec("biotorch") is None:
+        print("vs_biotorch.py: error: BioTorch is not installed: pip install --no-deps biotorch", file=sys.stderr)
+        return 2
     args.lr = {rule: float(value) for rule, _, value in (item.partition("=") for item in args.lr)}
     torch.set_num_threads(args.threads)
     if args.b_init == "xavier":  # every draw of a B (fa, frsf, brsf's per-step one, dfa) goes through _draw_like
@@ -285,7 +289,11 @@ def main(argv=None) -> int:
     command = "python benchmarks/vs_biotorch.py " + " ".join(argv if argv is not None else sys.argv[1:])
     name = f"biotorch-{args.part}" + ("-xavier" if args.b_init == "xavier" else "") + ("-same-b" if args.same_b else "")
     timing = time_part(args) if args.part in ("time", "both") else []
-    accuracy = accuracy_part(args) if args.part in ("accuracy", "both") else []
+    try:
+        accuracy = accuracy_part(args) if args.part in ("accuracy", "both") else []
+    except DatasetNotFoundError as e:  # its message says where it looked and what to pass
+        print(f"vs_biotorch.py: error: {e}", file=sys.stderr)
+        return 2
     scale = scale_part(args) if args.part == "scale" else []
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

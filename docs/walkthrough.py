@@ -88,6 +88,9 @@ if root is not None:
 else:
     (train_images, train_labels), (test_images, test_labels) = synthetic(2048, 0), synthetic(512, 1)
     print("real MNIST not found: a synthetic set of bars stands in")
+    if FIGURES:  # the saved figures show a real digit: bars must not replace them
+        print(f"its figures are not saved in {FIGURES}: set BP_TORCH_DATA to a folder holding MNIST/raw")
+        FIGURES = None
 
 x = test_images[0].double().div(255)[None, None]  # (1, 1, 28, 28), pixels in [0, 1] as in Note B
 label = int(test_labels[0])
