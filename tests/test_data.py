@@ -406,3 +406,30 @@ def test_real_fashion_mnist_from_debian_package(tmp_path):
     assert train_x.shape == (60000, 28, 28) and test_x.shape == (10000, 28, 28)
     assert torch.equal(torch.bincount(train_y), torch.full((10,), 6000))
     assert_mean_std(train_x, DATASETS["fashion-mnist"])
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
+def test_a_header_claiming_more_than_a_dataset_holds_is_refused_before_reading(tmp_path, gz):
+    """A crafted header (65536x65536 images, 4 GiB) over a gzip bomb or a sparse file: refused from the header, before
+    any of its body is read or decompressed (the whole file used to be read, then unzipped, then checked)."""
+    header = struct.pack(">BBBBIII", 0, 0, 8, 3, 65536, 65536, 1)
+    body = gzip.compress(header + bytes(2**20)) if gz else header + bytes(16)
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(body)
+    with pytest.raises(ValueError, match=f"{path.name}: its header declares 65536x65536x1 images, 4294967296 bytes"):
+        read_idx(path, ndim=3)
+
+
+def test_a_data_file_that_cannot_be_read_is_named_in_one_line(fake_data, tmp_path, capsys, monkeypatch):
+    """A permission or I/O error (OSError) while reading: train.py's one line names the file, exit 2."""
+    from helpers import train_args
+
+    from bp_torch.train import cli as train
+
+    def unreadable(path, ndim=None):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(data, "read_idx", unreadable)
+    code = train.main(train_args(fake_data, tmp_path, "--dry-run", "--no-download"))
+    err = capsys.readouterr().err.strip()
+    assert code == train.EXIT_ERROR and "\n" not in err and "Permission denied" in err and "ubyte" in err, err

@@ -134,6 +134,16 @@ CRAFTED = {  # each edit of a sound checkpoint (saved with a valid checksum) and
     "format 999": (_setter("format", value=999), "format 999 is newer than this bp_torch reads (2)"),
     "format a string": (_setter("format", value="2"), "format must be 2"),
     "no rng": (lambda c: c.pop("rng"), "not a bp_torch training checkpoint: it lacks rng"),
+    # found by crafting files (a helper session): each raised a traceback from torch, exit 1
+    "rng.torch random bytes": (
+        _setter("rng", "torch", value=lambda t: torch.randint(0, 256, t.shape, dtype=torch.uint8)),
+        "does not restore: RuntimeError",
+    ),
+    "Adam's step a bool": (_setter("optimizer", "state", 0, "step", value=torch.tensor(True)), "step must be a finite"),
+    "Adam's step negative": (_setter("optimizer", "state", 0, "step", value=torch.tensor(-5.0)), "step must be a"),
+    "Adam's step NaN": (_setter("optimizer", "state", 0, "step", value=torch.tensor(float("nan"))), "step must be"),
+    "config.seed 10**30": (_setter("config", "seed", value=10**30), "config.seed must be in [0, 2**63)"),
+    "config.shift 10**5": (_setter("config", "shift", value=10**5), "config.shift must be in [0, 27]"),
 }
 
 
@@ -615,3 +625,59 @@ def test_exit_codes_are_documented(capsys):
     assert "130 Ctrl-C, 143 SIGTERM" in help_text and "1 a checkpoint could not be written" in help_text
     docstring = (ROOT / "train.py").read_text()
     assert "130 stopped by" in docstring and "143 by SIGTERM" in docstring
+
+
+def test_resuming_a_loose_checkpoint_never_overwrites_the_one_beside_it(run, capsys):
+    """--resume FILE continues in FILE's folder, whose checkpoint.pt would be overwritten: another run's, or the newer
+    state of the same run (a backup resumed). Refused, in one line; nothing is written."""
+    backup = run / "epoch1.pt"
+    shutil.copy(run / "checkpoint.pt", backup)
+    before = (run / "checkpoint.pt").read_bytes()
+    code, _, err = _resume(backup, capsys)
+    assert code == train.EXIT_ERROR
+    _one_line(err, str(backup), "would overwrite", "a folder of its own")
+    assert (run / "checkpoint.pt").read_bytes() == before
+
+
+def test_a_diverging_run_ends_its_epoch_and_saves(fake_data, tmp_path, capsys):
+    """lr 1e30: the weights turn NaN; TensorBoard's histogram of them raised ("The histogram is empty") after the
+    epoch, before its checkpoint. A NaN has no histogram: it is left out, and the run ends as any other."""
+    args = train_args(fake_data, tmp_path, *TINY, "--epochs", "1", "--lr", "1e30", "--run-name", "nan")
+    assert train.main(args) == 0
+    assert load_training_checkpoint(tmp_path / "nan" / "checkpoint.pt")["state"]["epoch"] == 1
+
+
+def test_a_one_step_warmup_schedules(fake_data, tmp_path):
+    """warmup × epochs × steps = 1 (4 steps, the default 0.25): torch's OneCycleLR divided by zero."""
+    args = train_args(fake_data, tmp_path, *TINY, "--epochs", "1", "--limit-train-batches", "4", "--run-name", "w")
+    assert train.main(args) == 0
+
+
+@pytest.mark.parametrize("flag, value", [("--seed", str(10**23)), ("--shift", "100000"), ("--momentum", "inf"),
+                                         ("--weight-decay", "inf")])  # fmt: skip
+def test_out_of_range_settings_are_refused_in_one_line(fake_data, tmp_path, capsys, flag, value):
+    code = train.main(train_args(fake_data, tmp_path, *TINY, flag, value))
+    assert code == train.EXIT_ERROR
+    _one_line(capsys.readouterr().err, flag)
+
+
+@pytest.mark.parametrize("when", ["start", "epoch"])
+def test_logs_that_cannot_be_written_end_the_run_in_one_line(fake_data, tmp_path, capsys, monkeypatch, when):
+    """A full disk under TensorBoard's writer (ENOSPC) at the start or after an epoch: one line, not a traceback."""
+    from bp_torch.train.tensorboard import TensorBoardLogger
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "events"))
+
+    monkeypatch.setattr(TensorBoardLogger, "log_start" if when == "start" else "log_epoch", full)
+    code = train.main(train_args(fake_data, tmp_path, *TINY, "--epochs", "1", "--run-name", "full"))
+    assert code == (train.EXIT_ERROR if when == "start" else train.EXIT_FAILED)
+    _one_line(capsys.readouterr().err, "No space left on device")
+
+
+@pytest.mark.parametrize("name", ["../escaped", "/abs/path", "a/b", ".."])
+def test_a_run_name_stays_inside_the_logdir(fake_data, tmp_path, capsys, name):
+    code = train.main(train_args(fake_data, tmp_path / "logs", *TINY, "--run-name", name))
+    assert code == train.EXIT_ERROR
+    _one_line(capsys.readouterr().err, "--run-name")
+    assert not (tmp_path / "escaped").exists()

@@ -22,6 +22,7 @@ saved is intact).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import os
@@ -218,12 +219,23 @@ def run(args: argparse.Namespace, ctx: distributed.Context, should_stop=None) ->
                 f"{accuracy:.2%}; nothing to resume (start a new run to train more)"
             )
         return 0
-    logger = start_reporting(job, args, ctx) if ctx.is_main else None
+    try:
+        logger = start_reporting(job, args, ctx) if ctx.is_main else None
+    except OSError as e:  # a full disk, a folder gone: TensorBoard's first writes
+        return fail(f"cannot write the run's logs in {job.run_dir}: {_os_error(e)}")
     try:
         return train(job, ctx, logger, should_stop)
+    except OSError as e:  # TensorBoard's writes during training (a checkpoint's own failure is CheckpointError)
+        print(f"train.py: error: {_os_error(e)}; the last checkpoint saved is intact", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         if logger is not None:
-            logger.close()
+            with contextlib.suppress(OSError):  # the same full disk: said above
+                logger.close()
+
+
+def _os_error(e: OSError) -> str:
+    return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
 
 
 class Refused(Exception):
@@ -256,7 +268,7 @@ def prepare(args: argparse.Namespace, ctx: distributed.Context) -> Job:
         train_loader, test_loader = load_data(cfg, device, ctx)
         steps = steps_per_epoch(train_loader, cfg)
         model, optimizer, scheduler = build(cfg, device, steps)
-        state = restore(checkpoint, model, optimizer, scheduler, steps) if checkpoint else None
+        state = restore_checked(checkpoint, model, optimizer, scheduler, steps) if checkpoint else None
         run_dir = run_folder(args, cfg, checkpoint is not None) if ctx.is_main else None
     except Refused as e:
         problem = str(e)
@@ -282,14 +294,36 @@ def read_checkpoint(args: argparse.Namespace, ctx: distributed.Context) -> dict 
         raise Refused("--dry-run cannot be combined with --resume: it would change the run's schedule")
     checkpoint = problem = None
     if args.resume and ctx.is_main:
+        path = checkpoint_file(args)
         try:
-            checkpoint = load_training_checkpoint(checkpoint_file(args))
+            if path.name != CHECKPOINT and (path.parent / CHECKPOINT).exists():  # the run continues in its folder
+                raise CheckpointError(
+                    f"{path}: resuming it would overwrite {path.parent / CHECKPOINT}, another checkpoint beside it; "
+                    f"copy {path.name} into a folder of its own as {CHECKPOINT}, and resume that folder"
+                )
+            checkpoint = load_training_checkpoint(path)
         except CheckpointError as e:
             problem = str(e)
+        except (RuntimeError, ValueError, TypeError, NotImplementedError, RecursionError, OverflowError) as e:
+            problem = f"{path}: not a checkpoint train.py can read: {_first_line(e)}"
     checkpoint, problem = distributed.broadcast((checkpoint, problem))
     if problem is not None:
         raise Refused(problem)
     return checkpoint
+
+
+def restore_checked(checkpoint: dict, model, optimizer, scheduler, steps: int):
+    """``restore``, with what torch itself refuses while loading (an RNG state that is not one, a value out of a
+    tensor's range) raised as a ``CheckpointError``: the run has not started, nothing is lost."""
+    try:
+        return restore(checkpoint, model, optimizer, scheduler, steps)
+    except (RuntimeError, ValueError, TypeError, NotImplementedError, RecursionError, OverflowError) as e:
+        raise CheckpointError(f"does not restore: {_first_line(e)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
 
 
 def checkpoint_file(args: argparse.Namespace) -> Path:
@@ -323,6 +357,8 @@ def load_data(cfg: Config, device: torch.device, ctx: distributed.Context):
         raise Refused(missing_data(e, ctx)) from None
     except ValueError as e:  # a corrupt or truncated data file, labels or image sizes out of range
         raise Refused(f"cannot read the dataset: {e}") from None
+    except OSError as e:  # permissions, an I/O error: the file named
+        raise Refused(f"cannot read the dataset: {e.strerror or e}: {e.filename}") from None
 
 
 def missing_data(e: DatasetNotFoundError, ctx: distributed.Context) -> str:
@@ -349,6 +385,9 @@ def run_folder(args: argparse.Namespace, cfg: Config, resumed: bool) -> Path:
     """The resumed run's folder, or a new one (rank 0 only); a dry run's under <logdir>/dry-run/."""
     if resumed:
         return checkpoint_file(args).parent
+    name = args.run_name
+    if name and (Path(name).name != name or name in (".", "..") or os.sep in name or "/" in name):
+        raise Refused(f"--run-name must be a folder's name inside --logdir, not a path, but got {name!r}")
     try:
         return new_run_dir(
             Path(args.logdir) / ("dry-run" if args.dry_run else ""), args.run_name or run_name(args, cfg)

@@ -27,6 +27,9 @@ _MUST = {
     NON_NEGATIVE: lambda v: v >= 0,
     FRACTION: lambda v: 0 <= v < 1,
     "a finite number > 0": lambda v: 0 < v < math.inf,
+    "finite and >= 0": lambda v: 0 <= v < math.inf,
+    "in [0, 2**63)": lambda v: 0 <= v < 2**63,  # torch.manual_seed's range
+    "in [0, 27]": lambda v: 0 <= v <= 27,  # a shift of 28 pixels or more moves a digit out of its 28x28 image
 }
 
 
@@ -68,16 +71,16 @@ class Config:
     batch_size: int = setting(128, "training batch; under torchrun split evenly over the processes", must=POSITIVE)
     lr: float = setting(0.03, "learning rate (the peak with --schedule onecycle)", must="a finite number > 0")
     optimizer: str = setting("adam", "optimizer", ("sgd", "adam", "adamw"))
-    momentum: float = setting(0.0, "SGD momentum", must=NON_NEGATIVE)
+    momentum: float = setting(0.0, "SGD momentum", must="finite and >= 0")
     nesterov: bool = setting(False, "Nesterov momentum for SGD")
-    weight_decay: float = setting(0.0, "weight decay", must=NON_NEGATIVE)
+    weight_decay: float = setting(0.0, "weight decay", must="finite and >= 0")
     schedule: str = setting("onecycle", "learning-rate schedule over all steps", ("constant", "onecycle", "cosine"))
     warmup: float = setting(0.25, "onecycle: fraction of the steps spent warming up", must=FRACTION)
     loss: str = setting("ce", "'ce': cross-entropy on logits; 'mse': Note B's ½Σ(σ(z)−y)², batch mean", ("ce", "mse"))
     label_smoothing: float = setting(0.0, "label smoothing for --loss ce", must=FRACTION)
     normalize: bool = setting(True, "standardise pixels with the dataset's mean and std (else in [0, 1])")
-    shift: int = setting(1, "augmentation: random translation by up to N pixels, 0 for none", must=NON_NEGATIVE)
-    seed: int = setting(0, "random seed (init, data order, augmentation)")
+    shift: int = setting(1, "augmentation: random translation by up to N pixels, 0 for none", must="in [0, 27]")
+    seed: int = setting(0, "random seed (init, data order, augmentation)", must="in [0, 2**63)")
     limit_train_batches: int = setting(0, "train on at most N batches per epoch, 0 for all", must=NON_NEGATIVE)
     test_batch_size: int = runtime(1000, "evaluation batch size, per process", must=POSITIVE)
     limit_test_batches: int = runtime(0, "evaluate the first N*test-batch-size images, 0 for all", must=NON_NEGATIVE)
@@ -208,7 +211,10 @@ def build(
         optimizer = kind(model.parameters(), cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * steps_per_epoch
     if cfg.schedule == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=total, pct_start=cfg.warmup)
+        warmup = cfg.warmup
+        if float(warmup * total) - 1 == 0:  # a one-step warmup: torch's OneCycleLR divides by its steps less one
+            warmup = math.nextafter(warmup, 1)  # the next float up: the same schedule, defined
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=total, pct_start=warmup)
     elif cfg.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
     else:

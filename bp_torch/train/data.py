@@ -103,33 +103,58 @@ def read_idx(path: str | os.PathLike, ndim: int | None = None) -> torch.Tensor:
         torch.Size([10000, 28, 28])
     """
     path = Path(path)
-    data = path.read_bytes()
-    unzipped = data[:2] == b"\x1f\x8b"
-    if unzipped:
+    with open(path, "rb") as file:
+        unzipped = file.read(2) == b"\x1f\x8b"
+        file.seek(0)
+        if not unzipped:
+            return _read_idx(file, path, ndim, os.fstat(file.fileno()).st_size)
         try:
-            data = gzip.decompress(data)
+            with gzip.GzipFile(fileobj=file) as stream:
+                return _read_idx(stream, path, ndim, None)
         except (EOFError, OSError, zlib.error) as e:  # EOFError: truncated; BadGzipFile, zlib.error: corrupt
             raise ValueError(f"{path}: corrupt or truncated gzip file ({e})") from None
+
+
+# the most an IDX file read here may hold (MNIST's training images: 47 MB): a header's claim beyond it is refused
+# before anything is read, so that a crafted file (a gzip bomb, a sparse file) cannot exhaust the memory
+MAX_IDX_BYTES = 2**30
+
+
+def _read_idx(stream, path: Path, ndim: int | None, file_size: int | None) -> torch.Tensor:
+    """The IDX values read from ``stream`` (plain, of ``file_size`` bytes, or decompressing: None), the header first,
+    then no more than it declares and one byte (which tells a padded file)."""
+    unzipped = file_size is None
+    magic = stream.read(4)
     # magic number: two zero bytes, dtype code, number of dimensions; then one big-endian uint32 per dimension
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise ValueError(f"{path}: not an IDX file: its magic number must start with 0x0000, got 0x{data[:4].hex()}")
-    code, nd = data[2], data[3]
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0:
+        raise ValueError(f"{path}: not an IDX file: its magic number must start with 0x0000, got 0x{magic.hex()}")
+    code, nd = magic[2], magic[3]
     if code != 0x08:
         raise ValueError(f"{path}: IDX dtype code must be 0x08 (unsigned byte), but got 0x{code:02x}")
     if ndim is not None and nd != ndim:
         raise ValueError(f"{path}: expected an IDX file of {ndim} dimension(s), but its header declares {nd}")
     header = 4 + 4 * nd
-    if len(data) < header:
-        raise ValueError(f"{path}: expected a {header}-byte header for {nd} dimensions, found {len(data)} bytes")
-    shape = struct.unpack(f">{nd}I", data[4:header])
-    size = header + math.prod(shape)
-    if len(data) != size:
-        what = {1: "labels", 3: "images"}.get(nd, "values")
-        found = f"{len(data)} after gunzip" if unzipped else str(len(data))
+    dims = stream.read(4 * nd)
+    if len(dims) < 4 * nd:
+        found = 4 + len(dims) if unzipped else file_size
+        raise ValueError(f"{path}: expected a {header}-byte header for {nd} dimensions, found {found} bytes")
+    shape = struct.unpack(f">{nd}I", dims)
+    count, what = math.prod(shape), {1: "labels", 3: "images"}.get(nd, "values")
+    size = header + count
+    if count > MAX_IDX_BYTES:
+        raise ValueError(
+            f"{path}: its header declares {'x'.join(map(str, shape))} {what}, {count} bytes: more than the "
+            f"{MAX_IDX_BYTES} an IDX file read here may hold"
+        )
+    if file_size is not None and file_size != size:
+        raise ValueError(f"{path}: expected {size} bytes for {'x'.join(map(str, shape))} {what}, found {file_size}")
+    body = stream.read(count + 1)
+    if len(body) != count:
+        found = f"{header + len(body)} after gunzip" if len(body) < count else f"more than {size} after gunzip"
         raise ValueError(f"{path}: expected {size} bytes for {'x'.join(map(str, shape))} {what}, found {found}")
-    if size == header:
+    if count == 0:
         return torch.empty(shape, dtype=torch.uint8)
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=header).reshape(shape)
+    return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(shape)
 
 
 def _find(folders: list[Path], names: tuple[str, ...]) -> list[Path] | None:

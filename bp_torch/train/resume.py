@@ -221,9 +221,11 @@ def _check_optimizer(saved: Any, optimizer: torch.optim.Optimizer) -> None:
         if keys is not None and set(entry) != keys:
             raise CheckpointError(f"{name} is not {kind}'s state for a parameter: {_differences(entry, keys)}")
         for key, value in entry.items():
-            if key == "step":
-                ok = _is_number(value) or (isinstance(value, torch.Tensor) and value.numel() == 1)
-                _expect(ok, f"{name}.step", "a number", value)
+            if key == "step":  # a count of steps, as Adam keeps it (a float tensor)
+                if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype.is_floating_point:
+                    value = value.item()
+                ok = _is_number(value) and 0 <= value < math.inf
+                _expect(ok, f"{name}.step", "a finite number >= 0 (a float tensor or a number)", value)
             else:
                 ok = value is None or (isinstance(value, torch.Tensor) and value.shape == shapes[index])
                 _expect(ok, f"{name}.{key}", f"a tensor of shape {tuple(shapes[index])}", value)

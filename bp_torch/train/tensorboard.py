@@ -223,9 +223,9 @@ class TensorBoardLogger:
         w.add_scalar("test/accuracy", result.accuracy, step)
         w.add_scalar("perf/epoch_time_s", epoch_time, step)
         for name, p in model.named_parameters():
-            w.add_histogram(f"weights/{name}", p.detach(), step)
-            if p.grad is not None:
-                w.add_histogram(f"grads/{name}", p.grad, step)
+            for tag, values in ((f"weights/{name}", p.detach()), (f"grads/{name}", p.grad)):
+                if values is not None:
+                    _histogram(w, tag, values, step)
         w.add_image("filters/C1", filters_image(model.conv1.weight), step)
         w.add_image("filters/C2", filters_image(model.conv2.weight, scale=6), step)
         if self.probe is not None:
@@ -263,3 +263,14 @@ def _confusion_table(confusion: torch.Tensor) -> str:
     rows = ["| true \\ predicted | " + " | ".join(map(str, range(K))) + " |", "|---" * (K + 1) + "|"]
     rows += [f"| **{k}** | " + " | ".join(map(str, confusion[k].tolist())) + " |" for k in range(K)]
     return "\n".join(rows)
+
+
+def _histogram(writer, tag: str, values: torch.Tensor, step: int) -> None:
+    """A histogram of ``values``, left out where it has none: a diverged run's NaN, or values so large that
+    TensorBoard's bins overflow ("The histogram is empty"), would end the run after the epoch, before its checkpoint."""
+    if not torch.isfinite(values).all():
+        return
+    try:
+        writer.add_histogram(tag, values, step)
+    except ValueError:
+        pass
