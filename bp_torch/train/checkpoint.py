@@ -29,6 +29,7 @@ import pickle
 import re
 import socket
 import stat
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -189,7 +190,9 @@ def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = ()) -> 
     if problem is not None:
         raise CheckpointError(f"{path} {problem}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note that it validates a sparse tensor: not the user's concern
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # weights_only's refusal; torch's own advice (weights_only=False) is unsafe
         raise CheckpointError(
             f"{path} is not a bp_torch checkpoint: it holds Python objects other than tensors and plain data"

@@ -317,6 +317,8 @@ def restore_checked(checkpoint: dict, model, optimizer, scheduler, steps: int):
     tensor's range) raised as a ``CheckpointError``: the run has not started, nothing is lost."""
     try:
         return restore(checkpoint, model, optimizer, scheduler, steps)
+    except CheckpointError:
+        raise
     except (RuntimeError, ValueError, TypeError, NotImplementedError, RecursionError, OverflowError) as e:
         raise CheckpointError(f"does not restore: {_first_line(e)}") from None
 

@@ -222,6 +222,9 @@ class TensorBoardLogger:
         w.add_scalar("test/loss", result.loss, step)
         w.add_scalar("test/accuracy", result.accuracy, step)
         w.add_scalar("perf/epoch_time_s", epoch_time, step)
+        if not _finite(model):  # a diverged run: its scalars, not pictures of NaN
+            w.flush()
+            return
         for name, p in model.named_parameters():
             for tag, values in ((f"weights/{name}", p.detach()), (f"grads/{name}", p.grad)):
                 if values is not None:
@@ -244,7 +247,7 @@ class TensorBoardLogger:
 
     def log_error_maps(self, step: int, model: nn.Module, loss_fn) -> None:
         """Note B's δ at C1, S1, C2, S2 for the probe digits (needs their labels)."""
-        if self.probe is None or self.probe_labels is None:
+        if self.probe is None or self.probe_labels is None or not _finite(model):
             return
         for key, image in error_map_images(model, self.probe, self.probe_labels, loss_fn).items():
             self.writer.add_image(f"error_maps/{key}", image, step)
@@ -274,3 +277,8 @@ def _histogram(writer, tag: str, values: torch.Tensor, step: int) -> None:
         writer.add_histogram(tag, values, step)
     except ValueError:
         pass
+
+
+def _finite(model: nn.Module) -> bool:
+    """Whether every weight is finite (a diverged run's are not: no picture or histogram of them)."""
+    return all(torch.isfinite(p).all() for p in model.parameters())
