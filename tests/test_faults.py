@@ -681,3 +681,23 @@ def test_a_run_name_stays_inside_the_logdir(fake_data, tmp_path, capsys, name):
     assert code == train.EXIT_ERROR
     _one_line(capsys.readouterr().err, "--run-name")
     assert not (tmp_path / "escaped").exists()
+
+
+def test_an_empty_resume_path_is_refused(capsys):
+    """--resume "" used to start a fresh run, silently."""
+    assert train.main(["--resume", ""]) == train.EXIT_ERROR
+    _one_line(capsys.readouterr().err, "--resume", "empty")
+
+
+@pytest.mark.parametrize("kind", ["meta", "sparse"])
+def test_a_checkpoint_whose_tensors_cannot_be_read_is_refused_in_one_line(run, capsys, kind):
+    """A tensor on the meta device or stored sparse (the checksum then cannot be computed): torch raised from
+    inside the checksum, a traceback, exit 1."""
+    path = run / "checkpoint.pt"
+    c = load_checkpoint(path)
+    weight = c["model"]["fc.weight"]
+    c["model"]["fc.weight"] = weight.to("meta") if kind == "meta" else weight.to_sparse()
+    torch.save({**c, "checksum": "sha256:x"}, path)
+    code, _, err = _resume(run, capsys)
+    assert code == train.EXIT_ERROR
+    _one_line(err, str(path))

@@ -290,6 +290,8 @@ def prepare(args: argparse.Namespace, ctx: distributed.Context) -> Job:
 def read_checkpoint(args: argparse.Namespace, ctx: distributed.Context) -> dict | None:
     """The checkpoint to resume from, read by rank 0 alone (on several machines only its disk has it) and sent to
     the others; every rank takes part in the broadcast, error or not, so that none is left waiting in it."""
+    if args.resume is not None and not args.resume.strip():
+        raise Refused("--resume needs a checkpoint file or a run folder, but got an empty path")
     if args.dry_run and args.resume:
         raise Refused("--dry-run cannot be combined with --resume: it would change the run's schedule")
     checkpoint = problem = None
