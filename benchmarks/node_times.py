@@ -31,19 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from models import BATCH, SIZE, build  # noqa: E402
 
 import bp_torch.functional as BF  # noqa: E402
+from bp_torch.audit import _walk  # noqa: E402  (every node of the graph, each once)
 
 IMPLS = ("manual", "native")
-
-
-def _graph(root) -> set:
-    """Every node reachable from ``root``."""
-    seen, stack = set(), [root]
-    while stack:
-        node = stack.pop()
-        if node is not None and node not in seen:
-            seen.add(node)
-            stack.extend(next_node for next_node, _ in node.next_functions)
-    return seen
 
 
 def _layer_nodes(model, layer: str):
@@ -69,7 +59,7 @@ def step_times(model, x, y, impl: str, layer: str | None) -> dict:
     if layer:
         keyed = {node: f"{name} {list(shape)}" for name, (node, shape) in nodes.items() if node is not None}
     else:
-        keyed = {node: type(node).__name__ for node in _graph(loss.grad_fn)}
+        keyed = {node: type(node).__name__ for node in _walk(loss.grad_fn)}
     starts, totals, hooks = {}, defaultdict(float), []
     for node, key in keyed.items():
         hooks.append(node.register_prehook(lambda grads, node=node: starts.__setitem__(node, time.perf_counter())))

@@ -99,9 +99,9 @@ def _sum_of_products(left: torch.Tensor, right: torch.Tensor, sum_dims: list[int
 def _plan(equation, operands):
     """The two operands' terms, all labels in torch's order (the output's, then the contracted ones) and how many
     are the output's; None where torch's einsum computes it (or raises)."""
-    if len(operands) != 2 or not all(isinstance(t, torch.Tensor) for t in operands) or "." in equation:
+    if not isinstance(equation, str) or len(operands) != 2 or not all(isinstance(t, torch.Tensor) for t in operands):
         return None
-    if not isinstance(equation, str):
+    if "." in equation:  # an ellipsis
         return None
     equation = equation.replace(" ", "")
     inputs, arrow, out = equation.partition("->")

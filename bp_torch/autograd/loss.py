@@ -166,16 +166,14 @@ class NllLossFunction(Function):
     @staticmethod
     def jvp(ctx, input_t, target_t, weight_t, _, __):
         target, weight = ctx.saved_tensors
-        if ctx.reduction != "mean":
-            classes, coefficient = NllLossFunction._coefficients(ctx, target, weight, input_t)
-            picked = input_t.gather(1, _per_element(classes)).squeeze(1)
-            return _reduce(coefficient * picked, ctx.reduction)  # eq. D9, forward mode: −w_{t_n} ℓ̇_{n, t_n}
-        # summed, then divided by D, as torch's forward mode (nll_loss of the tangent): D = 0, every target ignored,
-        # gives its NaN
         kept, classes = _safe_targets(target, ctx.ignore_index)
         w = (weight[classes] if weight is not None else torch.ones_like(classes, dtype=input_t.dtype)) * kept
         picked = input_t.gather(1, _per_element(classes)).squeeze(1)
-        return torch.where(kept, -w * picked, 0).sum() / w.sum()  # eq. D9, forward mode: −Σ_n w_{t_n} ℓ̇_{n, t_n} / D
+        # an ignored position adds nothing, whatever its tangent (as torch's nll_loss of the tangent skips it)
+        terms = torch.where(kept, -w * picked, 0)  # eq. D9, forward mode: −w_{t_n} ℓ̇_{n, t_n}
+        if ctx.reduction == "mean":  # summed, then divided by D, as torch's: D = 0 (every target ignored) gives NaN
+            return terms.sum() / w.sum()
+        return _reduce(terms, ctx.reduction)
 
 
 @with_direct_call

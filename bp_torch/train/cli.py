@@ -287,6 +287,11 @@ def prepare(args: argparse.Namespace, ctx: distributed.Context) -> Job:
     )
 
 
+# what torch raises on a checkpoint it can unpickle but not use (meta or sparse tensors, an RNG state that is not
+# one, nesting past the recursion limit, a number out of a tensor's range)
+UNREADABLE = (RuntimeError, ValueError, TypeError, NotImplementedError, RecursionError, OverflowError)
+
+
 def read_checkpoint(args: argparse.Namespace, ctx: distributed.Context) -> dict | None:
     """The checkpoint to resume from, read by rank 0 alone (on several machines only its disk has it) and sent to
     the others; every rank takes part in the broadcast, error or not, so that none is left waiting in it."""
@@ -306,7 +311,7 @@ def read_checkpoint(args: argparse.Namespace, ctx: distributed.Context) -> dict 
             checkpoint = load_training_checkpoint(path)
         except CheckpointError as e:
             problem = str(e)
-        except (RuntimeError, ValueError, TypeError, NotImplementedError, RecursionError, OverflowError) as e:
+        except UNREADABLE as e:
             problem = f"{path}: not a checkpoint train.py can read: {_first_line(e)}"
     checkpoint, problem = distributed.broadcast((checkpoint, problem))
     if problem is not None:
@@ -321,7 +326,7 @@ def restore_checked(checkpoint: dict, model, optimizer, scheduler, steps: int):
         return restore(checkpoint, model, optimizer, scheduler, steps)
     except CheckpointError:
         raise
-    except (RuntimeError, ValueError, TypeError, NotImplementedError, RecursionError, OverflowError) as e:
+    except UNREADABLE as e:
         raise CheckpointError(f"does not restore: {_first_line(e)}") from None
 
 
@@ -362,7 +367,7 @@ def load_data(cfg: Config, device: torch.device, ctx: distributed.Context):
     except ValueError as e:  # a corrupt or truncated data file, labels or image sizes out of range
         raise Refused(f"cannot read the dataset: {e}") from None
     except OSError as e:  # permissions, an I/O error: the file named
-        raise Refused(f"cannot read the dataset: {e.strerror or e}: {e.filename}") from None
+        raise Refused(f"cannot read the dataset: {_os_error(e)}") from None
 
 
 def missing_data(e: DatasetNotFoundError, ctx: distributed.Context) -> str:
@@ -390,7 +395,7 @@ def run_folder(args: argparse.Namespace, cfg: Config, resumed: bool) -> Path:
     if resumed:
         return checkpoint_file(args).parent
     name = args.run_name
-    if name and (Path(name).name != name or name in (".", "..") or os.sep in name or "/" in name):
+    if name and (Path(name).name != name or name == ".."):  # a path ("../x", "/abs", "a/b") or the parent
         raise Refused(f"--run-name must be a folder's name inside --logdir, not a path, but got {name!r}")
     try:
         return new_run_dir(
